@@ -1,0 +1,50 @@
+"""Training losses: SDG-weighted local NCC (Eq. 4), smoothness, diffusion loss (Eq. 6)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def local_ncc_map(a: torch.Tensor, b: torch.Tensor, window: int = 9) -> torch.Tensor:
+    """Voxel-wise squared local correlation cross^2 / (var_a var_b + 1e-5) in a box window."""
+    kernel = torch.ones(1, 1, window, window, window, device=a.device, dtype=a.dtype)
+    pad = window // 2
+    n = float(window**3)
+
+    def box(x: torch.Tensor) -> torch.Tensor:
+        return F.conv3d(x, kernel, padding=pad)
+
+    sa, sb = box(a), box(b)
+    cross = box(a * b) - sa * sb / n
+    var_a = box(a * a) - sa * sa / n
+    var_b = box(b * b) - sb * sb / n
+    return cross * cross / (var_a * var_b + 1e-5)
+
+
+def score_weights(score: torch.Tensor, gamma: float) -> torch.Tensor:
+    """SDG weights sigmoid(S)^gamma: large where the diffusion score marks hard voxels."""
+    return torch.sigmoid(score) ** gamma
+
+
+def sdg_ncc_loss(
+    warped: torch.Tensor, fixed: torch.Tensor, weights: torch.Tensor | None, window: int = 9
+) -> torch.Tensor:
+    """-mean(w * NCC) with images in [-1, 1] rescaled to [0, 1]; w = 1 gives plain NCC."""
+    cc = local_ncc_map((warped + 1) / 2, (fixed + 1) / 2, window)
+    if weights is not None:
+        cc = weights * cc
+    return -cc.mean()
+
+
+def smoothness_loss(flow: torch.Tensor) -> torch.Tensor:
+    """Mean squared forward differences of the flow, averaged over the three axes."""
+    dz = flow[:, :, 1:] - flow[:, :, :-1]
+    dy = flow[:, :, :, 1:] - flow[:, :, :, :-1]
+    dx = flow[:, :, :, :, 1:] - flow[:, :, :, :, :-1]
+    return (dz.pow(2).mean() + dy.pow(2).mean() + dx.pow(2).mean()) / 3.0
+
+
+def diffusion_loss(predicted_noise: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """L1 distance to the true noise, as the official implementation."""
+    return (predicted_noise - noise).abs().mean()

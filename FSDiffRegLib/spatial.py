@@ -1,0 +1,36 @@
+"""The spatial transformer and flow resizing, in voxel units of the network grid.
+
+A flow ``u`` has channels (u_D, u_H, u_W): the warped image at voxel p samples the
+moving image at p + u(p) (a backward, resampling map, like ITK's displacement fields).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _identity_grid(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    axes = [torch.arange(n, dtype=torch.float32, device=device) for n in size]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Sample ``image`` (N, C, D, H, W) at p + flow(p); zero outside; trilinear or nearest."""
+    size = flow.shape[2:]
+    loc = _identity_grid(tuple(size), flow.device)[None] + flow
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in size], device=flow.device)
+    loc = loc * scale[None, :, None, None, None] - 1.0
+    grid = loc.permute(0, 2, 3, 4, 1).flip(-1)  # grid_sample wants (x, y, z) = (W, H, D)
+    return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
+
+
+def upsample_flow(flow: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Resize a flow to ``size``, rescaling each displacement component with its axis."""
+    if tuple(flow.shape[2:]) == tuple(size):
+        return flow
+    scale = torch.tensor(
+        [(n - 1) / max(m - 1, 1) for n, m in zip(size, flow.shape[2:])], device=flow.device
+    )
+    resized = F.interpolate(flow, size=size, mode="trilinear", align_corners=True)
+    return resized * scale[None, :, None, None, None].to(flow.dtype)

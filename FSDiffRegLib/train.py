@@ -1,0 +1,165 @@
+"""Training FSDiffReg on ACDC: resumable, logged, validated by Dice on the network grid."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import acdc
+from .config import Config
+from .dataset import GridPair, load_grid_pairs, training_sample
+from .diffusion import NoiseSchedule
+from .losses import diffusion_loss, score_weights, sdg_ncc_loss, smoothness_loss
+from .metrics import heart_dice
+from .network import FSDiffRegNet, parameter_count
+from .spatial import warp
+from .weights import save_weights
+
+LOG_FIELDS = ["epoch", "step", "loss", "diffusion", "ncc", "smooth", "seconds"]
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    step: int = 0
+    best_dice: float = -1.0
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a (N, C, D, H, W) tensor to ``device`` in channels-last layout (faster 3D convs)."""
+    return x.to(device, memory_format=torch.channels_last_3d)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_loss(
+    model: FSDiffRegNet, schedule: NoiseSchedule, moving: torch.Tensor, fixed: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Eq. 5: diffusion loss + lam * SDG-weighted NCC + lam_phi * smoothness.
+
+    The score only weights the similarity (it is detached there), so the NCC term cannot
+    lower itself by inflating the score.
+    """
+    cfg = model.cfg
+    t = schedule.sample_t(moving.shape[0]).to(moving.device)
+    noise = torch.randn_like(fixed)
+    score, flow = model(moving, fixed, schedule.perturb(fixed, t, noise), t)
+    weights = score_weights(score.detach(), cfg.gamma) if cfg.sdg else None
+    parts = {
+        "diffusion": diffusion_loss(score, noise),
+        "ncc": sdg_ncc_loss(warp(moving, flow), fixed, weights, cfg.ncc_window),
+        "smooth": smoothness_loss(flow),
+    }
+    parts["loss"] = parts["diffusion"] + cfg.lam * parts["ncc"] + cfg.lam_phi * parts["smooth"]
+    return parts
+
+
+@torch.no_grad()
+def validate(model: FSDiffRegNet, items: list[GridPair], device: torch.device) -> dict[str, float]:
+    """Mean Dice (LV, Myo, RV, mean, heart) of labels warped by the network on its grid."""
+    model.eval()
+    rows = []
+    for item in items:
+        moving = to_device(torch.from_numpy(item.moving)[None, None], device)
+        fixed = to_device(torch.from_numpy(item.fixed)[None, None], device)
+        flow, _ = model.register(moving, fixed)
+        labels = torch.from_numpy(item.moving_labels.astype(np.float32))[None, None].to(device)
+        warped = warp(labels, flow, mode="nearest")[0, 0].cpu().numpy().astype(np.uint8)
+        rows.append(heart_dice(warped, item.fixed_labels))
+    model.train()
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def _save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "state": state.__dict__, "config": json.loads(model.cfg.to_json()),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}, tmp)
+    tmp.replace(path)
+
+
+def _resume(path: Path, model, optimizer) -> TrainState:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    np.random.set_state(ckpt["rng"]["numpy"])
+    return TrainState(**ckpt["state"])
+
+
+def _log(run_dir: Path, message: str) -> None:
+    with open(run_dir / "train.log", "a") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+
+def train(
+    data_dir: Path,
+    run_dir: Path,
+    cfg: Config,
+    device: torch.device,
+    max_minutes: float | None = None,
+    train_limit: int | None = None,
+    val_limit: int | None = None,
+) -> TrainState:
+    """Train (or resume) in ``run_dir``: last.pt each epoch, best weights by validation Dice."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "last.pt"
+    if last.is_file():
+        cfg = Config.from_dict(torch.load(last, map_location="cpu", weights_only=False)["config"])
+    (run_dir / "config.json").write_text(cfg.to_json())
+    seed_everything(cfg.seed)
+    train_pairs = acdc.split(data_dir, "train")[:train_limit]
+    val_pairs = acdc.split(data_dir, "validation")[:val_limit]
+    train_items = load_grid_pairs(train_pairs, cfg, run_dir / "cache" / "train.npz")
+    val_items = load_grid_pairs(val_pairs, cfg, run_dir / "cache" / "validation.npz")
+    model = FSDiffRegNet(cfg).to(device, memory_format=torch.channels_last_3d)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    state = _resume(last, model, optimizer) if last.is_file() else TrainState()
+    _log(run_dir, f"start epoch {state.epoch} step {state.step}; {parameter_count(model)} parameters; "
+         f"{len(train_items)} train / {len(val_items)} validation pairs; device {device}")
+    schedule = NoiseSchedule(cfg)
+    deadline = time.time() + 60 * max_minutes if max_minutes else None
+    new_log = not (run_dir / "log.csv").is_file()
+    with open(run_dir / "log.csv", "a", newline="") as handle:
+        writer = csv.DictWriter(handle, LOG_FIELDS)
+        if new_log:
+            writer.writeheader()
+        model.train()
+        while state.epoch < cfg.epochs and (deadline is None or time.time() < deadline):
+            rng = np.random.default_rng(cfg.seed + state.epoch)
+            order = rng.permutation(len(train_items))
+            batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            for batch in tqdm(batches, desc=f"epoch {state.epoch + 1}/{cfg.epochs}"):
+                start = time.time()
+                samples = [training_sample(train_items[i], cfg, rng) for i in batch]
+                moving, fixed = (to_device(torch.cat(x), device) for x in zip(*samples))
+                parts = training_loss(model, schedule, moving, fixed)
+                optimizer.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                optimizer.step()
+                state.step += 1
+                writer.writerow({"epoch": state.epoch + 1, "step": state.step, "seconds": round(time.time() - start, 3),
+                                 **{k: round(v.item(), 5) for k, v in parts.items()}})
+                handle.flush()
+            state.epoch += 1
+            if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+                scores = validate(model, val_items, device)
+                _log(run_dir, f"epoch {state.epoch} validation " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                if scores["mean"] > state.best_dice:
+                    state.best_dice = scores["mean"]
+                    save_weights(model, run_dir / "best.pt", {"epoch": state.epoch, "validation_dice": scores})
+            _save_checkpoint(last, model, optimizer, state)
+            _log(run_dir, f"epoch {state.epoch} done, step {state.step}")
+    return state
