@@ -6,20 +6,23 @@ import torch
 import torch.nn.functional as F
 
 
+def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Sum over a window^3 box around each voxel (zero padding), as three 1D poolings."""
+    for kernel in ((window, 1, 1), (1, window, 1), (1, 1, window)):
+        padding = tuple(k // 2 for k in kernel)
+        x = F.avg_pool3d(x, kernel, stride=1, padding=padding, count_include_pad=True)
+    return x * float(window**3)
+
+
 def local_ncc_map(a: torch.Tensor, b: torch.Tensor, window: int = 9) -> torch.Tensor:
     """Voxel-wise squared local correlation cross^2 / (var_a var_b + 1e-5) in a box window."""
-    kernel = torch.ones(1, 1, window, window, window, device=a.device, dtype=a.dtype)
-    pad = window // 2
     n = float(window**3)
-
-    def box(x: torch.Tensor) -> torch.Tensor:
-        return F.conv3d(x, kernel, padding=pad)
-
-    sa, sb = box(a), box(b)
-    cross = box(a * b) - sa * sb / n
-    var_a = box(a * a) - sa * sa / n
-    var_b = box(b * b) - sb * sb / n
-    return cross * cross / (var_a * var_b + 1e-5)
+    sums = box_sum(torch.cat([a, b, a * b, a * a, b * b], dim=1).flatten(0, 1)[:, None], window)
+    sa, sb, sab, saa, sbb = sums.view(a.shape[0], 5, *a.shape[2:]).unbind(1)
+    cross = sab - sa * sb / n
+    var_a = saa - sa * sa / n
+    var_b = sbb - sb * sb / n
+    return (cross * cross / (var_a * var_b + 1e-5))[:, None]
 
 
 def score_weights(score: torch.Tensor, gamma: float) -> torch.Tensor:

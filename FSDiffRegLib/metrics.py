@@ -23,8 +23,18 @@ def heart_dice(warped_labels: np.ndarray, fixed_labels: np.ndarray) -> dict[str,
 
 
 def jacobian_determinant(field: sitk.Image) -> sitk.Image:
-    """det(I + grad u) of a displacement field, in physical units (SimpleITK)."""
-    return sitk.DisplacementFieldJacobianDeterminant(field, True)
+    """det(I + grad u) of a displacement field in physical space, on the field's grid.
+
+    SimpleITK's filter differentiates along the index axes and ignores the grid's
+    direction, so the vectors are first expressed in the grid's own frame (D^T u),
+    which makes the determinant right for oblique grids too.
+    """
+    direction = np.array(field.GetDirection()).reshape(3, 3)
+    local = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(field) @ direction, isVector=True)
+    local.SetSpacing(field.GetSpacing())
+    jacobian = sitk.DisplacementFieldJacobianDeterminant(local, True)
+    jacobian.CopyInformation(field)
+    return jacobian
 
 
 def jacobian_stats(jacobian: np.ndarray) -> dict[str, float]:

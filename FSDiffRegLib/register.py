@@ -18,6 +18,7 @@ from .imageio import InputError, atomic_directory, check_image, check_labels, re
 from .metrics import jacobian_determinant, jacobian_stats, ncc
 from .network import FSDiffRegNet
 from .preprocess import PreparedPair, normalized, prepare_pair, resample_to
+from .refine import refine_flow
 from .weights import load_model
 
 OUTPUT_FILES = ("displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "metrics.json")
@@ -35,12 +36,22 @@ class Registration:
     warped_labels: sitk.Image | None = None
 
 
-def predict_flow(model: FSDiffRegNet, prepared: PreparedPair, device: torch.device) -> np.ndarray:
-    """The network's flow (3, D, H, W) in voxels of the network grid."""
+def predict_flow(
+    model: FSDiffRegNet,
+    prepared: PreparedPair,
+    device: torch.device,
+    refine_steps: int = 0,
+    smoothness: float | None = None,
+) -> np.ndarray:
+    """The flow (3, D, H, W) in voxels of the network grid, refined when asked."""
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a)[None, None].to(device, memory_format=torch.channels_last_3d)
 
-    flow, _ = model.register(tensor(prepared.moving), tensor(prepared.fixed))
+    moving, fixed = tensor(prepared.moving), tensor(prepared.fixed)
+    with torch.no_grad():
+        score, flow = model(moving, fixed, fixed, torch.zeros(1, dtype=torch.long, device=device))
+    if refine_steps > 0:
+        flow = refine_flow(flow, moving, fixed, score, model.cfg, refine_steps, smoothness)
     return flow[0].float().cpu().numpy()
 
 
@@ -63,8 +74,14 @@ def register_images(
     model: FSDiffRegNet,
     device: torch.device,
     moving_labels: sitk.Image | None = None,
+    refine_steps: int = 0,
+    smoothness: float | None = None,
 ) -> Registration:
-    """Register ``moving`` to ``fixed``; every output lies on the fixed image's grid."""
+    """Register ``moving`` to ``fixed``; every output lies on the fixed image's grid.
+
+    ``refine_steps`` > 0 optimises the prediction on this pair (``smoothness`` weighs
+    its regulariser; default: the model's lam_phi).
+    """
     check_image(fixed, "fixed")
     check_image(moving, "moving")
     if moving_labels is not None:
@@ -73,7 +90,7 @@ def register_images(
     prepared = prepare_pair(fixed, moving, model.cfg)
     if np.all(prepared.moving == -1.0):
         raise InputError("fixed and moving images do not overlap in physical space")
-    flow = predict_flow(model, prepared, device)
+    flow = predict_flow(model, prepared, device, refine_steps, smoothness)
     field = resample_field(flow_to_field(flow, prepared.grid), fixed)
     warped = apply_field(moving, field)
     jacobian = jacobian_determinant(field)
@@ -84,6 +101,7 @@ def register_images(
         "ncc_after": similarity(fixed, warped, prepared.grid),
         "seconds": round(seconds, 3),
         "device": str(device),
+        "refine_steps": refine_steps,
     }
     labels = apply_field(moving_labels, field, nearest=True) if moving_labels is not None else None
     return Registration(field, warped, jacobian, prepared.grid, metrics, labels)
@@ -108,6 +126,8 @@ def register_files(
     weights: str | Path | None = None,
     device: str = "auto",
     moving_labels: str | Path | None = None,
+    refine_steps: int = 0,
+    smoothness: float | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> Registration:
     """The ``fsdiffreg register`` command: read, check, register, write atomically."""
@@ -119,7 +139,7 @@ def register_files(
     log(f"loading weights on {torch_device}")
     model, about = load_model(weights, torch_device)
     log("registering")
-    result = register_images(fixed, moving, model, torch_device, labels)
+    result = register_images(fixed, moving, model, torch_device, labels, refine_steps, smoothness)
     result.metrics.update({"weights": about["name"], "weights_sha256": about["sha256"]})
     log("writing outputs")
     write_outputs(result, out_dir)

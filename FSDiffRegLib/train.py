@@ -6,7 +6,7 @@ import csv
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +116,9 @@ def train(
     """Train (or resume) in ``run_dir``: last.pt each epoch, best weights by validation Dice."""
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.pt"
-    if last.is_file():
-        cfg = Config.from_dict(torch.load(last, map_location="cpu", weights_only=False)["config"])
+    if last.is_file():  # a resumed run keeps its configuration; only the epoch budget may change
+        stored = Config.from_dict(torch.load(last, map_location="cpu", weights_only=False)["config"])
+        cfg = replace(stored, epochs=cfg.epochs)
     (run_dir / "config.json").write_text(cfg.to_json())
     seed_everything(cfg.seed)
     train_pairs = acdc.split(data_dir, "train")[:train_limit]

@@ -1,0 +1,44 @@
+"""Shared fixtures: real ACDC data (skipped where absent), sample pair, throwaway weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from FSDiffRegLib import acdc
+from FSDiffRegLib.config import Config
+from FSDiffRegLib.network import FSDiffRegNet
+from FSDiffRegLib.weights import BUNDLED_WEIGHTS, save_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "ACDC"
+SAMPLE = ROOT / "Resources" / "sample"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "training").is_dir():
+        pytest.skip(f"ACDC data not found at {DATA}: these tests need ../shared/data/ACDC")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def validation_pair(data_dir: Path) -> acdc.AcdcPair:
+    return acdc.split(data_dir, "validation")[1]
+
+
+@pytest.fixture(scope="session")
+def bundled_weights() -> Path:
+    if not BUNDLED_WEIGHTS.is_file():
+        pytest.skip(f"bundled weights missing: {BUNDLED_WEIGHTS}")
+    return BUNDLED_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def untrained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "untrained.pt"
+    save_weights(FSDiffRegNet(Config.load("cpu")), path)
+    return path

@@ -1,0 +1,123 @@
+"""``fsdiffreg register`` end to end on a real ACDC validation pair, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from FSDiffRegLib.cli import main
+from FSDiffRegLib.metrics import heart_dice, jacobian_determinant
+
+from conftest import SAMPLE
+
+FIXED, MOVING = SAMPLE / "acdc091_ED.nii.gz", SAMPLE / "acdc091_ES.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, validation_pair, bundled_weights):
+    out = tmp_path_factory.mktemp("cli") / "out"
+    code = main(["register", str(validation_pair.fixed), str(validation_pair.moving), "--out-dir", str(out),
+                 "--moving-labels", str(validation_pair.moving_labels), "--device", "cpu"])
+    assert code == 0
+    return out
+
+
+def test_outputs_are_written(registered):
+    names = {p.name for p in registered.iterdir()}
+    assert names == {"displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "warped_labels.nii.gz",
+                     "metrics.json"}
+    metrics = json.loads((registered / "metrics.json").read_text())
+    assert metrics["device"] == "cpu" and metrics["weights"] == "fsdiffreg_acdc_cpu.pt"
+    assert len(metrics["weights_sha256"]) == 64 and metrics["seconds"] > 0
+    assert metrics["ncc_after"] > metrics["ncc_before"]
+
+
+def test_displacement_reproduces_the_warped_image(registered, validation_pair):
+    fixed, moving = sitk.ReadImage(str(validation_pair.fixed)), sitk.ReadImage(str(validation_pair.moving))
+    field = sitk.ReadImage(str(registered / "displacement.nii.gz"))
+    assert field.GetPixelID() == sitk.sitkVectorFloat64
+    assert field.GetSize() == fixed.GetSize() and np.allclose(field.GetDirection(), fixed.GetDirection())
+    assert np.abs(sitk.GetArrayFromImage(field)).max() > 1.0  # it really moves something (mm)
+    again = sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field), sitk.sitkLinear, 0.0,
+                          moving.GetPixelID())
+    warped = sitk.ReadImage(str(registered / "warped.nii.gz"))
+    assert np.allclose(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(warped), atol=1e-3)
+    jac = sitk.ReadImage(str(registered / "jacobian.nii.gz"))
+    expected = jacobian_determinant(sitk.ReadImage(str(registered / "displacement.nii.gz")))
+    assert np.allclose(sitk.GetArrayFromImage(jac), sitk.GetArrayFromImage(expected))
+
+
+def test_registration_improves_label_overlap(registered, validation_pair):
+    fixed_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(validation_pair.fixed_labels)))
+    before = heart_dice(sitk.GetArrayFromImage(sitk.ReadImage(str(validation_pair.moving_labels))), fixed_labels)
+    after = heart_dice(sitk.GetArrayFromImage(sitk.ReadImage(str(registered / "warped_labels.nii.gz"))),
+                       fixed_labels)
+    assert after["mean"] > before["mean"] + 0.03
+
+
+def write(tmp_path, name: str, image: sitk.Image):
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def bad_inputs(tmp_path):
+    """(name, fixed, moving, extra args, expected words in the message)."""
+    moving = sitk.ReadImage(str(MOVING))
+    array = sitk.GetArrayFromImage(moving).astype(np.float32)
+    nan = array.copy()
+    nan[2, 50, 50] = np.nan
+    nan_image = sitk.GetImageFromArray(nan)
+    nan_image.CopyInformation(moving)
+    far = sitk.Image(moving)
+    far.SetOrigin([o + 5000.0 for o in moving.GetOrigin()])
+    (tmp_path / "garbage.nii.gz").write_bytes(b"\x1f\x8bnot really gzip")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00" * 64)
+    return [
+        ("2D", write(tmp_path, "2d.nii.gz", moving[:, :, 3]), MOVING, [], "must be 3D"),
+        ("4D", FIXED, write(tmp_path, "4d.nii.gz", sitk.JoinSeries([moving, moving])), [], "must be 3D"),
+        ("empty", FIXED, write(tmp_path, "empty.nii.gz", moving * 0), [], "empty"),
+        ("NaN", write(tmp_path, "nan.mha", nan_image), MOVING, [], "NaN"),
+        ("unreadable", tmp_path / "garbage.nii.gz", MOVING, [], "cannot read fixed"),
+        ("missing", tmp_path / "nothing.nii.gz", MOVING, [], "not found"),
+        ("apart", FIXED, write(tmp_path, "far.nii.gz", far), [], "do not overlap"),
+        ("no weights", FIXED, MOVING, ["--weights", str(tmp_path / "none.pt")], "weights file not found"),
+        ("corrupt weights", FIXED, MOVING, ["--weights", str(corrupt)], "cannot load weights"),
+    ]
+
+
+def test_every_bad_input_fails_cleanly(tmp_path, capsys, untrained_weights):
+    for name, fixed, moving, extra, words in bad_inputs(tmp_path):
+        out = tmp_path / f"out-{name.replace(' ', '-')}"
+        weights = [] if "--weights" in extra else ["--weights", str(untrained_weights)]
+        code = main(["register", str(fixed), str(moving), "--out-dir", str(out), *weights, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, name
+        assert words in err[-1] and err[-1].startswith("fsdiffreg: error:"), (name, err)
+        assert not out.exists(), name
+
+
+def test_existing_output_folder_is_kept_on_failure(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["register", str(tmp_path / "x.nii.gz"), str(MOVING), "--out-dir", str(out)]) == 2
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_one_line_error(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "FSDiffRegLib.cli", "register", str(FIXED), str(MOVING),
+                          "--out-dir", str(out), "--device", "cuda"], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip() == "fsdiffreg: error: --device cuda was asked for, but CUDA is not available " \
+                                 "on this machine"
+    assert not out.exists()
