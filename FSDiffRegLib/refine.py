@@ -7,6 +7,8 @@ SDG-weighted local NCC (weights from the network's own diffusion score) and smoo
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .config import Config
@@ -24,13 +26,16 @@ def refine_flow(
     cfg: Config,
     steps: int,
     smoothness: float | None = None,
+    log: Callable[[str], None] = lambda message: None,
 ) -> torch.Tensor:
     """Return the flow after ``steps`` steps; ``smoothness`` overrides cfg.lam_phi."""
     lam_phi = cfg.lam_phi if smoothness is None else smoothness
     weights = score_weights(score, cfg.gamma) if cfg.sdg else None
     field = flow.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([field], lr=REFINE_LR)
-    for _ in range(steps):
+    for step in range(steps):
+        if step % max(steps // 10, 1) == 0:
+            log(f"refining {step}/{steps}")
         loss = cfg.lam * sdg_ncc_loss(warp(moving, field), fixed, weights, cfg.ncc_window)
         loss = loss + lam_phi * smoothness_loss(field)
         optimizer.zero_grad(set_to_none=True)

@@ -42,6 +42,7 @@ def predict_flow(
     device: torch.device,
     refine_steps: int = 0,
     smoothness: float | None = None,
+    log: Callable[[str], None] = lambda message: None,
 ) -> np.ndarray:
     """The flow (3, D, H, W) in voxels of the network grid, refined when asked."""
     def tensor(a: np.ndarray) -> torch.Tensor:
@@ -51,7 +52,7 @@ def predict_flow(
     with torch.no_grad():
         score, flow = model(moving, fixed, fixed, torch.zeros(1, dtype=torch.long, device=device))
     if refine_steps > 0:
-        flow = refine_flow(flow, moving, fixed, score, model.cfg, refine_steps, smoothness)
+        flow = refine_flow(flow, moving, fixed, score, model.cfg, refine_steps, smoothness, log)
     return flow[0].float().cpu().numpy()
 
 
@@ -76,6 +77,7 @@ def register_images(
     moving_labels: sitk.Image | None = None,
     refine_steps: int = 0,
     smoothness: float | None = None,
+    log: Callable[[str], None] = lambda message: None,
 ) -> Registration:
     """Register ``moving`` to ``fixed``; every output lies on the fixed image's grid.
 
@@ -86,11 +88,13 @@ def register_images(
     check_image(moving, "moving")
     if moving_labels is not None:
         check_labels(moving_labels, moving, "moving")
+    if refine_steps < 0:
+        raise InputError(f"refinement steps must be 0 or more, got {refine_steps}")
     start = time.time()
     prepared = prepare_pair(fixed, moving, model.cfg)
     if np.all(prepared.moving == -1.0):
         raise InputError("fixed and moving images do not overlap in physical space")
-    flow = predict_flow(model, prepared, device, refine_steps, smoothness)
+    flow = predict_flow(model, prepared, device, refine_steps, smoothness, log)
     field = resample_field(flow_to_field(flow, prepared.grid), fixed)
     warped = apply_field(moving, field)
     jacobian = jacobian_determinant(field)
@@ -139,7 +143,7 @@ def register_files(
     log(f"loading weights on {torch_device}")
     model, about = load_model(weights, torch_device)
     log("registering")
-    result = register_images(fixed, moving, model, torch_device, labels, refine_steps, smoothness)
+    result = register_images(fixed, moving, model, torch_device, labels, refine_steps, smoothness, log)
     result.metrics.update({"weights": about["name"], "weights_sha256": about["sha256"]})
     log("writing outputs")
     write_outputs(result, out_dir)

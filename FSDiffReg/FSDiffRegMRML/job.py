@@ -1,0 +1,78 @@
+"""One registration of MRML volumes: inputs to files, the CLI in a child process, outputs to new nodes."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from .inputs import checkInputs, writeInputs
+from .outputs import RegistrationOutputs, loadOutputs
+from .process import RegisterOptions, RegistrationProcess, launch, libraryRoot, registerCommand
+
+
+class RegistrationError(RuntimeError):
+    """The registration process failed or was cancelled; the scene was left as it was."""
+
+
+class RegistrationJob:
+    """Start with checked inputs; ``poll()`` until ``finished``; then ``outputs()`` (or ``cancel()``).
+
+    Until ``outputs()`` succeeds nothing is added to the scene, and the input nodes are
+    never changed. The work folder (input copies, output files) is removed at the end.
+    """
+
+    def __init__(self, fixed, moving, labels=None, options: RegisterOptions | None = None,
+                 python: str = sys.executable):
+        checkInputs(fixed, moving, labels)
+        self.fixed, self.moving, self.labels = fixed, moving, labels
+        self.workDir = Path(tempfile.mkdtemp(prefix="FSDiffReg-"))
+        self.outDir = self.workDir / "out"
+        try:
+            fixedPath, movingPath, labelsPath = writeInputs(self.workDir, fixed, moving, labels)
+            command = registerCommand(python, fixedPath, movingPath, self.outDir, options or RegisterOptions(),
+                                      labelsPath)
+            self.process = RegistrationProcess(launch(command, libraryRoot()))
+        except BaseException:
+            self._clean()
+            raise
+
+    def poll(self) -> list[str]:
+        """New output lines of the child process (never blocks)."""
+        return self.process.poll()
+
+    @property
+    def finished(self) -> bool:
+        return self.process.finished
+
+    @property
+    def progress(self) -> int:
+        return self.process.progress
+
+    def cancel(self) -> None:
+        """Stop the child process and forget its work."""
+        self.process.cancel()
+        self._clean()
+
+    def outputs(self) -> RegistrationOutputs:
+        """After the child finished: the new output nodes, or RegistrationError with the reason."""
+        try:
+            if not self.process.succeeded:
+                raise RegistrationError(self.process.failure())
+            return loadOutputs(self.outDir, self.fixed, self.moving, self.labels)
+        finally:
+            self._clean()
+
+    def wait(self, onLines: Callable[[list[str]], None] = lambda lines: None,
+             idle: Callable[[], None] = lambda: time.sleep(0.05)) -> RegistrationOutputs:
+        """Block until the child ends (calling ``idle`` in between), then return ``outputs()``."""
+        while not self.finished:
+            onLines(self.poll())
+            idle()
+        return self.outputs()
+
+    def _clean(self) -> None:
+        shutil.rmtree(self.workDir, ignore_errors=True)

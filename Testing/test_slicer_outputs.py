@@ -1,0 +1,328 @@
+"""The MRML layer's output nodes, checked on real MRML (slicer-core) against the library's files.
+
+The library writes the outputs (``write_outputs``) for a known, clearly non-zero
+displacement field on a real ACDC validation pair, axis-aligned and on an oblique copy
+of both volumes; FSDiffRegMRML turns them into nodes, which are then checked with
+Slicer's own readers, writers and transform machinery and with SimpleITK.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from FSDiffRegLib.field import apply_field
+from FSDiffRegLib.metrics import jacobian_determinant
+from FSDiffRegLib.register import Registration, write_outputs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
+from FSDiffRegMRML import display, inputs, outputs  # noqa: E402
+
+LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+SHIFT_LPS = np.array([3.0, -2.0, 1.5])  # mm: towards Left, Anterior, Superior
+
+
+def rotation(degrees: float, axis=(1.0, 1.0, 1.0)) -> np.ndarray:
+    axis = np.asarray(axis) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    a = np.radians(degrees)
+    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+
+
+def rotated(image: sitk.Image, r: np.ndarray, centre: np.ndarray) -> sitk.Image:
+    """The same voxels with the grid rotated by ``r`` about ``centre`` (LPS)."""
+    out = sitk.Image(image)
+    out.SetDirection((r @ np.array(image.GetDirection()).reshape(3, 3)).ravel().tolist())
+    out.SetOrigin((r @ (np.array(image.GetOrigin()) - centre) + centre).tolist())
+    return out
+
+
+def known_field(grid: sitk.Image) -> np.ndarray:
+    """A smooth displacement (LPS mm, array z, y, x, 3) of the voxel centres of an axis-aligned ``grid``."""
+    k, j, i = np.meshgrid(*[np.arange(n) for n in grid.GetSize()[::-1]], indexing="ij")
+    x, y, z = (np.asarray(grid.GetOrigin())[a] + np.asarray(grid.GetSpacing())[a] * idx
+               for a, idx in enumerate((i, j, k)))
+    u = np.empty(i.shape + (3,))
+    u[..., 0] = SHIFT_LPS[0] + 2.0 * np.sin(2 * np.pi * y / 60.0)
+    u[..., 1] = SHIFT_LPS[1] + 1.5 * np.cos(2 * np.pi * x / 50.0)
+    u[..., 2] = SHIFT_LPS[2] + 1.0 * np.sin(2 * np.pi * (x + y) / 90.0)
+    return u
+
+
+def load_volume(scene, path: Path, cls: str = "vtkMRMLScalarVolumeNode"):
+    node = scene.AddNewNodeByClass(cls)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node), path
+    return node
+
+
+def voxels(volume) -> np.ndarray:
+    image = volume.GetImageData()
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(image.GetDimensions()[::-1])
+
+
+def ijk_to_ras(volume) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def new_scene():
+    """A scene with the module logics Slicer always has (default colours, segmentation converters)."""
+    scene = slicer.vtkMRMLScene()
+    logics = (slicer.vtkMRMLColorLogic(), slicer.vtkSlicerSegmentationsModuleLogic())
+    for logic in logics:
+        logic.SetMRMLScene(scene)
+    return scene, logics
+
+
+@pytest.fixture(scope="module", params=["axis-aligned", "oblique"])
+def case(request, tmp_path_factory, validation_pair):
+    """Library-written outputs for a known field, loaded as nodes by the MRML layer."""
+    folder = tmp_path_factory.mktemp(request.param)
+    fixed = sitk.ReadImage(str(validation_pair.fixed), sitk.sitkFloat32)
+    moving = sitk.ReadImage(str(validation_pair.moving), sitk.sitkFloat32)
+    labels = sitk.ReadImage(str(validation_pair.moving_labels), sitk.sitkUInt8)
+    u = known_field(fixed)
+    r = np.eye(3) if request.param == "axis-aligned" else rotation(25.0)
+    centre = np.array(fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()]))
+    fixed, moving, labels = (rotated(image, r, centre) for image in (fixed, moving, labels))
+    field = sitk.GetImageFromArray(u @ r.T, isVector=True)
+    field.CopyInformation(fixed)
+    for name, image in (("fixed", fixed), ("moving", moving), ("labels", labels)):
+        sitk.WriteImage(image, str(folder / f"{name}.nrrd"))
+    result = Registration(field, apply_field(moving, field), jacobian_determinant(field), fixed,
+                          {"folding_percent": 0.0, "sd_jacobian": 0.1, "seconds": 1.0, "device": "cpu"},
+                          apply_field(labels, field, nearest=True))
+    out = write_outputs(result, folder / "out")
+
+    scene, logics = new_scene()
+    fixed_node = load_volume(scene, folder / "fixed.nrrd")
+    moving_node = load_volume(scene, folder / "moving.nrrd")
+    labelmap = load_volume(scene, folder / "labels.nrrd", "vtkMRMLLabelMapVolumeNode")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation, "")
+    for index, name in enumerate(["RV", "Myo", "LV"]):
+        segmentation.GetSegmentation().GetNthSegment(index).SetName(name)
+    nodes = outputs.loadOutputs(out, fixed_node, moving_node, segmentation)
+    return {"name": request.param, "out": out, "scene": scene, "logics": logics, "fixed": fixed_node,
+            "moving": moving_node, "labelmap": labelmap, "segmentation": segmentation, "nodes": nodes,
+            "u": u, "r": r, "folder": folder}
+
+
+def voxel_centres_ras(volume, step: int = 7) -> np.ndarray:
+    """Every ``step``-th voxel centre (RAS), with the voxel's (k, j, i)."""
+    dims = volume.GetImageData().GetDimensions()
+    kji = np.stack(np.meshgrid(*[np.arange(0, n, step) for n in dims[::-1]], indexing="ij"), -1).reshape(-1, 3)
+    ijk1 = np.c_[kji[:, ::-1], np.ones(len(kji))]
+    return (ijk1 @ ijk_to_ras(volume).T)[:, :3], kji
+
+
+def test_grid_transform_node_holds_the_field_as_resampling_transform(case):
+    transform = case["nodes"].transform
+    assert transform.IsA("vtkMRMLGridTransformNode") and transform.GetScene() is case["scene"]
+    grid = transform.GetTransformFromParent()
+    assert grid.IsA("vtkOrientedGridTransform")
+    assert grid.GetDisplacementGrid().GetDimensions() == case["fixed"].GetImageData().GetDimensions()
+
+
+def test_transform_maps_fixed_ras_to_moving_with_the_known_signs(case):
+    """At voxel centres the RAS displacement is the known LPS field with x and y negated."""
+    points, kji = voxel_centres_ras(case["fixed"])
+    grid = case["nodes"].transform.GetTransformFromParent()
+    mapped = np.array([grid.TransformPoint(p) for p in points])
+    expected_lps = case["u"][tuple(kji.T)] @ case["r"].T
+    np.testing.assert_allclose(mapped - points, expected_lps * LPS_TO_RAS, atol=1e-6)
+    mean_ras = (mapped - points).mean(axis=0)
+    assert np.allclose(mean_ras, (case["r"] @ SHIFT_LPS) * LPS_TO_RAS, atol=0.5)
+
+
+def test_transform_matches_itk_reading_of_displacement_file_anywhere(case):
+    """Between voxel centres too: Slicer's transform = ITK's DisplacementFieldTransform (LPS) flipped."""
+    field = sitk.ReadImage(str(case["out"] / "displacement.nii.gz"))
+    itk = sitk.DisplacementFieldTransform(sitk.Image(field))
+    rng = np.random.default_rng(0)
+    dims = np.array(case["fixed"].GetImageData().GetDimensions())
+    ijk = rng.uniform(1, dims - 2, size=(200, 3))
+    points = (np.c_[ijk, np.ones(len(ijk))] @ ijk_to_ras(case["fixed"]).T)[:, :3]
+    grid = case["nodes"].transform.GetTransformFromParent()
+    slicer_moving = np.array([grid.TransformPoint(p) for p in points])
+    itk_moving = np.array([itk.TransformPoint((p * LPS_TO_RAS).tolist()) for p in points]) * LPS_TO_RAS
+    np.testing.assert_allclose(slicer_moving, itk_moving, atol=1e-4)
+    assert np.abs(slicer_moving - points).max() > 2.0
+
+
+def test_transform_matches_slicers_own_reading_of_displacement_file(case):
+    node = case["scene"].AddNewNodeByClass("vtkMRMLGridTransformNode")
+    storage = slicer.vtkMRMLTransformStorageNode()
+    storage.SetFileName(str(case["out"] / "displacement.nii.gz"))
+    assert storage.ReadData(node)
+    points, _ = voxel_centres_ras(case["fixed"], step=11)
+    ours = case["nodes"].transform.GetTransformFromParent()
+    theirs = node.GetTransformFromParent()
+    for p in points:
+        np.testing.assert_allclose(ours.TransformPoint(p), theirs.TransformPoint(p), atol=1e-6)
+    case["scene"].RemoveNode(node)
+
+
+def resampled_through(transform, moving, fixed) -> np.ndarray:
+    """``moving`` on ``fixed``'s grid through the transform node, by vtkImageReslice with the
+    node's world-to-local transform (Slicer's own transform machinery, not our code)."""
+    world_to_moving = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, transform, world_to_moving)
+    ijk_to_world = vtk.vtkMatrix4x4()
+    fixed.GetIJKToRASMatrix(ijk_to_world)
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    moving.GetRASToIJKMatrix(ras_to_ijk)
+    chain = vtk.vtkGeneralTransform()
+    chain.PostMultiply()
+    chain.Concatenate(ijk_to_world)
+    chain.Concatenate(world_to_moving)
+    chain.Concatenate(ras_to_ijk)
+    reslice = vtk.vtkImageReslice()
+    reslice.SetInputData(moving.GetImageData())
+    reslice.SetResliceTransform(chain)
+    reslice.SetOutputExtent(fixed.GetImageData().GetExtent())
+    reslice.SetOutputOrigin(0, 0, 0)
+    reslice.SetOutputSpacing(1, 1, 1)
+    reslice.SetInterpolationModeToLinear()
+    reslice.Update()
+    image = reslice.GetOutput()
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(image.GetDimensions()[::-1])
+
+
+def test_moving_resampled_through_the_transform_node_reproduces_warped(case):
+    moving = case["moving"]
+    resampled = resampled_through(case["nodes"].transform, moving, case["fixed"])
+    warped = voxels(case["nodes"].warped)
+    scale = np.abs(warped).max()
+    assert np.abs(resampled - warped).max() < 1e-3 * scale
+    assert np.abs(voxels(moving) - warped).mean() > 0.02 * scale  # the field really moved things
+
+
+def test_output_volumes_keep_the_fixed_geometry(case):
+    nodes, fixed = case["nodes"], case["fixed"]
+    for volume in (nodes.warped, nodes.jacobian):
+        assert volume.GetScene() is case["scene"]
+        assert volume.GetImageData().GetDimensions() == fixed.GetImageData().GetDimensions()
+        np.testing.assert_array_equal(ijk_to_ras(volume), ijk_to_ras(fixed))
+    if case["name"] == "oblique":
+        rotation_part = ijk_to_ras(fixed)[:3, :3]
+        assert np.abs(rotation_part - np.diag(np.diag(rotation_part))).max() > 0.1
+
+
+def test_warped_volume_equals_the_librarys_file(case):
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(case["out"] / "warped.nii.gz")))
+    np.testing.assert_array_equal(voxels(case["nodes"].warped), expected)
+
+
+def test_jacobian_volume_equals_simpleitk_of_the_field(case):
+    """SimpleITK's filter on the axis-aligned field; the oblique field is the same field rotated,
+    and the determinant does not change under rotation, so both cases must give the same array."""
+    grid = sitk.ReadImage(str(case["folder"] / "fixed.nrrd"))
+    field = sitk.GetImageFromArray(case["u"], isVector=True)
+    field.SetSpacing(grid.GetSpacing())
+    expected = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field, True))
+    np.testing.assert_allclose(voxels(case["nodes"].jacobian), expected, atol=1e-5)
+    assert expected.std() > 0.01
+
+
+def test_transform_written_to_h5_and_read_back_gives_the_same_displacements(case, tmp_path):
+    transform = case["nodes"].transform
+    path = tmp_path / "transform.h5"
+    writer = slicer.vtkMRMLTransformStorageNode()
+    writer.SetFileName(str(path))
+    assert writer.WriteData(transform) and path.is_file()
+    back = case["scene"].AddNewNodeByClass("vtkMRMLGridTransformNode")
+    reader = slicer.vtkMRMLTransformStorageNode()
+    reader.SetFileName(str(path))
+    assert reader.ReadData(back)
+    ours, theirs = transform.GetTransformFromParent(), back.GetTransformFromParent()
+    assert theirs.IsA("vtkOrientedGridTransform")
+    a, b = ours.GetDisplacementGrid(), theirs.GetDisplacementGrid()
+    assert a.GetDimensions() == b.GetDimensions()
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-9)
+    np.testing.assert_allclose(numpy_support.vtk_to_numpy(a.GetPointData().GetScalars()),
+                               numpy_support.vtk_to_numpy(b.GetPointData().GetScalars()), atol=1e-9)
+    points, _ = voxel_centres_ras(case["fixed"], step=13)
+    for p in points:
+        np.testing.assert_allclose(ours.TransformPoint(p), theirs.TransformPoint(p), atol=1e-6)
+    case["scene"].RemoveNode(back)
+
+
+def test_segmentation_written_as_labels_on_the_moving_grid(case, tmp_path):
+    path = inputs.writeLabels(case["segmentation"], case["moving"], tmp_path / "labels.nrrd")
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    np.testing.assert_array_equal(written, voxels(case["labelmap"]))
+
+
+def test_warped_segmentation_has_the_segments_filled_from_warped_labels(case):
+    warped = case["nodes"].warpedLabels
+    assert warped.IsA("vtkMRMLSegmentationNode") and warped.GetScene() is case["scene"]
+    segments = warped.GetSegmentation()
+    assert [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())] == ["RV", "Myo", "LV"]
+    exported = case["scene"].AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    for segment_id in inputs.segmentIds(warped):
+        ids.InsertNextValue(segment_id)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(warped, ids, exported, case["fixed"])
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(case["out"] / "warped_labels.nii.gz")))
+    np.testing.assert_array_equal(voxels(exported), expected)
+    assert (expected > 0).sum() > 1000
+    case["scene"].RemoveNode(exported)
+
+
+def jacobian_colours(values: list[float]) -> np.ndarray:
+    """The RGB Slicer's display pipeline gives these determinant values after ``showJacobian``."""
+    scene, _ = new_scene()
+    image = vtk.vtkImageData()
+    image.SetDimensions(len(values), 1, 1)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.array(values, dtype=np.float32), deep=True))
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    volume.SetAndObserveImageData(image)
+    volume.CreateDefaultDisplayNodes()
+    display.showJacobian(volume)
+    producer = volume.GetDisplayNode().GetOutputImageDataConnection().GetProducer()
+    producer.Update()
+    rgba = producer.GetOutputDataObject(0).GetPointData().GetScalars()
+    return numpy_support.vtk_to_numpy(rgba)[:, :3].astype(int)
+
+
+def test_jacobian_colours_diverge_around_one_and_mark_folds():
+    fold, zero, tiny, small, half, one, more, big = jacobian_colours([-0.5, 0.0, 0.0005, 0.05, 0.5, 1.0, 1.6, 3.0])
+    fold_rgb = (np.array(display.FOLD_COLOR) * 255).round().astype(int)
+    for c in (fold, zero, tiny):
+        np.testing.assert_allclose(c, fold_rgb, atol=1)
+    assert small[2] == 255 and small[0] < 40  # strong blue: shrinking
+    assert half[2] == 255 and 100 < half[0] < 160  # paler blue
+    assert (one >= 253).all()  # white at 1
+    assert more[0] == 255 and 80 < more[2] < 130  # red: growing
+    np.testing.assert_array_equal(big, [255, 0, 0])
+    assert display.jacobianColorNode(slicer.vtkMRMLScene()).GetNumberOfColors() == display.LEVELS
+
+
+def test_jacobian_volume_uses_the_scene_colour_table_once(case):
+    table = case["scene"].GetFirstNodeByName(display.JACOBIAN_COLORS)
+    assert case["nodes"].jacobian.GetDisplayNode().GetColorNodeID() == table.GetID()
+    assert display.jacobianColorNode(case["scene"]) is table
+
+
+@pytest.mark.parametrize("mode", ["grid", "glyph", "contour"])
+def test_deformation_display_toggles_in_slice_views(case, mode):
+    transform, fixed = case["nodes"].transform, case["fixed"]
+    display.showDeformation(transform, True, mode, fixed)
+    shown = transform.GetDisplayNode()
+    assert shown.GetVisualizationMode() == display.DEFORMATION_MODES[mode]
+    assert shown.GetVisibility() and shown.GetVisibility2D() and not shown.GetVisibility3D()
+    assert shown.GetRegionNode() is fixed
+    display.showDeformation(transform, False, mode, fixed)
+    assert transform.GetDisplayNode() is shown and not shown.GetVisibility2D()

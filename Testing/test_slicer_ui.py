@@ -1,0 +1,170 @@
+"""Static checks of the Slicer module, which needs the full Slicer application to run:
+the .ui and the module code agree, parameters bind to suitable widgets, the packaging
+files are consistent, and nothing heavy is imported by the GUI or Qt by the MRML layer."""
+
+from __future__ import annotations
+
+import ast
+import json
+import py_compile
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = ROOT / "FSDiffReg"
+SOURCE = MODULE / "FSDiffReg.py"
+UI = MODULE / "Resources" / "UI" / "FSDiffReg.ui"
+MRML = MODULE / "FSDiffRegMRML"
+
+#: The widget class each kind of parameter must be bound to (Slicer's GUI connectors).
+WIDGET_FOR = {"choice": "QComboBox", "int": "QSpinBox", "float": "QDoubleSpinBox", "bool": "QCheckBox",
+              "Path": "ctkPathLineEdit", "node": "qMRMLNodeComboBox"}
+
+
+def module_tree() -> ast.Module:
+    return ast.parse(SOURCE.read_text())
+
+
+def parameter_fields() -> dict[str, str]:
+    """Field name -> annotation source of the @parameterNodeWrapper class."""
+    cls = next(node for node in module_tree().body
+               if isinstance(node, ast.ClassDef) and node.name == "FSDiffRegParameterNode")
+    assert any(ast.unparse(d) == "parameterNodeWrapper" for d in cls.decorator_list)
+    return {s.target.id: ast.unparse(s.annotation) for s in cls.body if isinstance(s, ast.AnnAssign)}
+
+
+def kind(annotation: str) -> str:
+    if "Choice(" in annotation:
+        return "choice"
+    if "vtkMRML" in annotation:
+        return "node"
+    return re.sub(r"Annotated\[(\w+),.*", r"\1", annotation)
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(UI).getroot().iter("widget")}
+
+
+def parameter_names() -> dict[str, str]:
+    """SlicerParameterName -> widget name, from the .ui."""
+    names = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                names[prop.findtext("string")] = name
+    return names
+
+
+def test_module_sources_compile():
+    for path in [SOURCE, *MRML.glob("*.py")]:
+        py_compile.compile(str(path), doraise=True)
+
+
+def test_every_widget_the_code_names_exists_in_the_ui():
+    named = {node.attr for node in ast.walk(module_tree())
+             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+             and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+    assert named, "the module code names no widget"
+    assert named <= set(ui_widgets()), sorted(named - set(ui_widgets()))
+
+
+def test_every_slicer_parameter_name_is_a_field_and_every_field_has_a_widget():
+    assert set(parameter_names()) == set(parameter_fields())
+
+
+@pytest.mark.parametrize("field", sorted(parameter_fields()))
+def test_parameter_is_bound_to_a_widget_its_type_can_use(field):
+    annotation = parameter_fields()[field]
+    widget = ui_widgets()[parameter_names()[field]]
+    assert widget.get("class") == WIDGET_FOR[kind(annotation)], annotation
+    if kind(annotation) == "node":
+        types = [s.text for p in widget.findall("property") if p.get("name") == "nodeTypes"
+                 for s in p.iter("string")]
+        assert types and all(t in annotation for t in types) and all(t in types for t in
+                                                                      re.findall(r"vtkMRML\w+", annotation))
+
+
+def test_every_node_selector_gets_the_scene():
+    root = ET.parse(UI).getroot()
+    receivers = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    selectors = {name for name, w in ui_widgets().items() if w.get("class") == "qMRMLNodeComboBox"}
+    assert selectors and selectors <= receivers
+
+
+def test_module_has_the_slicer_classes():
+    classes = {node.name: [ast.unparse(b) for b in node.bases] for node in module_tree().body
+               if isinstance(node, ast.ClassDef)}
+    assert classes["FSDiffReg"] == ["ScriptedLoadableModule"]
+    assert classes["FSDiffRegWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes["FSDiffRegLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["FSDiffRegTest"] == ["ScriptedLoadableModuleTest"]
+
+
+def imported_modules(path: Path, top_level_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_gui_imports_neither_torch_nor_the_library_at_import_time():
+    top = imported_modules(SOURCE, top_level_only=True)
+    assert not {name for name in top if name.split(".")[0] in ("torch", "FSDiffRegLib", "PyTorchUtils")}
+
+
+def test_mrml_layer_never_imports_qt_or_torch():
+    for path in MRML.glob("*.py"):
+        roots = {name.split(".")[0] for name in imported_modules(path, top_level_only=False)}
+        assert not roots & {"qt", "ctk", "torch", "FSDiffRegLib", "PyTorchUtils"}, path.name
+        assert "slicer.util" not in imported_modules(path, top_level_only=False), path.name
+
+
+def cmake_list(text: str, variable: str) -> list[str]:
+    body = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S).group(1)
+    return [item.replace("${MODULE_NAME}", "FSDiffReg") for item in body.split()]
+
+
+def test_module_cmake_ships_every_module_file():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS")
+    shipped = {str(p.relative_to(MODULE)) for p in [SOURCE, *MRML.glob("*.py")]}
+    assert set(scripts) == shipped
+    for resource in cmake_list(text, "MODULE_PYTHON_RESOURCES"):
+        assert (MODULE / resource).is_file(), resource
+    assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert "FSDiffRegLib/*.py" in text and "Resources/weights/*" in text
+
+
+def cmake_setting(name: str) -> str:
+    return re.search(rf'set\({name} "(.*?)"\)', (ROOT / "CMakeLists.txt").read_text()).group(1)
+
+
+def test_extension_metadata_agrees_with_the_index_entry():
+    entry = json.loads((ROOT / "FSDiffReg.json").read_text())
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
+    assert entry["category"] == cmake_setting("EXTENSION_CATEGORY") == "Registration"
+    assert entry["build_dependencies"] == [cmake_setting("EXTENSION_DEPENDS")] == ["PyTorch"]
+    assert entry["scm_url"].startswith(cmake_setting("EXTENSION_HOMEPAGE"))
+    assert "add_subdirectory(FSDiffReg)" in (ROOT / "CMakeLists.txt").read_text()
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_icons_are_128_pixel_pngs():
+    for path in (ROOT / "FSDiffReg.png", MODULE / "Resources" / "Icons" / "FSDiffReg.png"):
+        assert png_size(path) == (128, 128)
