@@ -30,7 +30,7 @@ def _register(args: argparse.Namespace) -> None:
     from .register import register_files
 
     result = register_files(args.fixed, args.moving, args.out_dir, args.weights, args.device,
-                            args.moving_labels, args.refine, args.smoothness, log=_say)
+                            args.moving_labels, args.refine, args.smoothness, args.diffeomorphic, log=_say)
     print(f"{_summary(result.metrics)}\noutputs in {Path(args.out_dir).resolve()}")
 
 
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-labels", help="label map of the moving image to warp too")
     p.add_argument("--refine", type=int, default=DEFAULT_REFINE, help="instance-refinement steps (0: network only)")
     p.add_argument("--smoothness", type=float, help="smoothness weight of the refinement (default: the model's)")
+    p.add_argument("--diffeomorphic", action="store_true",
+                   help="refine a stationary velocity field (scaling and squaring) instead of the displacement")
     p.set_defaults(func=_register)
 
     p = sub.add_parser("evaluate", help="Table 1 (Dice, folding, SD|J|, time) on the validation split")

@@ -42,6 +42,7 @@ def predict_flow(
     device: torch.device,
     refine_steps: int = 0,
     smoothness: float | None = None,
+    diffeomorphic: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> np.ndarray:
     """The flow (3, D, H, W) in voxels of the network grid, refined when asked."""
@@ -52,7 +53,7 @@ def predict_flow(
     with torch.no_grad():
         score, flow = model(moving, fixed, fixed, torch.zeros(1, dtype=torch.long, device=device))
     if refine_steps > 0:
-        flow = refine_flow(flow, moving, fixed, score, model.cfg, refine_steps, smoothness, log)
+        flow = refine_flow(flow, moving, fixed, score, model.cfg, refine_steps, smoothness, diffeomorphic, log)
     return flow[0].float().cpu().numpy()
 
 
@@ -77,12 +78,14 @@ def register_images(
     moving_labels: sitk.Image | None = None,
     refine_steps: int = 0,
     smoothness: float | None = None,
+    diffeomorphic: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> Registration:
     """Register ``moving`` to ``fixed``; every output lies on the fixed image's grid.
 
     ``refine_steps`` > 0 optimises the prediction on this pair (``smoothness`` weighs
-    its regulariser; default: the model's lam_phi).
+    its regulariser, default the model's lam_phi; ``diffeomorphic`` optimises a
+    stationary velocity field instead of the displacement).
     """
     check_image(fixed, "fixed")
     check_image(moving, "moving")
@@ -94,7 +97,7 @@ def register_images(
     prepared = prepare_pair(fixed, moving, model.cfg)
     if np.all(prepared.moving == -1.0):
         raise InputError("fixed and moving images do not overlap in physical space")
-    flow = predict_flow(model, prepared, device, refine_steps, smoothness, log)
+    flow = predict_flow(model, prepared, device, refine_steps, smoothness, diffeomorphic, log)
     field = resample_field(flow_to_field(flow, prepared.grid), fixed)
     warped = apply_field(moving, field)
     jacobian = jacobian_determinant(field)
@@ -106,6 +109,7 @@ def register_images(
         "seconds": round(seconds, 3),
         "device": str(device),
         "refine_steps": refine_steps,
+        "diffeomorphic": diffeomorphic,
     }
     labels = apply_field(moving_labels, field, nearest=True) if moving_labels is not None else None
     return Registration(field, warped, jacobian, prepared.grid, metrics, labels)
@@ -132,6 +136,7 @@ def register_files(
     moving_labels: str | Path | None = None,
     refine_steps: int = 0,
     smoothness: float | None = None,
+    diffeomorphic: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> Registration:
     """The ``fsdiffreg register`` command: read, check, register, write atomically."""
@@ -143,7 +148,8 @@ def register_files(
     log(f"loading weights on {torch_device}")
     model, about = load_model(weights, torch_device)
     log("registering")
-    result = register_images(fixed, moving, model, torch_device, labels, refine_steps, smoothness, log)
+    result = register_images(fixed, moving, model, torch_device, labels, refine_steps, smoothness, diffeomorphic,
+                             log)
     result.metrics.update({"weights": about["name"], "weights_sha256": about["sha256"]})
     log("writing outputs")
     write_outputs(result, out_dir)

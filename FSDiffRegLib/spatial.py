@@ -15,14 +15,14 @@ def _identity_grid(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
-def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Sample ``image`` (N, C, D, H, W) at p + flow(p); zero outside; trilinear or nearest."""
+def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding: str = "zeros") -> torch.Tensor:
+    """Sample ``image`` (N, C, D, H, W) at p + flow(p); trilinear or nearest; zero (or border) outside."""
     size = flow.shape[2:]
     loc = _identity_grid(tuple(size), flow.device)[None] + flow
     scale = torch.tensor([2.0 / max(n - 1, 1) for n in size], device=flow.device)
     loc = loc * scale[None, :, None, None, None] - 1.0
     grid = loc.permute(0, 2, 3, 4, 1).flip(-1)  # grid_sample wants (x, y, z) = (W, H, D)
-    return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=True)
 
 
 def upsample_flow(flow: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -34,3 +34,11 @@ def upsample_flow(flow: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     )
     resized = F.interpolate(flow, size=size, mode="trilinear", align_corners=True)
     return resized * scale[None, :, None, None, None].to(flow.dtype)
+
+
+def integrate_velocity(velocity: torch.Tensor, squarings: int = 7) -> torch.Tensor:
+    """exp(v) by scaling and squaring: a stationary velocity field -> a diffeomorphic flow."""
+    flow = velocity / (2**squarings)
+    for _ in range(squarings):
+        flow = flow + warp(flow, flow, padding="border")
+    return flow

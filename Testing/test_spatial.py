@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from FSDiffRegLib.field import apply_field, field_to_flow, flow_to_field, resample_field
-from FSDiffRegLib.spatial import upsample_flow, warp
+from FSDiffRegLib.spatial import integrate_velocity, upsample_flow, warp
 
 BLOB = np.array([4.0, -6.0, 10.0])  # physical (LPS mm) centre of the test blob
 
@@ -121,3 +121,16 @@ def test_upsampled_flow_rescales_displacements():
     fine = upsample_flow(coarse, (8, 16, 16))
     assert torch.allclose(fine[0, 0], torch.full((8, 16, 16), 7 / 3))
     assert torch.allclose(fine[0, 1], torch.full((8, 16, 16), 15 / 7))
+
+
+def test_integrated_velocity_is_invertible_where_the_plain_field_folds():
+    """exp(v) of a constant v is the same translation; a folding v becomes a fold-free map."""
+    assert torch.allclose(integrate_velocity(torch.full((1, 3, 8, 8, 8), 0.7))[..., 2:-2, 2:-2, 2:-2],
+                          torch.full((1, 3, 4, 4, 4), 0.7), atol=1e-4)
+    w = torch.arange(32.0)
+    bump = 6.0 * torch.exp(-((w - 16) ** 2) / 8.0)  # u_W = bump(W): slope < -1 somewhere -> folds
+    v = torch.zeros(1, 3, 4, 4, 32)
+    v[:, 2] = bump
+    slope_plain = 1 + torch.diff(v[0, 2, 2, 2])
+    slope_exp = 1 + torch.diff(integrate_velocity(v)[0, 2, 2, 2])
+    assert slope_plain.min() < 0 < slope_exp.min()
