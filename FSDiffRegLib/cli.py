@@ -1,4 +1,4 @@
-"""The ``fsdiffreg`` command line: train, register, evaluate, demo."""
+"""The ``fsdiffreg`` command line: train, register, evaluate, benchmark, demo."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .benchmark import add_parser as add_benchmark_parser
 from .config import Config
 from .device import DeviceError, pick_device
 from .imageio import InputError
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=_demo)
+
+    add_benchmark_parser(sub)
     return parser
 
 

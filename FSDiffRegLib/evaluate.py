@@ -12,18 +12,27 @@ from . import acdc
 from .field import apply_field
 from .metrics import heart_dice
 from .network import FSDiffRegNet
-from .register import register_images
+from .register import field_metrics, register_images
 
-COLUMNS = ["LV", "Myo", "RV", "mean", "heart", "folding_percent", "sd_jacobian", "seconds"]
+COLUMNS = ["LV", "Myo", "RV", "mean", "heart", "folding_percent", "sd_jacobian", "seconds", "peak_mb"]
+HEADER = ["method", "Dice LV", "Dice Myo", "Dice RV", "Dice mean", "Dice heart", "abs(J)<=0 %", "SD abs(J)",
+          "s/pair median", "s/pair mean", "peak MB"]
+
+
+def score_field(field: sitk.Image, grid: sitk.Image, moving_labels: sitk.Image,
+                fixed_labels: np.ndarray) -> dict[str, float]:
+    """Dice of the moving labels warped through ``field`` onto the fixed grid; folding and SD|J| on ``grid``."""
+    warped = apply_field(moving_labels, field, nearest=True)
+    return {**heart_dice(sitk.GetArrayFromImage(warped), fixed_labels), **field_metrics(field, grid)}
 
 
 def evaluate_pair(pair: acdc.AcdcPair, model: FSDiffRegNet, device: torch.device) -> dict[str, float]:
     """Dice of the moving labels warped onto the fixed grid, with the field's metrics."""
     fixed, moving = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
     result = register_images(fixed, moving, model, device)
-    warped = apply_field(sitk.ReadImage(str(pair.moving_labels)), result.field, nearest=True)
     fixed_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(pair.fixed_labels)))
-    return {**heart_dice(sitk.GetArrayFromImage(warped), fixed_labels), **result.metrics}
+    row = score_field(result.field, result.grid, sitk.ReadImage(str(pair.moving_labels)), fixed_labels)
+    return {**row, "seconds": result.metrics["seconds"]}
 
 
 def identity_row(pair: acdc.AcdcPair) -> dict[str, float]:
@@ -35,18 +44,31 @@ def identity_row(pair: acdc.AcdcPair) -> dict[str, float]:
     return {**row, "folding_percent": 0.0, "sd_jacobian": 0.0, "seconds": 0.0}
 
 
-def summarize(rows: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
-    """Mean and standard deviation of each column."""
-    return {c: (float(np.mean([r[c] for r in rows])), float(np.std([r[c] for r in rows]))) for c in COLUMNS}
+def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean, standard deviation, median and maximum of each column the rows have."""
+    stats = {}
+    for c in COLUMNS:
+        if c in rows[0]:
+            values = [r[c] for r in rows]
+            stats[c] = {"mean": float(np.mean(values)), "sd": float(np.std(values)),
+                        "median": float(np.median(values)), "max": float(np.max(values))}
+    return stats
 
 
-def markdown_table(named: dict[str, dict[str, tuple[float, float]]]) -> str:
-    """One row per method: mean (sd) of each column."""
-    header = "| method | Dice LV | Dice Myo | Dice RV | Dice mean | Dice heart | abs(J)<=0 % | SD abs(J) | s/pair |"
-    lines = [header, "|" + "---|" * 9]
+def _cell(s: dict[str, dict[str, float]], column: str, stat: str, digits: int) -> str:
+    if column not in s:
+        return "-"
+    value = s[column][stat]
+    return "n/a" if np.isnan(value) else f"{value:.{digits}f}"
+
+
+def markdown_table(named: dict[str, dict[str, dict[str, float]]]) -> str:
+    """One row per method: Dice mean (sd); mean folding and SD|J|; median and mean seconds; largest peak MB."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for name, s in named.items():
-        cells = [f"{s[c][0]:.3f} ({s[c][1]:.3f})" for c in COLUMNS[:5]]
-        cells += [f"{s['folding_percent'][0]:.4f}", f"{s['sd_jacobian'][0]:.3f}", f"{s['seconds'][0]:.2f}"]
+        cells = [f"{s[c]['mean']:.3f} ({s[c]['sd']:.3f})" for c in COLUMNS[:5]]
+        cells += [_cell(s, "folding_percent", "mean", 4), _cell(s, "sd_jacobian", "mean", 3),
+                  _cell(s, "seconds", "median", 2), _cell(s, "seconds", "mean", 2), _cell(s, "peak_mb", "max", 0)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

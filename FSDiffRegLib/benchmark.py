@@ -1,0 +1,276 @@
+"""``fsdiffreg benchmark``: every method side by side on the ACDC validation pairs, scored alike.
+
+Methods: identity; elastix B-spline (default parameter map); ANTs SyN (``SyNOnly``);
+FSDiffReg without and with instance refinement; the FDG-off and SDG-off ablations where
+their weights exist. Each method gets the fixed (ED) and moving (ES) images as read and
+returns a displacement field on the fixed grid. Scoring is the same for all: the moving
+labels are warped through the field (nearest neighbour) and compared with the fixed
+labels; folding and SD|J| are measured on the pair's heart-centred 128 x 128 x 32 grid.
+
+Seconds: wall clock from the two images in memory to the field (for FSDiffReg, the
+whole ``register``: preprocessing, network, refinement, field on the fixed grid). Each
+method first runs once, untimed, on the first pair, so library loading is not counted.
+
+Peak MB: the process's peak resident memory while the method runs, minus its resident
+memory just before (libraries already loaded and the model's weights are not counted);
+the largest over the pairs. Linux resets the peak (VmHWM) when 5 is written to
+/proc/self/clear_refs; freed heap is first returned to the system (malloc_trim) so that a
+method cannot reuse pages another one freed. C++ allocations (ITK, elastix, ANTs) count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.metadata
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import SimpleITK as sitk
+import torch
+
+from . import acdc
+from .baselines import BASELINES, Baseline, missing
+from .config import Config
+from .device import pick_device
+from .evaluate import markdown_table, score_field, summarize
+from .preprocess import locate_heart, network_grid
+from .register import register_images
+from .weights import BUNDLED_WEIGHTS, load_model
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "Testing" / "benchmarks" / "results.md"
+DEFAULT_REFINE = 50
+METHODS = ("identity", "elastix", "ants", "network", "refine", "ablations")
+ABLATIONS = {
+    "FDG-off": BUNDLED_WEIGHTS.with_name("fsdiffreg_acdc_cpu_fdg_off.pt"),
+    "SDG-off": BUNDLED_WEIGHTS.with_name("fsdiffreg_acdc_cpu_sdg_off.pt"),
+}
+BASELINE_NAMES = {"identity": "Identity", "elastix": "elastix B-spline (default)", "ants": "ANTs SyN (SyNOnly)"}
+VERSIONS = ("torch", "SimpleITK", "itk-elastix", "antspyx")
+
+
+@dataclass
+class Method:
+    """A row of the table: its name and how it registers a pair (fixed, moving) -> field."""
+
+    name: str
+    register: Baseline
+
+
+class PeakMemory:
+    """Peak resident memory (MB) of this process inside a ``with`` block, above its size on entry."""
+
+    mb = float("nan")
+
+    def __enter__(self) -> "PeakMemory":
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            Path("/proc/self/clear_refs").write_text("5")
+            self.start = status_kb("VmRSS")
+        except OSError:  # not Linux: the peak is not measured
+            self.start = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.start is not None:
+            self.mb = (status_kb("VmHWM") - self.start) / 1024
+
+
+def status_kb(key: str) -> int:
+    """A kB entry of /proc/self/status, e.g. VmRSS or VmHWM."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{key} not in /proc/self/status")
+
+
+def model_method(name: str, weights: Path | None, device: torch.device, refine_steps: int = 0,
+                 diffeomorphic: bool = False) -> Method:
+    """FSDiffReg with the given weights, as ``register`` runs it."""
+    model, _ = load_model(weights, device)
+
+    def run(fixed: sitk.Image, moving: sitk.Image) -> sitk.Image:
+        return register_images(fixed, moving, model, device, refine_steps=refine_steps,
+                               diffeomorphic=diffeomorphic).field
+
+    return Method(name, run)
+
+
+def method_list(text: str) -> list[str]:
+    """``--methods``: comma-separated names from METHODS."""
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; choose from {','.join(METHODS)}")
+    return chosen
+
+
+def ablation_item(text: str) -> tuple[str, Path]:
+    """``--ablation-weights``: NAME=PATH."""
+    name, sep, path = text.partition("=")
+    if not (sep and name and path):
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
+
+
+def build_methods(args: argparse.Namespace, device: torch.device) -> tuple[list[Method], list[str]]:
+    """The methods asked for, in table order, and a note for each one that cannot run here.
+
+    An ablation whose default weights are absent is skipped; one given explicitly must load.
+    """
+    methods, skipped = [], []
+    for key in [m for m in METHODS[:3] if m in args.methods]:
+        reason = missing(key)
+        if reason:
+            skipped.append(f"{BASELINE_NAMES[key]}: {reason}")
+        else:
+            methods.append(Method(BASELINE_NAMES[key], BASELINES[key]))
+    if "network" in args.methods:
+        methods.append(model_method("FSDiffReg (network)", args.weights, device))
+    if "refine" in args.methods:
+        svf = ", SVF" if args.diffeomorphic else ""
+        methods.append(model_method(f"FSDiffReg (+refine {args.refine}{svf})", args.weights, device, args.refine,
+                                    args.diffeomorphic))
+    if "ablations" in args.methods:
+        explicit = dict(args.ablation_weights)
+        for name, path in {**ABLATIONS, **explicit}.items():
+            if name in explicit or path.is_file():
+                methods.append(model_method(f"FSDiffReg {name} (network)", path, device))
+            else:
+                skipped.append(f"FSDiffReg {name}: no weights at {os.path.relpath(path)}")
+    return methods, skipped
+
+
+def run_method(method: Method, fixed: sitk.Image, moving: sitk.Image) -> tuple[sitk.Image, float, float]:
+    """The method's field, its wall-clock seconds and its peak memory in MB."""
+    with PeakMemory() as peak:
+        start = time.perf_counter()
+        field = method.register(fixed, moving)
+        seconds = time.perf_counter() - start
+    return field, seconds, peak.mb
+
+
+def benchmark(pairs: list[acdc.AcdcPair], methods: list[Method],
+              log: Callable[[str], None] = lambda message: None) -> dict[str, list[dict[str, float]]]:
+    """One row per pair for each method: Dice, folding, SD|J|, seconds, peak MB."""
+    rows: dict[str, list[dict[str, float]]] = {m.name: [] for m in methods}
+    for index, pair in enumerate(pairs):
+        fixed, moving = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
+        moving_labels = sitk.ReadImage(str(pair.moving_labels))
+        fixed_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(pair.fixed_labels)))
+        grid = network_grid(fixed, locate_heart(fixed, moving), Config())
+        for method in methods:
+            if index == 0:
+                method.register(fixed, moving)  # warm-up, untimed
+            field, seconds, mb = run_method(method, fixed, moving)
+            row = {**score_field(field, grid, moving_labels, fixed_labels), "seconds": seconds, "peak_mb": mb}
+            rows[method.name].append(row)
+            log(f"{pair.patient} {method.name}: Dice mean {row['mean']:.3f}, folding {row['folding_percent']:.3f} %, "
+                f"{seconds:.1f} s, {mb:.0f} MB")
+    return rows
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The ``fsdiffreg benchmark`` command that gives these results (``--out`` left out)."""
+    parts = ["fsdiffreg benchmark"]
+    for key, value in vars(args).items():
+        if key in ("func", "command", "out") or value is None or value is False or value == []:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif key == "methods":
+            parts.append(f"{flag} {','.join(value)}")
+        elif key == "ablation_weights":
+            parts += [f"{flag} {name}={path}" for name, path in value]
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+
+
+def environment(device: torch.device) -> str:
+    """Device, CPU, threads and library versions, for the report."""
+    versions = []
+    for package in VERSIONS:
+        try:
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{package} not installed")
+    threads = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+               if k in os.environ]
+    return "; ".join([f"{device}: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}",
+                      *threads, ", ".join(versions)])
+
+
+def report(rows: dict[str, list[dict[str, float]]], pairs: list[acdc.AcdcPair], skipped: list[str],
+           args: argparse.Namespace, device: torch.device) -> str:
+    """The Markdown report: what ran, where, the table and what was skipped."""
+    lines = [
+        "# FSDiffReg benchmark on the ACDC validation split",
+        "",
+        f"Pairs: {len(pairs)} ({pairs[0].patient} to {pairs[-1].patient}; ED fixed, ES moving), "
+        f"run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"Command: `{command_line(args)}`",
+        f"Machine: {environment(device)}.",
+        "",
+        markdown_table({name: summarize(r) for name, r in rows.items()}),
+        "",
+        "Dice: mean (SD) over pairs of the moving labels warped onto the fixed grid. abs(J)<=0 % and SD abs(J): "
+        "the field's Jacobian determinant on the heart-centred 128 x 128 x 32 grid, mean over pairs. "
+        "s/pair: wall clock from images in memory to the field, after one untimed warm-up run. "
+        "peak MB: largest over pairs of the process's peak resident memory during the method above its "
+        "resident memory before it.",
+    ]
+    lines += [f"Skipped: {note}." for note in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="ACDC folder (holding training/patientNNN)")
+    parser.add_argument("--limit", type=int, help="only the first N validation pairs")
+    parser.add_argument("--methods", type=method_list, default=list(METHODS),
+                        help=f"comma-separated, from {','.join(METHODS)} (default: all)")
+    parser.add_argument("--refine", type=int, default=DEFAULT_REFINE, help="refinement steps of the refine row")
+    parser.add_argument("--diffeomorphic", action="store_true", help="the refine row optimises a velocity field")
+    parser.add_argument("--weights", help="FSDiffReg weights (default: bundled)")
+    parser.add_argument("--ablation-weights", type=ablation_item, action="append", default=[], metavar="NAME=PATH",
+                        help="weights of an ablation row (defaults: FDG-off and SDG-off under Resources/weights)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="Markdown file for the table")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``benchmark`` to the ``fsdiffreg`` sub-commands."""
+    parser = sub.add_parser("benchmark", help="identity, elastix, ANTs and FSDiffReg side by side on validation")
+    add_arguments(parser)
+    parser.set_defaults(func=main_benchmark)
+
+
+def main_benchmark(args: argparse.Namespace) -> None:
+    """Run the benchmark, print the report and write it to ``args.out``."""
+    pairs = acdc.split(args.data, "validation")[: args.limit]
+    device = pick_device(args.device)
+    methods, skipped = build_methods(args, device)
+    rows = benchmark(pairs, methods, log=lambda message: print(f"fsdiffreg: {message}", file=sys.stderr, flush=True))
+    text = report(rows, pairs, skipped, args, device)
+    print(text, end="")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="fsdiffreg benchmark", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    main_benchmark(parser.parse_args())
