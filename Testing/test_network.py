@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from FSDiffRegLib.config import Config
-from FSDiffRegLib.network import FSDiffRegNet, parameter_count
+from FSDiffRegLib.network import Conv3d, FSDiffRegNet, parameter_count
 
 
 @pytest.mark.parametrize("fdg", [True, False])
@@ -52,3 +53,16 @@ def test_unknown_configuration_keys_are_refused(tmp_path):
     path.write_text('{"base_widht": 8}')
     with pytest.raises(ValueError, match="base_widht"):
         Config.load(path)
+
+
+@pytest.mark.parametrize("kernel, stride, batch", [(3, 1, 1), (3, 2, 1), (1, 1, 1), (3, 1, 2)])
+def test_the_onednn_convolution_equals_torch_conv3d(kernel, stride, batch):
+    torch.manual_seed(0)
+    conv = Conv3d(4, 6, kernel, stride=stride, padding=kernel // 2)
+    x = torch.randn(batch, 4, 8, 12, 10, requires_grad=True)
+    out = conv(x)
+    expected = F.conv3d(x, conv.weight, conv.bias, stride, kernel // 2)
+    assert out.shape == expected.shape and torch.allclose(out, expected, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (x, conv.weight))
+    for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), (x, conv.weight))):
+        assert torch.allclose(got, want, atol=1e-4)

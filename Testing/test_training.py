@@ -10,7 +10,7 @@ import torch
 
 from FSDiffRegLib import acdc
 from FSDiffRegLib.config import Config
-from FSDiffRegLib.dataset import grid_pair, training_sample
+from FSDiffRegLib.dataset import grid_pair, load_grid_pairs, training_sample
 from FSDiffRegLib.diffusion import NoiseSchedule
 from FSDiffRegLib.network import FSDiffRegNet
 from FSDiffRegLib.train import train, training_loss, validate
@@ -55,3 +55,14 @@ def test_training_resumes_from_its_last_checkpoint(data_dir, tmp_path):
         assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2]
     assert "start epoch 1 step 1" in (tmp_path / "train.log").read_text()
     assert Config.from_dict(torch.load(tmp_path / "last.pt", weights_only=False)["config"]).base_width == 4
+
+
+def test_the_preprocessing_cache_gives_the_same_pairs_and_reads_each_array_once(data_dir, tmp_path):
+    cfg = Config(**SMALL)
+    pairs = acdc.split(data_dir, "validation")[:2]
+    made = load_grid_pairs(pairs, cfg, tmp_path / "cache.npz")
+    read = load_grid_pairs(pairs, cfg, tmp_path / "cache.npz")
+    for a, b in zip(made, read):
+        assert a.patient == b.patient and np.array_equal(a.fixed, b.fixed)
+        assert np.array_equal(a.moving_labels, b.moving_labels)
+    assert read[0].fixed.base is read[1].fixed.base  # one decompressed array, not one per pair
