@@ -99,6 +99,17 @@ def _resume(path: Path, model, optimizer) -> TrainState:
     return TrainState(**ckpt["state"])
 
 
+def _drop_steps_after(log_csv: Path, step: int) -> None:
+    """Forget the logged steps of an epoch that was interrupted before its checkpoint."""
+    if log_csv.is_file():
+        with open(log_csv, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        with open(log_csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(row for row in rows if int(row["step"]) <= step)
+
+
 def _log(run_dir: Path, message: str) -> None:
     with open(run_dir / "train.log", "a") as handle:
         handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
@@ -128,6 +139,7 @@ def train(
     model = FSDiffRegNet(cfg).to(device, memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     state = _resume(last, model, optimizer) if last.is_file() else TrainState()
+    _drop_steps_after(run_dir / "log.csv", state.step)
     _log(run_dir, f"start epoch {state.epoch} step {state.step}; {parameter_count(model)} parameters; "
          f"{len(train_items)} train / {len(val_items)} validation pairs; device {device}")
     schedule = NoiseSchedule(cfg)

@@ -49,6 +49,8 @@ def test_training_resumes_from_its_last_checkpoint(data_dir, tmp_path):
                  batch_size=2)
     first = train(data_dir, tmp_path, cfg, torch.device("cpu"), train_limit=2, val_limit=1)
     assert (first.epoch, first.step) == (1, 1) and (tmp_path / "best.pt").is_file()
+    with open(tmp_path / "log.csv", "a") as handle:  # a step of an epoch interrupted before its checkpoint
+        handle.write("2,2,0,0,0,0,1.0\n")
     second = train(data_dir, tmp_path, Config(epochs=2), torch.device("cpu"), train_limit=2, val_limit=1)
     assert (second.epoch, second.step) == (2, 2)
     with open(tmp_path / "log.csv") as handle:
