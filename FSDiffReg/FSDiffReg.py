@@ -73,14 +73,14 @@ class FSDiffReg(ScriptedLoadableModule):
 class FSDiffRegParameterNode:
     """Inputs, options and the last outputs of the module (saved with the scene).
 
-    smoothness 0 means the weights' own value; refineSteps 0 means no refinement.
+    smoothness 0 means the weights' own value; refineSteps 0 means the network alone.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
     movingLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
     device: Annotated[str, Choice(DEVICES)] = "Auto"
-    refineSteps: Annotated[int, WithinRange(0, 1000)] = 0
+    refineSteps: Annotated[int, WithinRange(0, 1000)] = RegisterOptions.refineSteps
     smoothness: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     weightsFile: Path = bundledWeights()
     outputTransform: vtkMRMLGridTransformNode

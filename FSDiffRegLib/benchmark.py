@@ -40,11 +40,11 @@ from .config import Config
 from .device import pick_device
 from .evaluate import markdown_table, score_field, summarize
 from .preprocess import locate_heart, network_grid
+from .refine import DEFAULT_STEPS
 from .register import register_images
 from .weights import BUNDLED_WEIGHTS, load_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "Testing" / "benchmarks" / "results.md"
-DEFAULT_REFINE = 50
 METHODS = ("identity", "elastix", "ants", "network", "refine", "ablations")
 ABLATIONS = {
     "FDG-off": BUNDLED_WEIGHTS.with_name("fsdiffreg_acdc_cpu_fdg_off.pt"),
@@ -134,8 +134,9 @@ def build_methods(args: argparse.Namespace, device: torch.device) -> tuple[list[
         methods.append(model_method("FSDiffReg (network)", args.weights, device))
     if "refine" in args.methods:
         svf = ", SVF" if args.diffeomorphic else ""
-        methods.append(model_method(f"FSDiffReg (+refine {args.refine}{svf})", args.weights, device, args.refine,
-                                    args.diffeomorphic))
+        default = ", the default" if args.refine == DEFAULT_STEPS and not args.diffeomorphic else ""
+        name = f"FSDiffReg (+refine {args.refine}{svf}{default})"
+        methods.append(model_method(name, args.weights, device, args.refine, args.diffeomorphic))
     if "ablations" in args.methods:
         explicit = dict(args.ablation_weights)
         for name, path in {**ABLATIONS, **explicit}.items():
@@ -241,7 +242,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="only the first N validation pairs")
     parser.add_argument("--methods", type=method_list, default=list(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)} (default: all)")
-    parser.add_argument("--refine", type=int, default=DEFAULT_REFINE, help="refinement steps of the refine row")
+    parser.add_argument("--refine", type=int, default=DEFAULT_STEPS, help="refinement steps of the refine row")
     parser.add_argument("--diffeomorphic", action="store_true", help="the refine row optimises a velocity field")
     parser.add_argument("--weights", help="FSDiffReg weights (default: bundled)")
     parser.add_argument("--ablation-weights", type=ablation_item, action="append", default=[], metavar="NAME=PATH",

@@ -10,10 +10,10 @@ from .benchmark import add_parser as add_benchmark_parser
 from .config import Config
 from .device import DeviceError, pick_device
 from .imageio import InputError
+from .refine import DEFAULT_STEPS
 from .weights import WeightsError
 
 DEFAULT_DATA = Path("../shared/data/ACDC")
-DEFAULT_REFINE = 0
 SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "sample"
 
 
@@ -42,7 +42,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     model, about = load_model(args.weights, device)
     print(f"weights {about['name']} (sha256 {about['sha256'][:12]}), device {device}")
-    print(evaluate(Path(args.data), model, device, args.limit))
+    print(evaluate(Path(args.data), model, device, args.limit, args.refine))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file (default: the bundled ACDC model)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--moving-labels", help="label map of the moving image to warp too")
-    p.add_argument("--refine", type=int, default=DEFAULT_REFINE, help="instance-refinement steps (0: network only)")
+    p.add_argument("--refine", type=int, default=DEFAULT_STEPS,
+                   help=f"instance-refinement steps (default {DEFAULT_STEPS}; 0: network only)")
     p.add_argument("--smoothness", type=float, help="smoothness weight of the refinement (default: the model's)")
     p.add_argument("--diffeomorphic", action="store_true",
                    help="refine a stationary velocity field (scaling and squaring) instead of the displacement")
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--limit", type=int, help="only the first N validation pairs")
+    p.add_argument("--refine", type=int, default=DEFAULT_STEPS, help=f"refinement steps (default {DEFAULT_STEPS})")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("demo", help="register the bundled sample pair and draw a figure")

@@ -18,7 +18,7 @@ from .imageio import InputError, atomic_directory, check_image, check_labels, re
 from .metrics import jacobian_determinant, jacobian_stats, ncc
 from .network import FSDiffRegNet
 from .preprocess import PreparedPair, normalized, prepare_pair, resample_to
-from .refine import refine_flow
+from .refine import DEFAULT_STEPS, refine_flow
 from .weights import load_model
 
 OUTPUT_FILES = ("displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "metrics.json")
@@ -134,7 +134,7 @@ def register_files(
     weights: str | Path | None = None,
     device: str = "auto",
     moving_labels: str | Path | None = None,
-    refine_steps: int = 0,
+    refine_steps: int = DEFAULT_STEPS,
     smoothness: float | None = None,
     diffeomorphic: bool = False,
     log: Callable[[str], None] = lambda message: None,

@@ -14,6 +14,7 @@ from FSDiffRegMRML.job import RegistrationError, RegistrationJob  # noqa: E402
 from FSDiffRegMRML.process import (RegisterOptions, RegistrationProcess, bundledWeights, launch,  # noqa: E402
                                    registerCommand)
 
+from FSDiffRegLib.refine import DEFAULT_STEPS
 from FSDiffRegLib.weights import BUNDLED_WEIGHTS
 from test_slicer_outputs import load_volume, new_scene
 
@@ -28,9 +29,14 @@ def test_command_line_carries_every_option():
 
 
 def test_command_line_leaves_library_defaults_alone():
-    args = registerCommand("py", Path("f"), Path("m"), Path("o"), RegisterOptions(smoothness=3.0))
-    assert "--weights" not in args and "--moving-labels" not in args
-    assert "--refine" not in args and "--smoothness" not in args  # smoothness only acts with refinement
+    args = registerCommand("py", Path("f"), Path("m"), Path("o"), RegisterOptions(refineSteps=0, smoothness=3.0))
+    assert "--weights" not in args and "--moving-labels" not in args and "--smoothness" not in args
+    assert args[-2:] == ["--refine", "0"]  # the network alone, said explicitly
+
+
+def test_the_module_refines_as_the_command_line_does_by_default():
+    assert RegisterOptions().refineSteps == DEFAULT_STEPS
+    assert registerCommand("py", Path("f"), Path("m"), Path("o"), RegisterOptions())[-2:] == ["--refine", "80"]
 
 
 def test_bundled_weights_path_is_the_librarys():

@@ -48,7 +48,7 @@ class RegisterOptions:
 
     device: str = "auto"
     weights: str = ""
-    refineSteps: int = 0
+    refineSteps: int = 80  # FSDiffRegLib.refine.DEFAULT_STEPS (not imported: that needs torch)
     smoothness: float | None = None
 
 
@@ -61,10 +61,9 @@ def registerCommand(python: str, fixed: Path, moving: Path, outDir: Path, option
         args += ["--weights", str(options.weights)]
     if movingLabels is not None:
         args += ["--moving-labels", str(movingLabels)]
-    if options.refineSteps > 0:
-        args += ["--refine", str(options.refineSteps)]
-        if options.smoothness is not None:
-            args += ["--smoothness", repr(float(options.smoothness))]
+    args += ["--refine", str(options.refineSteps)]
+    if options.refineSteps > 0 and options.smoothness is not None:
+        args += ["--smoothness", repr(float(options.smoothness))]
     return args
 
 

@@ -1,0 +1,153 @@
+"""Compare ways of adapting the prediction to one pair, on ACDC validation pairs.
+
+Modes: the network only; the former field refinement (Adam on the full-resolution flow,
+lr 0.05 voxels); the coarse-to-fine refinement of FSDiffRegLib.refine, plain and
+diffeomorphic; fine-tuning the network's weights on the pair (Adam on the registration
+loss, starting from the bundled weights). Prints one Markdown row per mode: mean Dice
+(LV, Myo, RV), folding, SD|J|, median seconds per pair (network forward included) and
+seconds per optimisation step.
+
+Usage: .venv/bin/python Testing/benchmarks/refine_modes.py [--pairs 5] [--threads 1]
+       [--modes net,old10,old50,c2f20,c2f40,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from FSDiffRegLib import acdc
+from FSDiffRegLib.evaluate import score_field
+from FSDiffRegLib.field import flow_to_field, resample_field
+from FSDiffRegLib.losses import score_weights, sdg_ncc_loss, smoothness_loss
+from FSDiffRegLib.network import FSDiffRegNet
+from FSDiffRegLib.preprocess import prepare_pair
+from FSDiffRegLib.refine import refine_flow
+from FSDiffRegLib.spatial import integrate_velocity, warp
+from FSDiffRegLib.weights import load_model
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ACDC"
+DEFAULT_MODES = "net,old10,old50,c2f20,c2f40,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10"
+TUNE_LR = 1e-4
+Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # moving, fixed, score, flow
+
+
+def full_resolution_refine(model: FSDiffRegNet, x: Inputs, steps: int, diffeomorphic: bool = False) -> torch.Tensor:
+    """The former scheme: Adam (lr 0.05 voxels) on the flow (or a velocity) of the network grid."""
+    moving, fixed, score, flow = x
+    cfg = model.cfg
+    weights = score_weights(score, cfg.gamma)
+    to_flow = integrate_velocity if diffeomorphic else (lambda v: v)
+    variable = flow.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([variable], lr=0.05)
+    for _ in range(steps):
+        field = to_flow(variable)
+        loss = cfg.lam * sdg_ncc_loss(warp(moving, field), fixed, weights, cfg.ncc_window)
+        loss = loss + cfg.lam_phi * smoothness_loss(field)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return to_flow(variable.detach())
+
+
+def fine_tune(model: FSDiffRegNet, x: Inputs, steps: int) -> torch.Tensor:
+    """Adam on a copy of the weights with the training loss's registration terms, then predict again."""
+    moving, fixed, _, _ = x
+    tuned, cfg = copy.deepcopy(model), model.cfg
+    t = torch.zeros(1, dtype=torch.long)
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=TUNE_LR)
+    for _ in range(steps):
+        score, flow = tuned(moving, fixed, fixed, t)
+        weights = score_weights(score.detach(), cfg.gamma)
+        loss = cfg.lam * sdg_ncc_loss(warp(moving, flow), fixed, weights, cfg.ncc_window)
+        loss = loss + cfg.lam_phi * smoothness_loss(flow)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return tuned(moving, fixed, fixed, t)[1]
+
+
+def modes(model: FSDiffRegNet) -> dict[str, tuple[str, int, Callable[[Inputs], torch.Tensor]]]:
+    """name -> (description, optimisation steps, function of the inputs returning the flow)."""
+    table: dict[str, tuple[str, int, Callable[[Inputs], torch.Tensor]]] = {"net": ("network only", 0, lambda x: x[3])}
+    for n in (10, 50):
+        table[f"old{n}"] = (f"full-resolution refinement, {n} steps", n,
+                            lambda x, n=n: full_resolution_refine(model, x, n))
+        table[f"olddiffeo{n}"] = (f"full-resolution diffeomorphic, {n} steps", n,
+                                  lambda x, n=n: full_resolution_refine(model, x, n, True))
+    for n in (20, 40, 80, 160):
+        table[f"c2f{n}"] = (f"coarse-to-fine refinement, {n} steps", n,
+                            lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg, n))
+        table[f"diffeo{n}"] = (f"coarse-to-fine diffeomorphic, {n} steps", n,
+                               lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg, n, diffeomorphic=True))
+    for n in (3, 10):
+        table[f"tune{n}"] = (f"network fine-tuning, {n} steps (lr {TUNE_LR:g})", n,
+                             lambda x, n=n: fine_tune(model, x, n))
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DATA), help="ACDC folder (holding training/patientNNN)")
+    parser.add_argument("--pairs", type=int, default=5, help="first N validation pairs (patient091 on)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--modes", default=DEFAULT_MODES, help="comma-separated, from: " + DEFAULT_MODES)
+    args = parser.parse_args()
+    if not (Path(args.data) / "training").is_dir():
+        sys.exit(f"ACDC data not found at {args.data}: pass --data (a folder holding training/patientNNN)")
+    torch.set_num_threads(args.threads)
+    model = load_model(None, "cpu")[0]
+    table = modes(model)
+    chosen = args.modes.split(",")
+    unknown = [m for m in chosen if m not in table]
+    if unknown:
+        sys.exit(f"unknown modes {unknown}; choose from {', '.join(table)}")
+    pairs = acdc.split(args.data, "validation")[: args.pairs]
+    rows: dict[str, list[dict[str, float]]] = {m: [] for m in chosen}
+    t0 = torch.zeros(1, dtype=torch.long)
+    for pair in pairs:
+        fixed, moving = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
+        labels, fixed_labels = sitk.ReadImage(str(pair.moving_labels)), sitk.ReadImage(str(pair.fixed_labels))
+        prepared = prepare_pair(fixed, moving, model.cfg)
+        m, f = (torch.from_numpy(a)[None, None].contiguous(memory_format=torch.channels_last_3d)
+                for a in (prepared.moving, prepared.fixed))
+        with torch.no_grad():
+            model(m, f, f, t0)  # warm-up
+            start = time.perf_counter()
+            score, flow = model(m, f, f, t0)
+            network_seconds = time.perf_counter() - start
+        for name in chosen:
+            start = time.perf_counter()
+            result = table[name][2]((m, f, score, flow))
+            seconds = time.perf_counter() - start
+            field = resample_field(flow_to_field(result[0].detach().numpy(), prepared.grid), fixed)
+            row = score_field(field, prepared.grid, labels, sitk.GetArrayFromImage(fixed_labels))
+            rows[name].append({**row, "seconds": network_seconds + seconds, "method_seconds": seconds})
+            print(f"{pair.patient} {name}: Dice {row['mean']:.3f}, {seconds:.2f} s", file=sys.stderr, flush=True)
+    print(f"{len(pairs)} validation pairs from {pairs[0].patient}; torch threads {torch.get_num_threads()}")
+    print("| mode | Dice mean (sd) | abs(J)<=0 % | SD abs(J) | s/pair median | s/step |")
+    print("|---|---|---|---|---|---|")
+    for name in chosen:
+        description, steps, _ = table[name]
+        r = rows[name]
+        dice = [x["mean"] for x in r]
+        per_step = statistics.median(x["method_seconds"] for x in r) / steps if steps else float("nan")
+        print(f"| {description} | {np.mean(dice):.3f} ({np.std(dice):.3f}) "
+              f"| {np.mean([x['folding_percent'] for x in r]):.4f} | {np.mean([x['sd_jacobian'] for x in r]):.3f} "
+              f"| {statistics.median(x['seconds'] for x in r):.2f} | "
+              + ("-" if np.isnan(per_step) else f"{per_step:.3f}") + " |")
+
+
+if __name__ == "__main__":
+    main()
