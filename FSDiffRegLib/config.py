@@ -35,12 +35,17 @@ class Config:
     grid_spacing: tuple[float, float, float] = (1.5, 1.5, 3.15)
     train_crop: tuple[int, int, int] = (128, 128, 32)
     lr: float = 2e-4
+    lr_schedule: str = "constant"  # or "cosine": annealed to 0 at the last epoch
     batch_size: int = 1
     epochs: int = 700
     val_every: int = 5
     seed: int = 0
     augment: bool = True
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

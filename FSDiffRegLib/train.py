@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, replace
@@ -82,6 +83,13 @@ def validate(model: FSDiffRegNet, items: list[GridPair], device: torch.device) -
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def learning_rate(cfg: Config, epoch: int) -> float:
+    """The learning rate of a 0-based epoch: constant, or cosine-annealed from cfg.lr to 0."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+    return cfg.lr
+
+
 def _save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -127,9 +135,9 @@ def train(
     """Train (or resume) in ``run_dir``: last.pt each epoch, best weights by validation Dice."""
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.pt"
-    if last.is_file():  # a resumed run keeps its configuration; only the epoch budget may change
+    if last.is_file():  # a resumed run keeps its configuration but for the epoch budget and lr schedule
         stored = Config.from_dict(torch.load(last, map_location="cpu", weights_only=False)["config"])
-        cfg = replace(stored, epochs=cfg.epochs)
+        cfg = replace(stored, epochs=cfg.epochs, lr_schedule=cfg.lr_schedule)
     (run_dir / "config.json").write_text(cfg.to_json())
     seed_everything(cfg.seed)
     train_pairs = acdc.split(data_dir, "train")[:train_limit]
@@ -154,6 +162,8 @@ def train(
             rng = np.random.default_rng(cfg.seed + state.epoch)
             order = rng.permutation(len(train_items))
             batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, state.epoch)
             for batch in tqdm(batches, desc=f"epoch {state.epoch + 1}/{cfg.epochs}"):
                 start = time.time()
                 samples = [training_sample(train_items[i], cfg, rng) for i in batch]
@@ -174,5 +184,5 @@ def train(
                     state.best_dice = scores["mean"]
                     save_weights(model, run_dir / "best.pt", {"epoch": state.epoch, "validation_dice": scores})
             _save_checkpoint(last, model, optimizer, state)
-            _log(run_dir, f"epoch {state.epoch} done, step {state.step}")
+            _log(run_dir, f"epoch {state.epoch} done, step {state.step}, lr {optimizer.param_groups[0]['lr']:.2e}")
     return state

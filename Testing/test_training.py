@@ -13,7 +13,7 @@ from FSDiffRegLib.config import Config
 from FSDiffRegLib.dataset import grid_pair, load_grid_pairs, training_sample
 from FSDiffRegLib.diffusion import NoiseSchedule
 from FSDiffRegLib.network import FSDiffRegNet
-from FSDiffRegLib.train import train, training_loss, validate
+from FSDiffRegLib.train import learning_rate, train, training_loss, validate
 
 # a small network on a half-resolution grid (same field of view), so CPU steps are short
 SMALL = dict(base_width=4, norm_groups=2, channel_mults=(1, 2, 4), grid_size=(64, 64, 16),
@@ -51,8 +51,10 @@ def test_training_resumes_from_its_last_checkpoint(data_dir, tmp_path):
     assert (first.epoch, first.step) == (1, 1) and (tmp_path / "best.pt").is_file()
     with open(tmp_path / "log.csv", "a") as handle:  # a step of an epoch interrupted before its checkpoint
         handle.write("2,2,0,0,0,0,1.0\n")
-    second = train(data_dir, tmp_path, Config(epochs=2), torch.device("cpu"), train_limit=2, val_limit=1)
+    second = train(data_dir, tmp_path, Config(epochs=2, lr_schedule="cosine"), torch.device("cpu"),
+                   train_limit=2, val_limit=1)
     assert (second.epoch, second.step) == (2, 2)
+    assert "epoch 2 done, step 2, lr 1.00e-04" in (tmp_path / "train.log").read_text()  # half of 2e-4
     with open(tmp_path / "log.csv") as handle:
         assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2]
     assert "start epoch 1 step 1" in (tmp_path / "train.log").read_text()
@@ -68,3 +70,11 @@ def test_the_preprocessing_cache_gives_the_same_pairs_and_reads_each_array_once(
         assert a.patient == b.patient and np.array_equal(a.fixed, b.fixed)
         assert np.array_equal(a.moving_labels, b.moving_labels)
     assert read[0].fixed.base is read[1].fixed.base  # one decompressed array, not one per pair
+
+
+def test_cosine_learning_rate_falls_from_lr_to_zero():
+    cfg = Config(lr=1e-3, epochs=10, lr_schedule="cosine")
+    assert [round(learning_rate(cfg, e) / 1e-3, 3) for e in (0, 5, 10)] == [1.0, 0.5, 0.0]
+    assert learning_rate(Config(lr=1e-3, epochs=10), 7) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        Config(lr_schedule="step")
