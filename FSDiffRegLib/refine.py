@@ -3,10 +3,10 @@
 Starting from the prediction, a correction of the flow is optimised for N Adam steps with
 the training objective's registration terms: the SDG-weighted local NCC (weights from the
 network's own diffusion score) and smoothness. It runs coarse to fine, on the images and
-weights averaged down to voxels of about 6 x 12 x 12 mm, then 6 mm (LEVEL_FACTORS of the
-3.15 x 1.5 x 1.5 mm network grid): there a step costs a few percent of one on the network
-grid, and the NCC window (cfg.ncc_window voxels) spans enough of the heart to pull large
-misalignments in. Each level's correction is interpolated back and added to the flow,
+weights averaged down to voxels of about 6 x 12 x 12 mm, then 3 x 6 x 6 mm, then
+3 x 3 x 3 mm (LEVEL_FACTORS of the 3.15 x 1.5 x 1.5 mm network grid): there a step costs
+a small part of one on the network grid, and on the coarse levels the NCC window
+(cfg.ncc_window voxels) spans enough of the heart to pull large misalignments in. Each level's correction is interpolated back and added to the flow,
 which keeps the network's fine detail. With ``diffeomorphic`` a level optimises a
 stationary velocity field instead, whose exponential (scaling and squaring) is composed
 with the flow, so an invertible map stays invertible.
@@ -23,9 +23,9 @@ from .config import Config
 from .losses import score_weights, sdg_ncc_loss, smoothness_loss
 from .spatial import integrate_velocity, upsample_flow, warp
 
-LEVEL_FACTORS = ((2, 8, 8), (2, 4, 4))  # (D, H, W) shrink of each level, coarse to fine
+LEVEL_FACTORS = ((2, 8, 8), (1, 4, 4), (1, 2, 2))  # (D, H, W) shrink of each level, coarse to fine
 REFINE_LR = 0.2  # coarse voxels per step, Adam
-DEFAULT_STEPS = 80  # what `register` runs unless told otherwise (Testing/benchmarks/refine_modes.py)
+DEFAULT_STEPS = 60  # what `register` runs unless told otherwise (Testing/benchmarks/refine_modes.py)
 
 
 def level_sizes(size: tuple[int, ...], window: int) -> list[tuple[int, ...]]:

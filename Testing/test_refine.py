@@ -46,10 +46,10 @@ def refine(pair: dict[str, torch.Tensor], start: torch.Tensor, steps: int, **kwa
     return refine_flow(start, pair["moving"], pair["fixed"], pair["score"], CFG, steps, **kwargs)
 
 
-def test_levels_of_the_network_grid_are_about_12_then_6_mm():
-    assert level_sizes((32, 128, 128), 9) == [(16, 16, 16), (16, 32, 32)]
-    assert level_sizes((16, 48, 48), 9) == [(9, 9, 9), (9, 12, 12)]  # never fewer voxels than the window
-    assert level_sizes((4, 8, 8), 9) == [(4, 8, 8), (4, 8, 8)]  # nor more than the grid
+def test_levels_of_the_network_grid_are_about_12_then_6_then_3_mm():
+    assert level_sizes((32, 128, 128), 9) == [(16, 16, 16), (32, 32, 32), (32, 64, 64)]
+    assert level_sizes((16, 48, 48), 9) == [(9, 9, 9), (16, 12, 12), (16, 24, 24)]  # never fewer voxels than the window
+    assert level_sizes((4, 8, 8), 9) == [(4, 8, 8)] * 3  # nor more than the grid
 
 
 def test_zero_steps_return_the_input(pair):

@@ -36,7 +36,7 @@ def test_command_line_leaves_library_defaults_alone():
 
 def test_the_module_refines_as_the_command_line_does_by_default():
     assert RegisterOptions().refineSteps == DEFAULT_STEPS
-    assert registerCommand("py", Path("f"), Path("m"), Path("o"), RegisterOptions())[-2:] == ["--refine", "80"]
+    assert registerCommand("py", Path("f"), Path("m"), Path("o"), RegisterOptions())[-2:] == ["--refine", "60"]
 
 
 def test_bundled_weights_path_is_the_librarys():

@@ -48,7 +48,7 @@ class RegisterOptions:
 
     device: str = "auto"
     weights: str = ""
-    refineSteps: int = 80  # FSDiffRegLib.refine.DEFAULT_STEPS (not imported: that needs torch)
+    refineSteps: int = 60  # FSDiffRegLib.refine.DEFAULT_STEPS (not imported: that needs torch)
     smoothness: float | None = None
 
 
