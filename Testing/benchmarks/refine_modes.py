@@ -41,21 +41,29 @@ TUNE_LR = 1e-4
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # moving, fixed, score, flow
 
 
+def registration_loss(cfg, moving: torch.Tensor, fixed: torch.Tensor, flow: torch.Tensor,
+                      weights: torch.Tensor) -> torch.Tensor:
+    """The refinement objective: lam * SDG-weighted NCC + lam_phi * smoothness."""
+    similarity = sdg_ncc_loss(warp(moving, flow), fixed, weights, cfg.ncc_window)
+    return cfg.lam * similarity + cfg.lam_phi * smoothness_loss(flow)
+
+
+def minimise(parameters: list[torch.Tensor], loss: Callable[[], torch.Tensor], steps: int, lr: float) -> None:
+    """``steps`` Adam steps on ``loss()``."""
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss().backward()
+        optimizer.step()
+
+
 def full_resolution_refine(model: FSDiffRegNet, x: Inputs, steps: int, diffeomorphic: bool = False) -> torch.Tensor:
     """The former scheme: Adam (lr 0.05 voxels) on the flow (or a velocity) of the network grid."""
     moving, fixed, score, flow = x
-    cfg = model.cfg
-    weights = score_weights(score, cfg.gamma)
+    weights = score_weights(score, model.cfg.gamma)
     to_flow = integrate_velocity if diffeomorphic else (lambda v: v)
     variable = flow.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([variable], lr=0.05)
-    for _ in range(steps):
-        field = to_flow(variable)
-        loss = cfg.lam * sdg_ncc_loss(warp(moving, field), fixed, weights, cfg.ncc_window)
-        loss = loss + cfg.lam_phi * smoothness_loss(field)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    minimise([variable], lambda: registration_loss(model.cfg, moving, fixed, to_flow(variable), weights), steps, 0.05)
     with torch.no_grad():
         return to_flow(variable.detach())
 
@@ -63,17 +71,14 @@ def full_resolution_refine(model: FSDiffRegNet, x: Inputs, steps: int, diffeomor
 def fine_tune(model: FSDiffRegNet, x: Inputs, steps: int) -> torch.Tensor:
     """Adam on a copy of the weights with the training loss's registration terms, then predict again."""
     moving, fixed, _, _ = x
-    tuned, cfg = copy.deepcopy(model), model.cfg
+    tuned = copy.deepcopy(model)
     t = torch.zeros(1, dtype=torch.long)
-    optimizer = torch.optim.Adam(tuned.parameters(), lr=TUNE_LR)
-    for _ in range(steps):
+
+    def loss() -> torch.Tensor:
         score, flow = tuned(moving, fixed, fixed, t)
-        weights = score_weights(score.detach(), cfg.gamma)
-        loss = cfg.lam * sdg_ncc_loss(warp(moving, flow), fixed, weights, cfg.ncc_window)
-        loss = loss + cfg.lam_phi * smoothness_loss(flow)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        return registration_loss(model.cfg, moving, fixed, flow, score_weights(score.detach(), model.cfg.gamma))
+
+    minimise(list(tuned.parameters()), loss, steps, TUNE_LR)
     with torch.no_grad():
         return tuned(moving, fixed, fixed, t)[1]
 
@@ -86,7 +91,7 @@ def modes(model: FSDiffRegNet) -> dict[str, tuple[str, int, Callable[[Inputs], t
                             lambda x, n=n: full_resolution_refine(model, x, n))
         table[f"olddiffeo{n}"] = (f"full-resolution diffeomorphic, {n} steps", n,
                                   lambda x, n=n: full_resolution_refine(model, x, n, True))
-    for n in (20, 40, 80, 160):
+    for n in (20, 40, 60, 80, 160):
         table[f"c2f{n}"] = (f"coarse-to-fine refinement, {n} steps", n,
                             lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg, n))
         table[f"diffeo{n}"] = (f"coarse-to-fine diffeomorphic, {n} steps", n,
