@@ -8,7 +8,7 @@ loss, starting from the bundled weights). Prints one Markdown row per mode: mean
 seconds per optimisation step.
 
 Usage: .venv/bin/python Testing/benchmarks/refine_modes.py [--pairs 5] [--threads 1]
-       [--modes net,old10,old50,c2f20,c2f40,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10]
+       [--modes net,old10,old50,c2f20,c2f40,c2f60,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from FSDiffRegLib.spatial import integrate_velocity, warp
 from FSDiffRegLib.weights import load_model
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ACDC"
-DEFAULT_MODES = "net,old10,old50,c2f20,c2f40,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10"
+DEFAULT_MODES = "net,old10,old50,c2f20,c2f40,c2f60,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10"
 TUNE_LR = 1e-4
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # moving, fixed, score, flow
 
