@@ -73,7 +73,7 @@ class FSDiffReg(ScriptedLoadableModule):
 class FSDiffRegParameterNode:
     """Inputs, options and the last outputs of the module (saved with the scene).
 
-    smoothness 0 means the weights' own value; refineSteps 0 means the network alone.
+    smoothness 0 means the refinement's default (18); refineSteps 0 means the network alone.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode

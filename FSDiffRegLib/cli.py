@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-labels", help="label map of the moving image to warp too")
     p.add_argument("--refine", type=int, default=DEFAULT_STEPS,
                    help=f"instance-refinement steps (default {DEFAULT_STEPS}; 0: network only)")
-    p.add_argument("--smoothness", type=float, help="smoothness weight of the refinement (default: the model's)")
+    p.add_argument("--smoothness", type=float, help="smoothness weight of the refinement (default 18)")
     p.add_argument("--diffeomorphic", action="store_true",
                    help="refine a stationary velocity field (scaling and squaring) instead of the displacement")
     p.set_defaults(func=_register)

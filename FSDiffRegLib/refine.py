@@ -6,10 +6,12 @@ network's own diffusion score) and smoothness. It runs coarse to fine, on the im
 weights averaged down to voxels of about 6 x 12 x 12 mm, then 3 x 6 x 6 mm, then
 3 x 3 x 3 mm (LEVEL_FACTORS of the 3.15 x 1.5 x 1.5 mm network grid): there a step costs
 a small part of one on the network grid, and on the coarse levels the NCC window
-(cfg.ncc_window voxels) spans enough of the heart to pull large misalignments in. Each level's correction is interpolated back and added to the flow,
-which keeps the network's fine detail. With ``diffeomorphic`` a level optimises a
-stationary velocity field instead, whose exponential (scaling and squaring) is composed
-with the flow, so an invertible map stays invertible.
+(REFINE_WINDOW voxels) spans enough of the heart to pull large misalignments in. Each
+level's correction is interpolated back and added to the flow, which keeps the network's
+fine detail. Window, smoothness weight and levels were chosen on the validation split
+(README, "Instance refinement"). With ``diffeomorphic`` a level optimises a stationary
+velocity field instead, whose exponential (scaling and squaring) is composed with the
+flow, so an invertible map stays invertible.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .spatial import integrate_velocity, upsample_flow, warp
 
 LEVEL_FACTORS = ((2, 8, 8), (1, 4, 4), (1, 2, 2))  # (D, H, W) shrink of each level, coarse to fine
 REFINE_LR = 0.2  # coarse voxels per step, Adam
+REFINE_WINDOW = 13  # NCC window of the refinement, voxels of each level
+REFINE_SMOOTHNESS = 18.0  # its smoothness weight unless told otherwise
 DEFAULT_STEPS = 60  # what `register` runs unless told otherwise (Testing/benchmarks/refine_modes.py)
 
 
@@ -49,13 +53,13 @@ def refine_flow(
     diffeomorphic: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> torch.Tensor:
-    """Return the flow after ``steps`` steps, split evenly over the levels; ``smoothness`` overrides cfg.lam_phi."""
-    lam_phi = cfg.lam_phi if smoothness is None else smoothness
+    """The flow after ``steps`` steps, split evenly over the levels; ``smoothness`` overrides REFINE_SMOOTHNESS."""
+    lam_phi = REFINE_SMOOTHNESS if smoothness is None else smoothness
     weights = score_weights(score, cfg.gamma) if cfg.sdg else torch.ones_like(fixed)
     size = tuple(flow.shape[2:])
     flow = flow.detach()
     done = 0
-    for level, coarse in enumerate(level_sizes(size, cfg.ncc_window)):
+    for level, coarse in enumerate(level_sizes(size, REFINE_WINDOW)):
         level_steps = steps * (level + 1) // len(LEVEL_FACTORS) - steps * level // len(LEVEL_FACTORS)
         if level_steps == 0:
             continue
@@ -67,7 +71,7 @@ def refine_flow(
             if done % max(steps // 10, 1) == 0:
                 log(f"refining {done}/{steps}")
             field = compose(base, integrate_velocity(variable)) if diffeomorphic else base + variable
-            loss = cfg.lam * sdg_ncc_loss(warp(m, field), f, w, cfg.ncc_window) + lam_phi * smoothness_loss(field)
+            loss = cfg.lam * sdg_ncc_loss(warp(m, field), f, w, REFINE_WINDOW) + lam_phi * smoothness_loss(field)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
