@@ -331,7 +331,7 @@ class FSDiffRegTest(ScriptedLoadableModuleTest):
         self.test_BadInputsChangeNothing()
 
     def loadSample(self):
-        sample = libraryRoot() / "Resources" / "sample"
+        sample = libraryRoot() / "FSDiffRegLib" / "assets" / "sample"
         fixed = slicer.util.loadVolume(str(sample / "acdc091_ED.nii.gz"))
         moving = slicer.util.loadVolume(str(sample / "acdc091_ES.nii.gz"))
         labels = slicer.util.loadLabelVolume(str(sample / "acdc091_ES_labels.nii.gz"))

@@ -42,7 +42,8 @@ from .evaluate import markdown_table, score_field, summarize
 from .preprocess import locate_heart, network_grid
 from .refine import DEFAULT_STEPS
 from .register import register_images
-from .weights import BUNDLED_WEIGHTS, load_model
+from .resources import BUNDLED_WEIGHTS
+from .weights import load_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "Testing" / "benchmarks" / "results.md"
 METHODS = ("identity", "elastix", "ants", "network", "refine", "ablations")
@@ -246,7 +247,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diffeomorphic", action="store_true", help="the refine row optimises a velocity field")
     parser.add_argument("--weights", help="FSDiffReg weights (default: bundled)")
     parser.add_argument("--ablation-weights", type=ablation_item, action="append", default=[], metavar="NAME=PATH",
-                        help="weights of an ablation row (defaults: FDG-off and SDG-off under Resources/weights)")
+                        help="weights of an ablation row (defaults: FDG-off and SDG-off under FSDiffRegLib/assets/weights)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="Markdown file for the table")
 

@@ -11,10 +11,10 @@ from .config import Config
 from .device import DeviceError, pick_device
 from .imageio import InputError
 from .refine import DEFAULT_STEPS
+from .resources import sample_pair
 from .weights import WeightsError
 
 DEFAULT_DATA = Path("../shared/data/ACDC")
-SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "sample"
 
 
 def _say(message: str) -> None:
@@ -51,9 +51,10 @@ def _demo(args: argparse.Namespace) -> None:
     from .figure import save_figure
     from .register import register_files
 
-    fixed, moving = SAMPLE / "acdc091_ED.nii.gz", SAMPLE / "acdc091_ES.nii.gz"
+    sample = sample_pair()
+    fixed, moving = sample["fixed"], sample["moving"]
     out = Path(args.out_dir).resolve()
-    result = register_files(fixed, moving, out, args.weights, args.device, SAMPLE / "acdc091_ES_labels.nii.gz",
+    result = register_files(fixed, moving, out, args.weights, args.device, sample["moving_labels"],
                             log=_say)
     figure = save_figure(sitk.ReadImage(str(fixed)), sitk.ReadImage(str(moving)), result, out / "figure.png")
     print(f"registered the bundled ACDC sample (patient 091, ES -> ED): {_summary(result.metrics)}")

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+from .resources import CONFIGS as CONFIG_DIR
 
 
 @dataclass

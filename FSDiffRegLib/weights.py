@@ -10,9 +10,8 @@ import torch
 
 from .config import Config
 from .network import FSDiffRegNet
+from .resources import BUNDLED_WEIGHTS
 
-RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
-BUNDLED_WEIGHTS = RESOURCES / "weights" / "fsdiffreg_acdc_cpu.pt"
 
 
 class WeightsError(ValueError):

@@ -10,11 +10,13 @@ import torch
 from FSDiffRegLib import acdc
 from FSDiffRegLib.config import Config
 from FSDiffRegLib.network import FSDiffRegNet
-from FSDiffRegLib.weights import BUNDLED_WEIGHTS, save_weights
+from FSDiffRegLib.resources import BUNDLED_WEIGHTS
+from FSDiffRegLib.resources import SAMPLE as SAMPLE_DIR
+from FSDiffRegLib.weights import save_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "ACDC"
-SAMPLE = ROOT / "Resources" / "sample"
+SAMPLE = SAMPLE_DIR
 
 
 @pytest.fixture(scope="session")

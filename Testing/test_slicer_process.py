@@ -15,7 +15,7 @@ from FSDiffRegMRML.process import (RegisterOptions, RegistrationProcess, bundled
                                    registerCommand)
 
 from FSDiffRegLib.refine import DEFAULT_STEPS
-from FSDiffRegLib.weights import BUNDLED_WEIGHTS
+from FSDiffRegLib.resources import BUNDLED_WEIGHTS
 from test_slicer_outputs import load_volume, new_scene
 
 

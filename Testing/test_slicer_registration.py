@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from FSDiffRegLib.weights import BUNDLED_WEIGHTS
+from FSDiffRegLib.resources import BUNDLED_WEIGHTS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 from FSDiffRegMRML.inputs import InputError  # noqa: E402

@@ -143,7 +143,7 @@ def test_module_cmake_ships_every_module_file():
     for resource in cmake_list(text, "MODULE_PYTHON_RESOURCES"):
         assert (MODULE / resource).is_file(), resource
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
-    assert "FSDiffRegLib/*.py" in text and "Resources/weights/*" in text
+    assert "FSDiffRegLib/*.py" in text and "FSDiffRegLib/assets/weights/*" in text
 
 
 def cmake_setting(name: str) -> str:

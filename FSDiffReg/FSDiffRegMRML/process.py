@@ -39,7 +39,7 @@ def libraryRoot() -> Path:
 
 def bundledWeights() -> Path:
     """The weights shipped with the extension (the library's own default)."""
-    return libraryRoot() / "Resources" / "weights" / "fsdiffreg_acdc_cpu.pt"
+    return libraryRoot() / "FSDiffRegLib" / "assets" / "weights" / "fsdiffreg_acdc_cpu.pt"
 
 
 @dataclass

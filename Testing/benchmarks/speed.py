@@ -17,9 +17,10 @@ from FSDiffRegLib.config import Config
 from FSDiffRegLib.device import pick_device
 from FSDiffRegLib.network import FSDiffRegNet, parameter_count
 from FSDiffRegLib.register import register_images
-from FSDiffRegLib.weights import BUNDLED_WEIGHTS, load_model
+from FSDiffRegLib.resources import BUNDLED_WEIGHTS
+from FSDiffRegLib.weights import load_model
 
-SAMPLE = Path(__file__).resolve().parents[2] / "Resources" / "sample"
+from FSDiffRegLib.resources import SAMPLE
 
 
 def timed(fn, repeats: int) -> float:

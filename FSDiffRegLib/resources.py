@@ -1,0 +1,36 @@
+"""Where the bundled files are: weights, configurations and the sample pair (package data).
+
+The one place that names these paths; the command line, the Slicer module and the tests
+all ask here. Imports nothing heavy, so the Slicer GUI may use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+ASSETS = PACKAGE / "assets"
+CONFIGS = PACKAGE / "configs"
+WEIGHTS = ASSETS / "weights"
+SAMPLE = ASSETS / "sample"
+BUNDLED_WEIGHTS = WEIGHTS / "fsdiffreg_acdc_cpu.pt"
+
+
+def bundled_weights() -> Path:
+    """The weights the library uses when none are named."""
+    return BUNDLED_WEIGHTS
+
+
+def config_path(name: str) -> Path:
+    """A bundled training configuration (``cpu``, ``paper``) by name."""
+    return CONFIGS / f"{name}.json"
+
+
+def sample_pair() -> dict[str, Path]:
+    """The bundled sample (ACDC patient 091): fixed (ED), moving (ES) and their labels."""
+    return {
+        "fixed": SAMPLE / "acdc091_ED.nii.gz",
+        "moving": SAMPLE / "acdc091_ES.nii.gz",
+        "fixed_labels": SAMPLE / "acdc091_ED_labels.nii.gz",
+        "moving_labels": SAMPLE / "acdc091_ES_labels.nii.gz",
+    }
