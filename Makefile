@@ -1,11 +1,14 @@
 PY ?= python3
+PY39 ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)/versions/3.9.18/bin/python
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VENV39 := $(VENV)/py39
+STAMP39 := $(VENV39)/.installed
 
-.PHONY: venv demo test train evaluate clean
+.PHONY: venv demo test lint clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(STAMP39)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,11 +17,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
+# Python 3.9, as Slicer 5.8 runs, with the dependencies that have a small 3.9 build (all but torch),
+# for Testing/test_python39.py; without pyenv's 3.9.18 that test uses stand-ins or skips.
+$(STAMP39): pyproject.toml | $(STAMP)
+	@if [ -x "$(PY39)" ]; then \
+	  set -e; test -x $(VENV39)/bin/python || $(PY39) -m venv $(VENV39); \
+	  $(BIN)/python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
+	    print("\n".join(d for d in deps if not d.startswith("torch")))' | $(VENV39)/bin/pip install --quiet -r /dev/stdin; \
+	  touch $(STAMP39); \
+	else echo "no Python 3.9.18 at $(PY39): Testing/test_python39.py uses stand-ins or skips"; fi
+
 demo: venv
 	$(BIN)/fsdiffreg demo
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -2,16 +2,18 @@
 
 Thin glue: the GUI and the Slicer logic live here; node conversions are in FSDiffRegMRML
 (Qt-free, tested with slicer-core) and the registration itself in FSDiffRegLib, run in a
-separate Python process so the GUI never freezes.
+separate Python process so the GUI never freezes and never imports torch.
+
+Runs in Slicer 5.8 (Python 3.9) to 5.12. Annotations are evaluated here on purpose (no
+``from __future__ import annotations``): Slicer's parameterNodeWrapper reads the field types
+with ``typing.get_type_hints``, which resolves string annotations through ``sys.modules``;
+real types work however Slicer loads this file. So: ``Optional``/``Union``, never ``X | Y``.
 """
 
-import importlib.util
 import logging
-import shutil
-import sys
 import time
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Optional, Union
 
 import qt
 import slicer
@@ -24,7 +26,7 @@ from slicer import (
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, SlicerParameterNamePropertyName, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -33,18 +35,32 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from FSDiffRegMRML.dependencies import (
+    installedTorchStatus,
+    installedVersion,
+    missingRequirements,
+    readRequirements,
+    torchRequirement,
+)
 from FSDiffRegMRML.display import showDeformation
 from FSDiffRegMRML.inputs import InputError, checkInputs
 from FSDiffRegMRML.job import RegistrationJob
 from FSDiffRegMRML.outputs import RegistrationOutputs, summary
-from FSDiffRegMRML.process import RegisterOptions, bundledWeights, libraryRoot
+from FSDiffRegMRML.process import DeviceQuery, RegisterOptions, libraryRoot, pythonSlicerExecutable
 
 DEVICES = ["Auto", "CPU", "CUDA"]
 DEFORMATION_MODES = ["Grid", "Glyph", "Contour"]
-TORCH_REQUIREMENT = ">=2.1"
-#: What the registration process needs besides torch and Slicer's own SimpleITK.
-PYTHON_REQUIREMENTS = ["numpy>=1.24"]
 POLL_MSEC = 200
+RESOURCES = Path(__file__).resolve().parent / "Resources"
+#: Python packages the registration process needs beside torch, NumPy and SimpleITK.
+REQUIREMENTS = RESOURCES / "requirements.txt"
+DOCUMENTATION = "https://github.com/FSDiffReg/SlicerFSDiffReg#readme"
+SAMPLE_URL = "https://raw.githubusercontent.com/FSDiffReg/SlicerFSDiffReg/main/FSDiffRegLib/assets/sample/"
+#: The bundled sample pair (ACDC patient 091) offered in Sample Data: file, node name, SHA256 of the file.
+SAMPLE_FILES = (
+    ("acdc091_ED.nii.gz", "acdc091_ED", "63ce6a74422112db6abc1d5a2e152b65da799d7e7a6126917d4dc912b987a0f3"),
+    ("acdc091_ES.nii.gz", "acdc091_ES", "47b2f5c068614f9e4c351c56b60e80abbf4589cc7b4a2b45f3ac86587a8166b0"),
+)
 
 
 class FSDiffReg(ScriptedLoadableModule):
@@ -55,44 +71,70 @@ class FSDiffReg(ScriptedLoadableModule):
         self.parent.title = _("FSDiffReg")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["FSDiffReg developers"]
+        self.parent.contributors = ["FSDiffReg developers (FSDiffReg project)"]
         self.parent.helpText = _(
             "Deformable registration of cardiac MRI with a diffusion-guided network (FSDiffReg). "
             "Pick a fixed and a moving volume (e.g. end-diastole and end-systole) and click Register. "
             "Outputs are new nodes: a grid transform (put the moving volume under it to align it), "
             "the warped volume, the Jacobian determinant (white 1, blue shrinking, red growing, "
-            "yellow folds) and, if given, the propagated labels. Needs the PyTorch extension.")
+            "yellow folds) and, if given, the propagated labels. Needs the PyTorch extension. "
+            "Try it with the FSDiffReg sample pair of the Sample Data module. "
+            'See the <a href="{url}">documentation</a>.').format(url=DOCUMENTATION)
         self.parent.acknowledgementText = _(
             "Method: Y. Qin and X. Li, FSDiffReg: Feature-wise and Score-wise Diffusion-guided "
             "Unsupervised Deformable Image Registration for Cardiac Images, MICCAI 2023. "
             "Bundled weights and sample were trained on / taken from the ACDC data set "
             "(O. Bernard et al., IEEE TMI 37(11), 2018; CC BY-NC-SA 4.0).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Offer the bundled sample pair in the Sample Data module (fetched from the project, SHA256-checked)."""
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="FSDiffReg",
+        sampleName="FSDiffRegCardiacPair",
+        thumbnailFileName=str(RESOURCES / "Icons" / "FSDiffReg.png"),
+        uris=[SAMPLE_URL + fileName for fileName, _, _ in SAMPLE_FILES],
+        fileNames=[fileName for fileName, _, _ in SAMPLE_FILES],
+        nodeNames=[nodeName for _, nodeName, _ in SAMPLE_FILES],
+        checksums=[f"SHA256:{sha256}" for _, _, sha256 in SAMPLE_FILES],
+    )
 
 
 @parameterNodeWrapper
 class FSDiffRegParameterNode:
     """Inputs, options and the last outputs of the module (saved with the scene).
 
-    smoothness 0 means the refinement's default (18); refineSteps 0 means the network alone.
+    smoothness 0 means the refinement's default (18); refineSteps 0 means the network alone; an
+    empty weightsFile means the weights bundled with the extension (never an install path, so a
+    saved scene works on any computer). A Union of node types lists None: the wrapper writes
+    every default into a fresh node, and a Union's default is None.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
-    movingLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    movingLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     device: Annotated[str, Choice(DEVICES)] = "Auto"
     refineSteps: Annotated[int, WithinRange(0, 1000)] = RegisterOptions.refineSteps
     smoothness: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
-    weightsFile: Path = bundledWeights()
+    weightsFile: Path = Path()
     outputTransform: vtkMRMLGridTransformNode
     warpedVolume: vtkMRMLScalarVolumeNode
     jacobianVolume: vtkMRMLScalarVolumeNode
-    warpedLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    warpedLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     showGrid: bool = False
     gridMode: Annotated[str, Choice(DEFORMATION_MODES)] = "Grid"
 
 
 class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The GUI: Register turns into Cancel while the registration process runs."""
+    """The GUI: Register turns into Cancel while the registration process runs.
+
+    The GUI is connected once per parameter node (entering the module again reuses the
+    connection), through ``connectParametersToGui``, which returns a tag in every Slicer
+    release (5.8's ``connectGui`` does not), so the connection can always be undone.
+    """
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -102,6 +144,9 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._timer = None
+        self._deviceQuery = None
+        self._deviceTimer = None
+        self._devices = None  # the devices torch can use here; None until known
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -114,21 +159,29 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MSEC)
         self._timer.timeout.connect(self.onPoll)
+        self._deviceTimer = qt.QTimer()
+        self._deviceTimer.setInterval(POLL_MSEC)
+        self._deviceTimer.timeout.connect(self.onDeviceQueryPoll)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.registerButton.clicked.connect(self.onRegisterButton)
         self.setRunning(False)
+        self.startDeviceQuery()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.cancelRegistration()
+        if self._deviceQuery is not None:
+            self._deviceQuery.cancel()
+            self._deviceQuery = None
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        self.disconnectParameterNode()
+        self.removeObservers(self.onParameterChanged)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelRegistration()
@@ -141,31 +194,76 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
 
+    def setParameterNode(self, parameterNode) -> None:
+        """Show ``parameterNode`` (a wrapper; None: none): its GUI is connected once per MRML node."""
+        if parameterNode is None or not self.isShown(parameterNode):
+            self.disconnectParameterNode()
+            self._parameterNode = parameterNode
+            if parameterNode is None:
+                return
+            self._parameterNodeGuiTag = parameterNode.connectParametersToGui(self.parameterWidgets())
+        if not self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged):
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
+        self.onParameterChanged()
+
+    def isShown(self, parameterNode) -> bool:
+        """Whether ``parameterNode`` wraps the MRML node the GUI is connected to."""
+        return self._parameterNode is not None and parameterNode.parameterNode is self._parameterNode.parameterNode
+
+    def parameterWidgets(self) -> dict:
+        """Parameter name -> widget, from the widgets' SlicerParameterName property (as connectGui finds them)."""
+        widgets = vars(self.ui).values()
+        return {w.property(SlicerParameterNamePropertyName): w for w in widgets
+                if w.property(SlicerParameterNamePropertyName)}
+
     def disconnectParameterNode(self) -> None:
-        """Stop syncing GUI and parameter node (the GUI is synced again on enter)."""
-        if self._parameterNode and self._parameterNodeGuiTag is not None:
+        """Stop syncing the GUI with the parameter node, and stop observing it."""
+        self.removeObservers(self.onParameterChanged)
+        if self._parameterNodeGuiTag is not None:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
 
-    def setParameterNode(self, parameterNode) -> None:
-        self.disconnectParameterNode()
-        self._parameterNode = parameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
+    def startDeviceQuery(self) -> None:
+        """Ask a child process which devices torch can use (the GUI never imports torch)."""
+        if installedVersion("torch") is None:
+            self.setDevices(["cpu"])
+            return
+        try:
+            self._deviceQuery = DeviceQuery(pythonSlicerExecutable())
+        except (OSError, RuntimeError) as error:
+            logging.warning(f"FSDiffReg: cannot ask PyTorch for its devices: {error}")
+            self.setDevices(["cpu"])
+            return
+        self._deviceTimer.start()
+
+    def onDeviceQueryPoll(self) -> None:
+        answer = self._deviceQuery.poll()
+        if answer is None:
+            return
+        self._deviceTimer.stop()
+        self._deviceQuery = None
+        if answer["error"]:
+            logging.warning(f"FSDiffReg: PyTorch cannot list its devices: {answer['error']}")
+        self.setDevices(answer["devices"] or ["cpu"])
+
+    def setDevices(self, devices: list) -> None:
+        self._devices = devices
+        if self._parameterNode is not None:
             self.updateDeviceChoices()
-            self.onParameterChanged()
 
     def updateDeviceChoices(self) -> None:
-        """Offer CUDA only where PyTorch can use it (the connector lists every choice)."""
-        if self.logic.cudaAvailable():
+        """Offer CUDA only where torch can use it; a CUDA choice (from a saved scene) falls back to Auto."""
+        if self._devices is None or "cuda" in self._devices:
             return
         if self._parameterNode.device == "CUDA":
+            logging.info("FSDiffReg: CUDA is not available on this computer; device set to Auto.")
             self._parameterNode.device = "Auto"
-        self.ui.deviceComboBox.removeItem(DEVICES.index("CUDA"))
+        index = self.ui.deviceComboBox.findText("CUDA")
+        if index >= 0:
+            self.ui.deviceComboBox.removeItem(index)
 
     def onParameterChanged(self, caller=None, event=None) -> None:
+        self.updateDeviceChoices()
         self.logic.updateDeformationDisplay(self._parameterNode)
         hasTransform = self._parameterNode.outputTransform is not None
         self.ui.showGridCheckBox.enabled = hasTransform
@@ -219,31 +317,48 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
 
 
-def pythonExecutable() -> str:
-    """Slicer's own Python launcher for the registration process."""
-    return shutil.which("PythonSlicer") or sys.executable
+def ensurePythonPackages(requirementsFile: Path) -> None:
+    """Install what ``requirementsFile`` lists and is missing, after asking the user.
 
-
-def ensurePythonPackages(requirements: list[str]) -> None:
-    """Install what is missing (never torch or SimpleITK: those come from PyTorch and Slicer)."""
+    Slicer 5.12 and later: ``slicer.packaging.pip_ensure``; before: checked here and installed
+    with ``slicer.util.pip_install``. torch, NumPy and SimpleITK are never listed there.
+    """
     try:
-        from slicer.pydeps import pip_ensure
-    except ImportError:  # Slicer < 5.11
+        from slicer.packaging import load_requirements, pip_ensure
+    except ImportError:  # Slicer 5.8 and 5.10
         pip_ensure = None
-    from packaging.requirements import Requirement
-
-    wanted = [Requirement(requirement) for requirement in requirements]
     if pip_ensure is not None:
-        pip_ensure(wanted, skip_packages=["torch", "SimpleITK"], requester="FSDiffReg")
+        pip_ensure(load_requirements(requirementsFile), requester="FSDiffReg")
         return
-    missing = [str(r) for r in wanted if importlib.util.find_spec(r.name) is None]
+    missing = missingRequirements(readRequirements(requirementsFile))
     if not missing:
         return
+    packages = ", ".join(missing)
     if not slicer.util.confirmOkCancelDisplay(
-            _("FSDiffReg needs these Python packages: {packages}. Install them now?").format(
-                packages=", ".join(missing))):
-        raise RuntimeError(_("FSDiffReg cannot run without: {packages}").format(packages=", ".join(missing)))
-    slicer.util.pip_install(" ".join(missing))
+            _("FSDiffReg needs these Python packages: {packages}. Install them now?").format(packages=packages)):
+        raise RuntimeError(_("FSDiffReg cannot run without: {packages}").format(packages=packages))
+    slicer.util.pip_install(missing)
+
+
+def ensureTorch() -> None:
+    """torch (new enough for FSDiffReg and for Slicer's NumPy) through the PyTorch extension, after asking."""
+    status = installedTorchStatus()
+    if status == "ok":
+        return
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError:
+        raise RuntimeError(_("FSDiffReg needs the PyTorch extension. Install 'PyTorch' from the "
+                             "Extensions Manager, restart Slicer and try again.")) from None
+    requirement = torchRequirement(installedVersion("numpy"))
+    if status == "old" and not slicer.util.confirmOkCancelDisplay(
+            _("FSDiffReg needs PyTorch {requirement} with this Slicer; PyTorch {version} is installed. "
+              "Update PyTorch now (this may take some minutes)?").format(
+                requirement=requirement, version=installedVersion("torch"))):
+        raise RuntimeError(_("FSDiffReg needs PyTorch {requirement}.").format(requirement=requirement))
+    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+    if torchLogic.installTorch(askConfirmation=status == "missing", torchVersionRequirement=requirement) is None:
+        raise RuntimeError(_("FSDiffReg needs PyTorch, which was not installed."))
 
 
 class FSDiffRegLogic(ScriptedLoadableModuleLogic):
@@ -254,37 +369,23 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def options(parameters: FSDiffRegParameterNode) -> RegisterOptions:
-        """The registration options chosen in the parameter node (an emptied weights field: bundled)."""
-        weights = parameters.weightsFile if str(parameters.weightsFile) not in ("", ".") else bundledWeights()
-        if not Path(weights).is_file():
+        """The registration options chosen in the parameter node.
+
+        An empty weights field (``Path()`` reads back as ".") stays empty: the registration
+        process then uses the weights bundled with it.
+        """
+        weights = str(parameters.weightsFile)
+        if weights in ("", "."):
+            weights = ""
+        elif not Path(weights).is_file():
             raise InputError(_("Weights file not found: {path}").format(path=weights))
-        return RegisterOptions(device=parameters.device.lower(), weights=str(weights),
+        return RegisterOptions(device=parameters.device.lower(), weights=weights,
                                refineSteps=parameters.refineSteps, smoothness=parameters.smoothness or None)
 
     def ensureDependencies(self) -> None:
         """torch through the PyTorch extension, other packages through pip; asks before installing."""
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise RuntimeError(_("FSDiffReg needs the PyTorch extension. Install 'PyTorch' from the "
-                                 "Extensions Manager, restart Slicer and try again.")) from None
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT) is None:
-                raise RuntimeError(_("FSDiffReg needs PyTorch, which was not installed."))
-        ensurePythonPackages(PYTHON_REQUIREMENTS)
-
-    def cudaAvailable(self) -> bool:
-        """Whether the installed PyTorch can use CUDA (False while PyTorch is not installed)."""
-        if importlib.util.find_spec("torch") is None:
-            return False
-        try:
-            import torch
-
-            return torch.cuda.is_available()
-        except Exception as error:  # a broken PyTorch install must not break the module GUI
-            logging.warning(f"FSDiffReg: cannot check CUDA: {error}")
-            return False
+        ensureTorch()
+        ensurePythonPackages(REQUIREMENTS)
 
     def startRegistration(self, parameters: FSDiffRegParameterNode) -> RegistrationJob:
         """Check the inputs, make sure torch is there, and start the registration process."""
@@ -292,7 +393,7 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         options = self.options(parameters)
         self.ensureDependencies()
         return RegistrationJob(parameters.fixedVolume, parameters.movingVolume, parameters.movingLabels,
-                               options, pythonExecutable())
+                               options, pythonSlicerExecutable())
 
     def finishRegistration(self, job: RegistrationJob, parameters: FSDiffRegParameterNode) -> RegistrationOutputs:
         """Load a finished job's outputs as new nodes and remember them in the parameter node."""
@@ -304,11 +405,11 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         logging.info(f"FSDiffReg: {summary(outputs.metrics)}")
         return outputs
 
-    def register(self, fixed, moving, labels=None, options: RegisterOptions | None = None) -> RegistrationOutputs:
+    def register(self, fixed, moving, labels=None, options: Optional[RegisterOptions] = None) -> RegistrationOutputs:
         """Register and wait (scripts, self-test), keeping the application responsive."""
         checkInputs(fixed, moving, labels)
         self.ensureDependencies()
-        job = RegistrationJob(fixed, moving, labels, options, pythonExecutable())
+        job = RegistrationJob(fixed, moving, labels, options, pythonSlicerExecutable())
         return job.wait(idle=lambda: (slicer.app.processEvents(), time.sleep(0.05)))
 
     def updateDeformationDisplay(self, parameters: FSDiffRegParameterNode) -> None:
@@ -319,16 +420,23 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
 
 
 class FSDiffRegTest(ScriptedLoadableModuleTest):
-    """Registers the bundled sample pair (ACDC patient 091, ES to ED) in a real Slicer."""
+    """The panel, the parameter node and the input checks; a real registration of the bundled
+    sample pair (ACDC patient 091, ES to ED) only where PyTorch is installed already: the
+    self-test never downloads it (build machines)."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
         self.setUp()
-        self.test_RegisterSamplePair()
+        self.test_PanelAndParameterNode()
         self.setUp()
         self.test_BadInputsChangeNothing()
+        self.setUp()
+        if installedTorchStatus() == "ok":
+            self.test_RegisterSamplePair()
+        else:
+            self.delayDisplay("PyTorch is not installed here (or too old): registration not tested")
 
     def loadSample(self):
         sample = libraryRoot() / "FSDiffRegLib" / "assets" / "sample"
@@ -336,6 +444,21 @@ class FSDiffRegTest(ScriptedLoadableModuleTest):
         moving = slicer.util.loadVolume(str(sample / "acdc091_ES.nii.gz"))
         labels = slicer.util.loadLabelVolume(str(sample / "acdc091_ES_labels.nii.gz"))
         return fixed, moving, labels
+
+    def test_PanelAndParameterNode(self) -> None:
+        slicer.util.selectModule("FSDiffReg")
+        widget = slicer.modules.FSDiffRegWidget
+        parameters = widget.logic.getParameterNode()
+        self.assertEqual(parameters.device, "Auto")
+        self.assertIn(str(parameters.weightsFile), ("", "."))
+        fixed, moving, labels = self.loadSample()
+        parameters.fixedVolume, parameters.movingVolume, parameters.movingLabels = fixed, moving, labels
+        self.assertIs(widget.ui.fixedVolumeSelector.currentNode(), fixed)
+        self.assertIs(widget.ui.movingVolumeSelector.currentNode(), moving)
+        self.assertIs(widget.ui.movingLabelsSelector.currentNode(), labels)
+        parameters.movingLabels = None
+        self.assertIsNone(widget.ui.movingLabelsSelector.currentNode())
+        self.delayDisplay("Panel and parameter node in sync")
 
     def test_RegisterSamplePair(self) -> None:
         self.delayDisplay("Registering the sample pair")

@@ -37,16 +37,14 @@ import torch
 from . import acdc
 from .baselines import BASELINES, Baseline, missing
 from .config import Config
+from .defaults import DEFAULT_STEPS
 from .device import pick_device
 from .evaluate import markdown_table, score_field, summarize
 from .preprocess import locate_heart, network_grid
-from .refine import DEFAULT_STEPS
 from .register import register_images
 from .resources import BUNDLED_WEIGHTS
 from .weights import load_model
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "Testing" / "benchmarks" / "results.md"
-METHODS = ("identity", "elastix", "ants", "network", "refine", "ablations")
 ABLATIONS = {
     "FDG-off": BUNDLED_WEIGHTS.with_name("fsdiffreg_acdc_cpu_fdg_off.pt"),
     "SDG-off": BUNDLED_WEIGHTS.with_name("fsdiffreg_acdc_cpu_sdg_off.pt"),
@@ -68,7 +66,7 @@ class PeakMemory:
 
     mb = float("nan")
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             Path("/proc/self/clear_refs").write_text("5")
@@ -102,30 +100,13 @@ def model_method(name: str, weights: Path | None, device: torch.device, refine_s
     return Method(name, run)
 
 
-def method_list(text: str) -> list[str]:
-    """``--methods``: comma-separated names from METHODS."""
-    chosen = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = sorted(set(chosen) - set(METHODS))
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; choose from {','.join(METHODS)}")
-    return chosen
-
-
-def ablation_item(text: str) -> tuple[str, Path]:
-    """``--ablation-weights``: NAME=PATH."""
-    name, sep, path = text.partition("=")
-    if not (sep and name and path):
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, Path(path)
-
-
 def build_methods(args: argparse.Namespace, device: torch.device) -> tuple[list[Method], list[str]]:
     """The methods asked for, in table order, and a note for each one that cannot run here.
 
     An ablation whose default weights are absent is skipped; one given explicitly must load.
     """
     methods, skipped = [], []
-    for key in [m for m in METHODS[:3] if m in args.methods]:
+    for key in [m for m in BASELINE_NAMES if m in args.methods]:
         reason = missing(key)
         if reason:
             skipped.append(f"{BASELINE_NAMES[key]}: {reason}")
@@ -238,27 +219,6 @@ def report(rows: dict[str, list[dict[str, float]]], pairs: list[acdc.AcdcPair], 
     return "\n".join(lines) + "\n"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="ACDC folder (holding training/patientNNN)")
-    parser.add_argument("--limit", type=int, help="only the first N validation pairs")
-    parser.add_argument("--methods", type=method_list, default=list(METHODS),
-                        help=f"comma-separated, from {','.join(METHODS)} (default: all)")
-    parser.add_argument("--refine", type=int, default=DEFAULT_STEPS, help="refinement steps of the refine row")
-    parser.add_argument("--diffeomorphic", action="store_true", help="the refine row optimises a velocity field")
-    parser.add_argument("--weights", help="FSDiffReg weights (default: bundled)")
-    parser.add_argument("--ablation-weights", type=ablation_item, action="append", default=[], metavar="NAME=PATH",
-                        help="weights of an ablation row (defaults: FDG-off and SDG-off under FSDiffRegLib/assets/weights)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="Markdown file for the table")
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add ``benchmark`` to the ``fsdiffreg`` sub-commands."""
-    parser = sub.add_parser("benchmark", help="identity, elastix, ANTs and FSDiffReg side by side on validation")
-    add_arguments(parser)
-    parser.set_defaults(func=main_benchmark)
-
-
 def main_benchmark(args: argparse.Namespace) -> None:
     """Run the benchmark, print the report and write it to ``args.out``."""
     pairs = acdc.split(args.data, "validation")[: args.limit]
@@ -271,8 +231,3 @@ def main_benchmark(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="fsdiffreg benchmark", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    main_benchmark(parser.parse_args())

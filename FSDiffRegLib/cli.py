@@ -1,20 +1,23 @@
-"""The ``fsdiffreg`` command line: train, register, evaluate, benchmark, demo."""
+"""The ``fsdiffreg`` command line: train, register, evaluate, benchmark, demo, devices.
+
+Importing this module loads no torch, SimpleITK or NumPy (``--help`` and the Slicer child
+start fast): each sub-command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from .benchmark import add_parser as add_benchmark_parser
-from .config import Config
-from .device import DeviceError, pick_device
-from .imageio import InputError
-from .refine import DEFAULT_STEPS
+from .defaults import DEFAULT_STEPS, REFINE_SMOOTHNESS
+from .errors import DeviceError, InputError, WeightsError
 from .resources import sample_pair
-from .weights import WeightsError
 
 DEFAULT_DATA = Path("../shared/data/ACDC")
+BENCHMARK_OUT = Path(__file__).resolve().parent.parent / "Testing" / "benchmarks" / "results.md"
+METHODS = ("identity", "elastix", "ants", "network", "refine", "ablations")
 
 
 def _say(message: str) -> None:
@@ -36,6 +39,7 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from .device import pick_device
     from .evaluate import evaluate
     from .weights import load_model
 
@@ -63,11 +67,60 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .config import Config
+    from .device import pick_device
     from .train import train
 
     state = train(Path(args.data), Path(args.out), Config.load(args.config), pick_device(args.device),
                   max_minutes=args.max_minutes, train_limit=args.train_limit, val_limit=args.val_limit)
     print(f"stopped at epoch {state.epoch}, step {state.step}; best validation mean Dice {state.best_dice:.4f}")
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    from .benchmark import main_benchmark
+
+    main_benchmark(args)
+
+
+def _devices(args: argparse.Namespace) -> None:
+    """One JSON line: torch's version and the devices it can use (the Slicer module asks this)."""
+    try:
+        from .device import device_report
+    except (ImportError, OSError) as err:
+        raise DeviceError(f"torch cannot be imported: {err}") from None
+    print(json.dumps(device_report()))
+
+
+def method_list(text: str) -> list[str]:
+    """``benchmark --methods``: comma-separated names from METHODS."""
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; choose from {','.join(METHODS)}")
+    return chosen
+
+
+def ablation_item(text: str) -> tuple[str, Path]:
+    """``benchmark --ablation-weights``: NAME=PATH."""
+    name, sep, path = text.partition("=")
+    if not (sep and name and path):
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
+
+
+def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="ACDC folder (holding training/patientNNN)")
+    parser.add_argument("--limit", type=int, help="only the first N validation pairs")
+    parser.add_argument("--methods", type=method_list, default=list(METHODS),
+                        help=f"comma-separated, from {','.join(METHODS)} (default: all)")
+    parser.add_argument("--refine", type=int, default=DEFAULT_STEPS, help="refinement steps of the refine row")
+    parser.add_argument("--diffeomorphic", action="store_true", help="the refine row optimises a velocity field")
+    parser.add_argument("--weights", help="FSDiffReg weights (default: bundled)")
+    parser.add_argument("--ablation-weights", type=ablation_item, action="append", default=[], metavar="NAME=PATH",
+                        help="weights of an ablation row (defaults: FDG-off and SDG-off under "
+                             "FSDiffRegLib/assets/weights)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--out", default=str(BENCHMARK_OUT), help="Markdown file for the table")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-labels", help="label map of the moving image to warp too")
     p.add_argument("--refine", type=int, default=DEFAULT_STEPS,
                    help=f"instance-refinement steps (default {DEFAULT_STEPS}; 0: network only)")
-    p.add_argument("--smoothness", type=float, help="smoothness weight of the refinement (default 18)")
+    p.add_argument("--smoothness", type=float,
+                   help=f"smoothness weight of the refinement (default {REFINE_SMOOTHNESS:g})")
     p.add_argument("--diffeomorphic", action="store_true",
                    help="refine a stationary velocity field (scaling and squaring) instead of the displacement")
     p.set_defaults(func=_register)
@@ -112,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=_demo)
 
-    add_benchmark_parser(sub)
+    p = sub.add_parser("benchmark", help="identity, elastix, ANTs and FSDiffReg side by side on validation")
+    add_benchmark_arguments(p)
+    p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("devices", help="print torch's version and the devices it can use, as one JSON line")
+    p.set_defaults(func=_devices)
     return parser
 
 

@@ -51,7 +51,7 @@ class Config:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Config":
+    def from_dict(cls, data: dict) -> Config:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -60,7 +60,7 @@ class Config:
         return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
 
     @classmethod
-    def load(cls, name_or_path: str | Path) -> "Config":
+    def load(cls, name_or_path: str | Path) -> Config:
         """Load a JSON file, or a bundled configuration by name (e.g. ``cpu``)."""
         path = Path(name_or_path)
         if not path.suffix:

@@ -53,7 +53,8 @@ def load_grid_pairs(pairs: list[AcdcPair], cfg: Config, cache: Path | None = Non
         np.savez_compressed(
             cache,
             patients=np.array([g.patient for g in items]),
-            **{k: np.stack([getattr(g, k) for g in items]) for k in ("fixed", "moving", "fixed_labels", "moving_labels")},
+            **{k: np.stack([getattr(g, k) for g in items])
+               for k in ("fixed", "moving", "fixed_labels", "moving_labels")},
         )
     return items
 

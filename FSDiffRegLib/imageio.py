@@ -5,18 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import InputError
+
 sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ACDC's sform notes are harmless noise
-
-
-class InputError(ValueError):
-    """An input the pipeline cannot use; the message names the problem."""
 
 
 def read_image(path: str | Path, role: str) -> sitk.Image:

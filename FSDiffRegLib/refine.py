@@ -22,14 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
+from .defaults import REFINE_SMOOTHNESS
 from .losses import score_weights, sdg_ncc_loss, smoothness_loss
 from .spatial import integrate_velocity, upsample_flow, warp
 
 LEVEL_FACTORS = ((2, 8, 8), (1, 4, 4), (1, 2, 2))  # (D, H, W) shrink of each level, coarse to fine
 REFINE_LR = 0.2  # coarse voxels per step, Adam
 REFINE_WINDOW = 13  # NCC window of the refinement, voxels of each level
-REFINE_SMOOTHNESS = 18.0  # its smoothness weight unless told otherwise
-DEFAULT_STEPS = 60  # what `register` runs unless told otherwise (Testing/benchmarks/refine_modes.py)
 
 
 def level_sizes(size: tuple[int, ...], window: int) -> list[tuple[int, ...]]:

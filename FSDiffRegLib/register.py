@@ -12,13 +12,15 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .defaults import DEFAULT_STEPS
 from .device import pick_device
+from .errors import InputError
 from .field import apply_field, flow_to_field, resample_field
-from .imageio import InputError, atomic_directory, check_image, check_labels, read_image
+from .imageio import atomic_directory, check_image, check_labels, read_image
 from .metrics import jacobian_determinant, jacobian_stats, ncc
 from .network import FSDiffRegNet
 from .preprocess import PreparedPair, normalized, prepare_pair, resample_to
-from .refine import DEFAULT_STEPS, refine_flow
+from .refine import refine_flow
 from .weights import load_model
 
 OUTPUT_FILES = ("displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "metrics.json")

@@ -9,13 +9,9 @@ from pathlib import Path
 import torch
 
 from .config import Config
+from .errors import WeightsError
 from .network import FSDiffRegNet
 from .resources import BUNDLED_WEIGHTS
-
-
-
-class WeightsError(ValueError):
-    """Weights that are missing, corrupt or do not fit the network."""
 
 
 def sha256(path: Path) -> str:

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from FSDiffRegLib import benchmark
 from FSDiffRegLib.baselines import BASELINES, identity_field, missing
+from FSDiffRegLib.cli import ablation_item, add_benchmark_arguments, method_list
 from FSDiffRegLib.field import apply_field
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning")  # SWIG wrappers of itk
@@ -61,7 +62,9 @@ def test_baseline_recovers_a_known_translation(name, tmp_path, monkeypatch):
     assert np.allclose(field.GetDirection(), fixed.GetDirection()) and np.allclose(field.GetSpacing(), SPACING)
     vectors = sitk.GetArrayFromImage(field)[CENTRAL].reshape(-1, 3)
     assert np.allclose(np.median(vectors, axis=0), SHIFT, atol=0.75)  # LPS mm, fixed -> moving
-    error = lambda image: np.mean((sitk.GetArrayFromImage(image) - sitk.GetArrayFromImage(fixed))[CENTRAL] ** 2)
+    def error(image: sitk.Image) -> float:
+        return np.mean((sitk.GetArrayFromImage(image) - sitk.GetArrayFromImage(fixed))[CENTRAL] ** 2)
+
     assert error(apply_field(moving, field)) < error(moving) / 5
 
 
@@ -73,18 +76,18 @@ def test_register_and_benchmark_do_not_import_the_baselines():
 
 
 def test_methods_are_checked():
-    assert benchmark.method_list("identity, network") == ["identity", "network"]
+    assert method_list("identity, network") == ["identity", "network"]
     with pytest.raises(argparse.ArgumentTypeError):
-        benchmark.method_list("identity,voxelmorph")
-    assert benchmark.ablation_item("FDG-off=a/b.pt")[0] == "FDG-off"
+        method_list("identity,voxelmorph")
+    assert ablation_item("FDG-off=a/b.pt")[0] == "FDG-off"
     with pytest.raises(argparse.ArgumentTypeError):
-        benchmark.ablation_item("a/b.pt")
+        ablation_item("a/b.pt")
 
 
 def test_ablations_without_weights_are_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark, "ABLATIONS", {"FDG-off": tmp_path / "absent.pt"})
     parser = argparse.ArgumentParser()
-    benchmark.add_arguments(parser)
+    add_benchmark_arguments(parser)
     methods, skipped = benchmark.build_methods(parser.parse_args(["--data", ".", "--methods", "ablations"]), "cpu")
     assert methods == [] and len(skipped) == 1 and skipped[0].startswith("FSDiffReg FDG-off: no weights at ")
 
@@ -104,7 +107,7 @@ def table_rows(text: str) -> dict[str, list[str]]:
 
 def test_benchmark_on_one_validation_pair(data_dir, bundled_weights, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    benchmark.add_arguments(parser)
+    add_benchmark_arguments(parser)
     out = tmp_path / "results.md"
     args = parser.parse_args(["--data", str(data_dir), "--limit", "1", "--methods", "identity,network",
                               "--device", "cpu", "--out", str(out)])
@@ -116,7 +119,9 @@ def test_benchmark_on_one_validation_pair(data_dir, bundled_weights, tmp_path, c
     assert list(rows) == ["method", "Identity", "FSDiffReg (network)"]
     assert rows["method"][-3:] == ["s/pair median", "s/pair mean", "peak MB"]
     identity, network = rows["Identity"], rows["FSDiffReg (network)"]
-    dice = lambda row: [float(cell.split()[0]) for cell in row[:5]]
+    def dice(row: list[str]) -> list[float]:
+        return [float(cell.split()[0]) for cell in row[:5]]
+
     assert all(0.2 < d < 1 for d in dice(identity) + dice(network))
     assert identity[5:7] == ["0.0000", "0.000"]  # no folding, |J| = 1 everywhere
     assert dice(network)[3] > dice(identity)[3]  # the mean Dice improves

@@ -11,10 +11,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from conftest import SAMPLE
 from FSDiffRegLib.cli import main
 from FSDiffRegLib.metrics import heart_dice, jacobian_determinant
-
-from conftest import SAMPLE
 
 FIXED, MOVING = SAMPLE / "acdc091_ED.nii.gz", SAMPLE / "acdc091_ES.nii.gz"
 
@@ -121,3 +120,33 @@ def test_cuda_without_cuda_is_a_one_line_error(tmp_path):
     assert run.stderr.strip() == "fsdiffreg: error: --device cuda was asked for, but CUDA is not available " \
                                  "on this machine"
     assert not out.exists()
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_the_command_line_starts_without_torch():
+    code = ("import sys; from FSDiffRegLib.cli import build_parser; build_parser().format_help(); "
+            "print(sorted({'torch', 'SimpleITK', 'numpy', 'matplotlib'} & set(sys.modules)))")
+    run = run_python(code)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_devices_prints_one_json_line():
+    run = subprocess.run([sys.executable, "-m", "FSDiffRegLib.cli", "devices"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == 1
+    report = json.loads(lines[0])
+    assert report == {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
+                      "devices": ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"],
+                      "cuda_names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+
+
+def test_devices_without_torch_is_a_one_line_error():
+    run = run_python("import sys; sys.modules['torch'] = None; from FSDiffRegLib.cli import main; "
+                     "sys.exit(main(['devices']))")
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("fsdiffreg: error: torch cannot be imported: ")

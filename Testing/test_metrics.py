@@ -6,7 +6,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from FSDiffRegLib.metrics import dice, heart_dice, jacobian_determinant, jacobian_stats
-
 from test_spatial import field_from, grid
 
 

@@ -145,19 +145,30 @@ def test_transform_maps_fixed_ras_to_moving_with_the_known_signs(case):
     assert np.allclose(mean_ras, (case["r"] @ SHIFT_LPS) * LPS_TO_RAS, atol=0.5)
 
 
-def test_transform_matches_itk_reading_of_displacement_file_anywhere(case):
-    """Between voxel centres too: Slicer's transform = ITK's DisplacementFieldTransform (LPS) flipped."""
+def random_points_ras(volume, count: int = 300) -> np.ndarray:
+    """Points (RAS) at random places inside ``volume``'s grid, almost never on a voxel centre."""
+    dims = np.array(volume.GetImageData().GetDimensions())
+    ijk = np.random.default_rng(0).uniform(1, dims - 2, size=(count, 3))
+    return (np.c_[ijk, np.ones(len(ijk))] @ ijk_to_ras(volume).T)[:, :3]
+
+
+#: How far (mm) Slicer's cubic interpolation of the field may lie from ITK's linear one between
+#: voxel centres (measured: 0.0083 axis-aligned, 0.0096 oblique for the known field).
+CUBIC_VS_LINEAR_MM = 0.02
+
+
+def test_transform_matches_itk_reading_of_displacement_file(case):
+    """Slicer's transform = ITK's DisplacementFieldTransform (LPS) flipped: exactly at voxel centres;
+    in between Slicer interpolates the field cubically where ITK does linearly."""
     field = sitk.ReadImage(str(case["out"] / "displacement.nii.gz"))
     itk = sitk.DisplacementFieldTransform(sitk.Image(field))
-    rng = np.random.default_rng(0)
-    dims = np.array(case["fixed"].GetImageData().GetDimensions())
-    ijk = rng.uniform(1, dims - 2, size=(200, 3))
-    points = (np.c_[ijk, np.ones(len(ijk))] @ ijk_to_ras(case["fixed"]).T)[:, :3]
     grid = case["nodes"].transform.GetTransformFromParent()
-    slicer_moving = np.array([grid.TransformPoint(p) for p in points])
-    itk_moving = np.array([itk.TransformPoint((p * LPS_TO_RAS).tolist()) for p in points]) * LPS_TO_RAS
-    np.testing.assert_allclose(slicer_moving, itk_moving, atol=1e-4)
-    assert np.abs(slicer_moving - points).max() > 2.0
+    centres, _ = voxel_centres_ras(case["fixed"], step=5)
+    for points, tolerance in ((centres, 1e-4), (random_points_ras(case["fixed"]), CUBIC_VS_LINEAR_MM)):
+        slicer_moving = np.array([grid.TransformPoint(p) for p in points])
+        itk_moving = np.array([itk.TransformPoint((p * LPS_TO_RAS).tolist()) for p in points]) * LPS_TO_RAS
+        np.testing.assert_allclose(slicer_moving, itk_moving, atol=tolerance)
+        assert np.abs(slicer_moving - points).max() > 2.0
 
 
 def test_transform_matches_slicers_own_reading_of_displacement_file(case):
@@ -204,7 +215,7 @@ def test_moving_resampled_through_the_transform_node_reproduces_warped(case):
     resampled = resampled_through(case["nodes"].transform, moving, case["fixed"])
     warped = voxels(case["nodes"].warped)
     scale = np.abs(warped).max()
-    assert np.abs(resampled - warped).max() < 1e-3 * scale
+    assert np.abs(resampled - warped).max() < 1e-4 * scale  # measured 0.0021 of 255
     assert np.abs(voxels(moving) - warped).mean() > 0.02 * scale  # the field really moved things
 
 
@@ -235,9 +246,12 @@ def test_jacobian_volume_equals_simpleitk_of_the_field(case):
     assert expected.std() > 0.01
 
 
-def test_transform_written_to_h5_and_read_back_gives_the_same_displacements(case, tmp_path):
+@pytest.mark.parametrize("extension", ["h5", "nii.gz"])
+def test_transform_saved_and_reloaded_is_the_same_transform(case, tmp_path, extension):
+    """Written with Slicer's transform writer and read back, the transform moves every point
+    (not only voxel centres) exactly as the node made by the registration does."""
     transform = case["nodes"].transform
-    path = tmp_path / "transform.h5"
+    path = tmp_path / f"transform.{extension}"
     writer = slicer.vtkMRMLTransformStorageNode()
     writer.SetFileName(str(path))
     assert writer.WriteData(transform) and path.is_file()
@@ -253,8 +267,7 @@ def test_transform_written_to_h5_and_read_back_gives_the_same_displacements(case
     np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-9)
     np.testing.assert_allclose(numpy_support.vtk_to_numpy(a.GetPointData().GetScalars()),
                                numpy_support.vtk_to_numpy(b.GetPointData().GetScalars()), atol=1e-9)
-    points, _ = voxel_centres_ras(case["fixed"], step=13)
-    for p in points:
+    for p in random_points_ras(case["fixed"]):
         np.testing.assert_allclose(ours.TransformPoint(p), theirs.TransformPoint(p), atol=1e-6)
     case["scene"].RemoveNode(back)
 
@@ -263,6 +276,29 @@ def test_segmentation_written_as_labels_on_the_moving_grid(case, tmp_path):
     path = inputs.writeLabels(case["segmentation"], case["moving"], tmp_path / "labels.nrrd")
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     np.testing.assert_array_equal(written, voxels(case["labelmap"]))
+
+
+def test_segmentation_held_as_surfaces_is_written_and_left_as_it_was(case, tmp_path):
+    """A segmentation whose source is closed surfaces (e.g. imported models) is converted on a copy:
+    the user's segmentation gains no representation and the scene no node."""
+    scene, binary = case["scene"], slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    closed = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
+    surfaces = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    surfaces.GetSegmentation().DeepCopy(case["segmentation"].GetSegmentation())
+    assert surfaces.GetSegmentation().CreateRepresentation(closed)
+    surfaces.GetSegmentation().SetSourceRepresentationName(closed)
+    surfaces.GetSegmentation().RemoveRepresentation(binary)
+    nodes, mtime = scene.GetNumberOfNodes(), surfaces.GetMTime()
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(
+        inputs.writeLabels(surfaces, case["moving"], tmp_path / "labels.nrrd"))))
+    assert scene.GetNumberOfNodes() == nodes and surfaces.GetMTime() == mtime
+    assert not surfaces.GetSegmentation().ContainsRepresentation(binary)
+    expected = voxels(case["labelmap"])
+    for label in (1, 2, 3):
+        a, b = written == label, expected == label
+        dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+        assert dice > 0.8, (label, dice)
+    scene.RemoveNode(surfaces)
 
 
 def test_warped_segmentation_has_the_segments_filled_from_warped_labels(case):
@@ -308,6 +344,60 @@ def test_jacobian_colours_diverge_around_one_and_mark_folds():
     assert more[0] == 255 and 80 < more[2] < 130  # red: growing
     np.testing.assert_array_equal(big, [255, 0, 0])
     assert display.jacobianColorNode(slicer.vtkMRMLScene()).GetNumberOfColors() == display.LEVELS
+
+
+def saved_and_reloaded(scene, folder: Path, how: str):
+    """The scene saved as Slicer saves it and loaded into a new scene (with Slicer's module logics).
+
+    ``folder``: like the Save dialog, which offers only storable nodes not hidden from editors
+    (Slicer's own comment where it makes colour tables visible for that reason), each written by
+    its storage node, then the .mrml; ``bundle``: Slicer's own data-bundle (.mrb) writer.
+    """
+    folder.mkdir()
+    if how == "bundle":
+        application = slicer.vtkMRMLApplicationLogic()
+        application.SetMRMLScene(scene)
+        assert application.SaveSceneToSlicerDataBundleDirectory(str(folder))
+        url = next(folder.glob("*.mrml"))
+    else:
+        storables = scene.GetNodesByClass("vtkMRMLStorableNode")
+        for node in (storables.GetItemAsObject(i) for i in range(storables.GetNumberOfItems())):
+            if node.GetHideFromEditors():
+                continue
+            if node.GetStorageNode() is None:
+                node.AddDefaultStorageNode()
+            storage = node.GetStorageNode()
+            storage.SetFileName(str(folder / f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
+            assert storage.WriteData(node), node.GetID()
+        url = folder / "scene.mrml"
+        scene.SetRootDirectory(str(folder))
+        scene.SetURL(str(url))
+        assert scene.Commit()
+        # slicer-core 5.13's Commit also saves hidden nodes, into a _Private folder; 5.8's Save dialog
+        # leaves them out (issue 8), so no data may depend on that folder.
+        assert not list(folder.glob("*_Private/*")), "a node the Save dialog does not offer holds data"
+    loaded, logics = new_scene()
+    loaded.SetURL(str(url))
+    assert loaded.Connect()
+    return loaded, logics
+
+
+@pytest.mark.parametrize("how", ["folder", "bundle"])
+def test_jacobian_colours_survive_saving_the_scene(tmp_path, how):
+    scene, _ = new_scene()
+    image = vtk.vtkImageData()
+    image.SetDimensions(3, 3, 3)
+    image.AllocateScalars(vtk.VTK_FLOAT, 1)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "det J")
+    volume.SetAndObserveImageData(image)
+    volume.CreateDefaultDisplayNodes()
+    display.showJacobian(volume)
+    loaded, _ = saved_and_reloaded(scene, tmp_path / "saved", how)
+    table = loaded.GetFirstNodeByName("det J").GetDisplayNode().GetColorNode()
+    assert table is not None and table.GetName() == display.JACOBIAN_COLORS
+    colours = np.array([table.GetLookupTable().GetTableValue(i)[:3] for i in range(table.GetNumberOfColors())])
+    np.testing.assert_allclose(colours, [display.jacobianColor(i) for i in range(display.LEVELS)], atol=0.5 / 255)
+    assert display.jacobianColorNode(loaded) is table
 
 
 def test_jacobian_volume_uses_the_scene_colour_table_once(case):

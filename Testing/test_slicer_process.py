@@ -1,22 +1,28 @@
-"""The registration child process as the module runs it: command line, progress, failure, cancel."""
+"""The child processes as the module runs them: which Python, the command line, progress, failure,
+cancel, and the device query."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+import slicer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
-from FSDiffRegMRML.job import RegistrationError, RegistrationJob  # noqa: E402
-from FSDiffRegMRML.process import (RegisterOptions, RegistrationProcess, bundledWeights, launch,  # noqa: E402
-                                   registerCommand)
-
-from FSDiffRegLib.refine import DEFAULT_STEPS
+from FSDiffRegLib.defaults import DEFAULT_STEPS
 from FSDiffRegLib.resources import BUNDLED_WEIGHTS
+from FSDiffRegMRML import process as child  # noqa: E402
+from FSDiffRegMRML.job import RegistrationError, RegistrationJob  # noqa: E402
+from FSDiffRegMRML.process import RegisterOptions, RegistrationProcess, bundledWeights, launch, registerCommand  # noqa: E402
 from test_slicer_outputs import load_volume, new_scene
+
+#: How long a test waits for a child that should end at once before calling it hung.
+PATIENCE = 60.0
 
 
 def test_command_line_carries_every_option():
@@ -50,8 +56,10 @@ def scripted(lines: list[str], code: int = 0) -> RegistrationProcess:
 
 
 def drain(process: RegistrationProcess) -> list[str]:
-    seen = []
+    """Every line until the child ended (a hung reader fails the test instead of blocking it)."""
+    seen, deadline = [], time.monotonic() + PATIENCE
     while not process.finished:
+        assert time.monotonic() < deadline, f"the child's end was never seen; lines so far: {seen}"
         seen += process.poll()
         time.sleep(0.01)
     return seen
@@ -77,30 +85,51 @@ def test_crash_without_error_line_reports_exit_code_and_last_line():
     assert process.failure() == "registration failed (exit code 1): MemoryError"
 
 
-@pytest.fixture()
-def sample_scene(validation_pair):
+def test_undecodable_output_is_replaced_not_fatal():
+    """One byte that is not UTF-8 (a Windows code page path, a library's binary noise) must not kill
+    the reader: the child's end is still seen, its lines still reported."""
+    script = ("import sys\n"
+              "sys.stderr.buffer.write(b'fsdiffreg: reading images from caf\\xe9 \\xff\\xfe\\n')\n"
+              "sys.stderr.flush()\n"
+              "print('fsdiffreg: error: weights file not found', file=sys.stderr)\n"
+              "sys.exit(2)\n")
+    process = RegistrationProcess(launch([sys.executable, "-c", script], Path.cwd()))
+    lines = drain(process)
+    assert lines[0].startswith("fsdiffreg: reading images from caf\ufffd")
+    assert process.progress == 10 and process.failure() == "weights file not found"
+
+
+@pytest.fixture(params=[None, "segmentation", "label map"])
+def sample_scene(request, validation_pair):
+    """A real pair in a scene with Slicer's module logics; moving labels as the user may pick them."""
     scene, logics = new_scene()
     fixed = load_volume(scene, validation_pair.fixed)
     moving = load_volume(scene, validation_pair.moving)
-    return scene, fixed, moving, logics
+    labels = None
+    if request.param is not None:
+        labels = load_volume(scene, validation_pair.moving_labels, "vtkMRMLLabelMapVolumeNode")
+        labels.CreateDefaultDisplayNodes()
+    if request.param == "segmentation":
+        labelmap, labels = labels, scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        labels.CreateDefaultDisplayNodes()
+        assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, labels, "")
+    return scene, fixed, moving, labels, logics
 
 
 def scene_state(scene) -> list[tuple[str, int]]:
     return [(scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetMTime()) for i in range(scene.GetNumberOfNodes())]
 
 
-def work_dirs() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("FSDiffReg-*"))
-
-
 def test_cli_failure_reaches_the_user_and_changes_nothing(sample_scene, tmp_path):
-    scene, fixed, moving, _ = sample_scene
-    before, dirs = scene_state(scene), work_dirs()
+    """The scene keeps its nodes and each node its modification time (no colour table added by
+    exporting a segmentation, no input touched)."""
+    scene, fixed, moving, labels, _ = sample_scene
+    before = scene_state(scene)
     missing = tmp_path / "no_such_weights.pt"
-    job = RegistrationJob(fixed, moving, options=RegisterOptions(device="cpu", weights=str(missing)))
+    job = RegistrationJob(fixed, moving, labels, RegisterOptions(device="cpu", weights=str(missing)))
     with pytest.raises(RegistrationError, match="weights file not found"):
         job.wait()
-    assert scene_state(scene) == before and work_dirs() == dirs
+    assert scene_state(scene) == before and not job.workDir.exists()
 
 
 def live_members(group: int) -> list[int]:
@@ -127,12 +156,12 @@ def survivors(group: int, patience: float = 3.0) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to see the process tree")
 def test_cancel_kills_launcher_and_child_and_changes_nothing(sample_scene, tmp_path, untrained_weights):
     """Like PythonSlicer, a launcher script starts the real Python as its child; cancel stops both."""
-    scene, fixed, moving, _ = sample_scene
+    scene, fixed, moving, labels, _ = sample_scene
     launcher = tmp_path / "PythonLauncher"
     launcher.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\nexit $?\n')
     launcher.chmod(0o755)
-    before, dirs = scene_state(scene), work_dirs()
-    job = RegistrationJob(fixed, moving, options=RegisterOptions(device="cpu", weights=str(untrained_weights)),
+    before = scene_state(scene)
+    job = RegistrationJob(fixed, moving, labels, RegisterOptions(device="cpu", weights=str(untrained_weights)),
                           python=str(launcher))
     lines = []
     while not lines and not job.finished:
@@ -145,4 +174,116 @@ def test_cancel_kills_launcher_and_child_and_changes_nothing(sample_scene, tmp_p
     assert survivors(group) == []
     with pytest.raises(RegistrationError, match="cancelled"):
         job.outputs()
-    assert scene_state(scene) == before and work_dirs() == dirs
+    assert scene_state(scene) == before and not job.workDir.exists()
+
+
+# --- which Python runs the child -------------------------------------------------------
+
+
+def fake_executable(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture()
+def slicer_install(tmp_path, monkeypatch) -> Path:
+    """Inside Slicer: ``sys.executable`` is the application (bin/SlicerApp-real), PATH has no PythonSlicer."""
+    monkeypatch.setattr(sys, "executable", str(fake_executable(tmp_path / "Slicer" / "bin", "SlicerApp-real")))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    return tmp_path
+
+
+@pytest.mark.skipif(os.name == "nt", reason="fake executables are shell scripts")
+def test_python_slicer_on_path_first_as_slicer_finds_it(slicer_install, monkeypatch):
+    fake_executable(slicer_install / "Slicer" / "bin", "PythonSlicer")
+    on_path = fake_executable(slicer_install / "launcher" / "bin", "PythonSlicer")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(slicer_install / "elsewhere"), str(on_path.parent)]))
+    assert child.pythonSlicerExecutable() == str(on_path)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="fake executables are shell scripts")
+def test_python_slicer_beside_the_application_when_not_on_path(slicer_install):
+    beside = fake_executable(slicer_install / "Slicer" / "bin", "PythonSlicer")
+    assert child.pythonSlicerExecutable() == str(beside)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="fake executables are shell scripts")
+def test_the_slicer_application_itself_is_never_taken_for_python(slicer_install):
+    with pytest.raises(FileNotFoundError, match="PythonSlicer") as error:
+        child.pythonSlicerExecutable()
+    assert "\n" not in str(error.value) and "SlicerApp-real" in str(error.value)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="fake executables are shell scripts")
+@pytest.mark.parametrize("name", ["python", "python3.9", "Python.exe"])
+def test_plain_python_runs_the_child_itself(tmp_path, monkeypatch, name):
+    python = fake_executable(tmp_path / "venv" / "bin", name)
+    monkeypatch.setattr(sys, "executable", str(python))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert child.pythonSlicerExecutable() == str(python)
+
+
+# --- asking the child which devices torch can use ----------------------------------------
+
+
+def stand_in(tmp_path: Path, body: str) -> str:
+    """A Python stand-in that answers only ``-m FSDiffRegLib.cli devices`` and then runs ``body`` (sh)."""
+    path = tmp_path / "PythonStandIn"
+    path.write_text('#!/bin/sh\n[ "$*" = "-m FSDiffRegLib.cli devices" ] || { echo "bad arguments: $*" >&2; exit 3; }\n'
+                    + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def answer(query) -> dict:
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        result = query.poll()
+        if result is not None:
+            return result
+        assert time.monotonic() < deadline, "the device query never ended"
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="stand-ins are shell scripts")
+def test_device_query_reads_the_json_line_among_other_output(tmp_path):
+    reply = {"torch": "2.4.1", "cuda": True, "devices": ["cpu", "cuda"], "cuda_names": ["RTX"]}
+    query = child.DeviceQuery(stand_in(tmp_path, f"echo 'UserWarning: something' >&2\necho '{json.dumps(reply)}'\n"))
+    assert answer(query) == {"torch": "2.4.1", "devices": ["cpu", "cuda"], "error": None}
+    assert query.poll() == answer(query)  # the answer stays
+
+
+@pytest.mark.skipif(os.name == "nt", reason="stand-ins are shell scripts")
+def test_device_query_reports_the_cli_error_line(tmp_path):
+    body = "echo \"fsdiffreg: error: torch cannot be imported: No module named 'torch'\" >&2\nexit 2\n"
+    result = answer(child.DeviceQuery(stand_in(tmp_path, body)))
+    assert result == {"torch": None, "devices": [], "error": "torch cannot be imported: No module named 'torch'"}
+
+
+@pytest.mark.skipif(os.name == "nt", reason="stand-ins are shell scripts")
+def test_device_query_reports_a_crash_in_one_line(tmp_path):
+    result = answer(child.DeviceQuery(stand_in(tmp_path, "echo 'Fatal Python error: Aborted' >&2\nexit 134\n")))
+    assert result["torch"] is None and result["devices"] == []
+    assert "134" in result["error"] and "Fatal Python error: Aborted" in result["error"]
+    assert "\n" not in result["error"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to see the process tree")
+def test_device_query_is_none_while_running_and_cancel_stops_it(tmp_path):
+    query = child.DeviceQuery(stand_in(tmp_path, "sleep 60\n"))
+    assert query.poll() is None
+    group = query.child.process.pid
+    assert live_members(group)
+    query.cancel()
+    assert survivors(group) == []
+    assert answer(query) == {"torch": None, "devices": [], "error": "device query cancelled"}
+
+
+def test_device_query_asks_the_real_command_line():
+    result = answer(child.DeviceQuery(sys.executable))
+    assert result["error"] is None
+    assert result["torch"] == importlib.metadata.version("torch") and "cpu" in result["devices"]

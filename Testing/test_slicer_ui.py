@@ -123,11 +123,20 @@ def test_gui_imports_neither_torch_nor_the_library_at_import_time():
     assert not {name for name in top if name.split(".")[0] in ("torch", "FSDiffRegLib", "PyTorchUtils")}
 
 
+def test_gui_never_imports_torch():
+    """torch's presence and version come from package metadata, its devices from a child process."""
+    assert not {name for name in imported_modules(SOURCE, top_level_only=False) if name.split(".")[0] == "torch"}
+    assert "torchInstalled" not in SOURCE.read_text() and "cuda.is_available" not in SOURCE.read_text()
+
+
 def test_mrml_layer_never_imports_qt_or_torch():
     for path in MRML.glob("*.py"):
-        roots = {name.split(".")[0] for name in imported_modules(path, top_level_only=False)}
-        assert not roots & {"qt", "ctk", "torch", "FSDiffRegLib", "PyTorchUtils"}, path.name
-        assert "slicer.util" not in imported_modules(path, top_level_only=False), path.name
+        names = imported_modules(path, top_level_only=False)
+        assert not {name.split(".")[0] for name in names} & {"qt", "ctk", "torch", "PyTorchUtils"}, path.name
+        assert "slicer.util" not in names, path.name
+        for name in (n for n in names if n.startswith("FSDiffRegLib.")):  # only the library's light modules
+            library = ROOT / (name.replace(".", "/") + ".py")
+            assert "torch" not in {n.split(".")[0] for n in imported_modules(library, top_level_only=True)}, name
 
 
 def cmake_list(text: str, variable: str) -> list[str]:
@@ -140,8 +149,10 @@ def test_module_cmake_ships_every_module_file():
     scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS")
     shipped = {str(p.relative_to(MODULE)) for p in [SOURCE, *MRML.glob("*.py")]}
     assert set(scripts) == shipped
-    for resource in cmake_list(text, "MODULE_PYTHON_RESOURCES"):
+    resources = cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    for resource in resources:
         assert (MODULE / resource).is_file(), resource
+    assert "Resources/requirements.txt" in resources  # read by ensurePythonPackages at run time
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     assert "FSDiffRegLib/*.py" in text and "FSDiffRegLib/assets/weights/*" in text
 

@@ -34,12 +34,17 @@ def jacobianColor(index: int) -> tuple[float, float, float]:
 
 
 def jacobianColorNode(scene):
-    """The scene's Jacobian colour table: diverging around 1, folds in yellow (created once)."""
+    """The scene's Jacobian colour table: diverging around 1, folds in yellow (created once).
+
+    Shown in editors, unlike Slicer's default colour tables: the Save dialog offers only
+    such nodes, and a scene saved without the table reloads with the Jacobian in black.
+    """
     existing = scene.GetFirstNodeByName(JACOBIAN_COLORS)
     if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
         return existing
     table = slicer.vtkMRMLColorTableNode()
     table.SetName(JACOBIAN_COLORS)
+    table.SetHideFromEditors(False)
     table.SetTypeToUser()
     table.SetNumberOfColors(LEVELS)
     for index in range(LEVELS):

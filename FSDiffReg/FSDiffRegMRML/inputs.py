@@ -52,14 +52,14 @@ def checkInputs(fixed, moving, labels=None) -> None:
     if fixed is moving:
         raise InputError(f"The fixed and moving volumes are the same node ('{fixed.GetName()}'): "
                          "select two different volumes.")
-    for volume in (fixed, moving):
-        if volume.GetParentTransformNode() is not None:
-            raise InputError(f"The volume '{volume.GetName()}' is under a transform: harden or remove "
+    if labels is fixed or labels is moving:
+        raise InputError("The labels to propagate must be a segmentation or label map, not an input volume.")
+    for role, node in (("fixed volume", fixed), ("moving volume", moving), ("labels", labels)):
+        if node is not None and node.GetParentTransformNode() is not None:
+            raise InputError(f"The {role} '{node.GetName()}' is under a transform: harden or remove "
                              "the transform first (Data module).")
     if labels is None:
         return
-    if labels is fixed or labels is moving:
-        raise InputError("The labels to propagate must be a segmentation or label map, not an input volume.")
     if labels.IsA("vtkMRMLSegmentationNode"):
         if labels.GetSegmentation().GetNumberOfSegments() == 0:
             raise InputError(f"The segmentation '{labels.GetName()}' has no segments.")
@@ -88,19 +88,36 @@ def segmentIds(segmentation) -> list[str]:
     return [segments.GetNthSegmentID(i) for i in range(segments.GetNumberOfSegments())]
 
 
+def labelmapOnGrid(segmentation, reference):
+    """A new label map (in no scene) of the segments on ``reference``'s voxel grid, segment i as label i + 1.
+
+    Slicer's ``ExportSegmentsToLabelmapNode`` would add a colour table to the user's scene
+    (5.10 and later) and may add a representation to the segmentation, so the segments are
+    merged from a copy of the segmentation instead.
+    """
+    copy = slicer.vtkMRMLSegmentationNode()
+    copy.GetSegmentation().DeepCopy(segmentation.GetSegmentation())
+    binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    if not copy.GetSegmentation().CreateRepresentation(binary):
+        raise InputError(f"The segmentation '{segmentation.GetName()}' cannot be made into a label map.")
+    ids = vtk.vtkStringArray()
+    for segmentId in segmentIds(segmentation):
+        ids.InsertNextValue(segmentId)
+    merged = slicer.vtkOrientedImageData()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    wholeGrid = slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+    logic.GenerateMergedLabelmapInReferenceGeometry(copy, reference, ids, wholeGrid, merged)
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    if not logic.CopyOrientedImageDataToVolumeNode(merged, labelmap):
+        raise OSError(f"cannot export the segmentation '{segmentation.GetName()}' to a label map")
+    return labelmap
+
+
 def writeLabels(labels, moving, path: Path) -> Path:
     """Write a label map, or a segmentation as a label map on the moving volume's grid."""
-    if labels.IsA("vtkMRMLLabelMapVolumeNode"):
-        return writeVolume(labels, path)
-    scratch = slicer.vtkMRMLScene()
-    labelmap = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    ids = vtk.vtkStringArray()
-    for segmentId in segmentIds(labels):
-        ids.InsertNextValue(segmentId)
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    if not logic.ExportSegmentsToLabelmapNode(labels, ids, labelmap, moving):
-        raise OSError(f"cannot export the segmentation '{labels.GetName()}' to a label map")
-    return writeVolume(labelmap, path)
+    if labels.IsA("vtkMRMLSegmentationNode"):
+        labels = labelmapOnGrid(labels, moving)
+    return writeVolume(labels, path)
 
 
 def writeInputs(folder: Path, fixed, moving, labels=None) -> tuple[Path, Path, Path | None]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Callable
 
 from .inputs import checkInputs, writeInputs
 from .outputs import RegistrationOutputs, loadOutputs
-from .process import RegisterOptions, RegistrationProcess, launch, libraryRoot, registerCommand
+from .process import RegisterOptions, RegistrationProcess, launch, libraryRoot, pythonSlicerExecutable, registerCommand
 
 
 class RegistrationError(RuntimeError):
@@ -26,8 +25,10 @@ class RegistrationJob:
     """
 
     def __init__(self, fixed, moving, labels=None, options: RegisterOptions | None = None,
-                 python: str = sys.executable):
+                 python: str | None = None):
+        """``python`` runs the child: ``pythonSlicerExecutable()`` unless given."""
         checkInputs(fixed, moving, labels)
+        python = python or pythonSlicerExecutable()
         self.fixed, self.moving, self.labels = fixed, moving, labels
         self.workDir = Path(tempfile.mkdtemp(prefix="FSDiffReg-"))
         self.outDir = self.workDir / "out"

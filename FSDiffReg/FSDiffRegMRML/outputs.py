@@ -1,10 +1,12 @@
 """The library's output files turned into new MRML nodes on the fixed volume's grid.
 
 ``displacement.nii.gz`` is an ITK displacement field: LPS millimetres on the fixed grid,
-mapping each fixed point x to the moving point x + u(x). Slicer works in RAS, so the x
-and y of its origin, directions and vectors change sign; as a resampling (fixed -> moving)
-transform it is Slicer's "FromParent" direction: a moving volume placed under the
-transform node lines up with the fixed volume.
+mapping each fixed point x to the moving point x + u(x). Slicer's own transform reader
+turns it into a grid transform in RAS, as the resampling (fixed -> moving) "FromParent"
+transform: a moving volume placed under the node lines up with the fixed volume. Read
+this way the node is exactly what Slicer gives back when the saved scene is reloaded
+(cubic interpolation between voxel centres, where ITK interpolates linearly; at the
+voxel centres, where the warped volume was sampled, both give the field itself).
 """
 
 from __future__ import annotations
@@ -13,16 +15,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
 import slicer
 import vtk
-from vtk.util import numpy_support
 
 from .display import showJacobian
 from .inputs import sameGeometry, segmentIds
-
-LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 
 @dataclass
@@ -36,23 +33,13 @@ class RegistrationOutputs:
     metrics: dict
 
 
-def gridTransformFromField(field: sitk.Image) -> vtk.vtkAbstractTransform:
-    """An ITK displacement field (LPS) as a Slicer oriented grid transform (RAS), interpolated linearly like ITK."""
-    vectors = sitk.GetArrayFromImage(field).reshape(-1, 3) * LPS_TO_RAS
-    grid = vtk.vtkImageData()
-    grid.SetDimensions(field.GetSize())
-    grid.SetSpacing(field.GetSpacing())
-    grid.SetOrigin(np.array(field.GetOrigin()) * LPS_TO_RAS)
-    grid.GetPointData().SetScalars(numpy_support.numpy_to_vtk(vectors, deep=True, array_type=vtk.VTK_DOUBLE))
-    direction = LPS_TO_RAS[:, None] * np.array(field.GetDirection()).reshape(3, 3)
-    matrix = vtk.vtkMatrix4x4()
-    for row in range(3):
-        for column in range(3):
-            matrix.SetElement(row, column, direction[row, column])
-    transform = slicer.vtkOrientedGridTransform()
-    transform.SetDisplacementGridData(grid)
-    transform.SetGridDirectionMatrix(matrix)
-    transform.SetInterpolationModeToLinear()
+def readTransform(path: Path):
+    """A new grid transform node holding the displacement field ``path``, read by Slicer's transform reader."""
+    transform = slicer.vtkMRMLGridTransformNode()
+    storage = slicer.vtkMRMLTransformStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.ReadData(transform):
+        raise OSError(f"cannot read the registration output {path.name}")
     return transform
 
 
@@ -88,9 +75,7 @@ def warpedSegmentation(labelmap, source):
 
 def readOutputs(outDir: Path, fixed, labels=None) -> RegistrationOutputs:
     """New nodes (in no scene yet) from the files in ``outDir``."""
-    transform = slicer.vtkMRMLGridTransformNode()
-    transform.SetAndObserveTransformFromParent(
-        gridTransformFromField(sitk.ReadImage(str(outDir / "displacement.nii.gz"))))
+    transform = readTransform(outDir / "displacement.nii.gz")
     metrics = json.loads((outDir / "metrics.json").read_text())
     transform.SetAttribute("FSDiffReg.metrics", json.dumps(metrics))
     warped = readVolume(outDir / "warped.nii.gz", slicer.vtkMRMLScalarVolumeNode(), fixed)

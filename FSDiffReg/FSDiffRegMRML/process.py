@@ -1,4 +1,4 @@
-"""The ``fsdiffreg register`` command run in a child process, and its output followed.
+"""The ``fsdiffreg`` command line run in a child process, and its output followed.
 
 The child is plain Python (``PythonSlicer`` inside Slicer) running ``-m FSDiffRegLib.cli``
 from the folder that holds FSDiffRegLib, so the GUI never imports torch or blocks.
@@ -6,16 +6,20 @@ from the folder that holds FSDiffRegLib, so the GUI never imports torch or block
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-MODULE_DIR = Path(__file__).resolve().parent.parent
+from FSDiffRegLib.defaults import DEFAULT_STEPS
+from FSDiffRegLib.resources import PACKAGE, bundled_weights
 
 #: Progress (percent) reached when the CLI announces each stage on stderr.
 STAGES = {
@@ -30,16 +34,26 @@ STAGE_LINE = re.compile(r"^fsdiffreg: (.*)$")
 
 
 def libraryRoot() -> Path:
-    """The folder holding FSDiffRegLib: the module folder once installed, the repository in a checkout."""
-    for folder in (MODULE_DIR, MODULE_DIR.parent):
-        if (folder / "FSDiffRegLib" / "__init__.py").is_file():
-            return folder
-    raise FileNotFoundError(f"FSDiffRegLib not found beside {MODULE_DIR}: the extension is incomplete")
+    """The folder holding FSDiffRegLib: the child runs there, so ``-m`` finds the library the module uses."""
+    return PACKAGE.parent
 
 
 def bundledWeights() -> Path:
     """The weights shipped with the extension (the library's own default)."""
-    return libraryRoot() / "FSDiffRegLib" / "assets" / "weights" / "fsdiffreg_acdc_cpu.pt"
+    return bundled_weights()
+
+
+def pythonSlicerExecutable() -> str:
+    """The Python that runs the child: ``PythonSlicer`` as Slicer finds it (on PATH, which Slicer's
+    launcher sets, else beside the application), or, outside Slicer, this Python interpreter."""
+    application = Path(sys.executable)
+    found = shutil.which("PythonSlicer") or shutil.which("PythonSlicer", path=str(application.parent))
+    if found:
+        return found
+    if application.name.lower().startswith("python"):
+        return sys.executable
+    raise FileNotFoundError(f"PythonSlicer not found on PATH or beside {application}: "
+                            "the Slicer installation is incomplete, reinstall Slicer")
 
 
 @dataclass
@@ -48,7 +62,7 @@ class RegisterOptions:
 
     device: str = "auto"
     weights: str = ""
-    refineSteps: int = 60  # FSDiffRegLib.refine.DEFAULT_STEPS (not imported: that needs torch)
+    refineSteps: int = DEFAULT_STEPS
     smoothness: float | None = None
 
 
@@ -68,17 +82,19 @@ def registerCommand(python: str, fixed: Path, moving: Path, outDir: Path, option
 
 
 def launch(args: list[str], cwd: Path) -> subprocess.Popen:
-    """Start ``args`` in a process group of its own, stdout and stderr merged into one text pipe.
+    """Start ``args`` in a process group of its own, stdout and stderr merged into one UTF-8 text pipe.
 
     Its own group lets cancel stop launchers (``PythonSlicer`` starts the real Python as
-    a child) together with what they started; on Windows no console window opens.
+    a child) together with what they started; on Windows no console window opens. The
+    child writes UTF-8 whatever the system's code page; a byte that still does not decode
+    becomes U+FFFD instead of stopping the reader.
     """
+    options = dict(cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
+                   env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     if os.name == "nt":
         flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
-        return subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                creationflags=flags)
-    return subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+        return subprocess.Popen(args, creationflags=flags, **options)
+    return subprocess.Popen(args, start_new_session=True, **options)
 
 
 def killTree(process: subprocess.Popen) -> None:
@@ -94,17 +110,12 @@ def killTree(process: subprocess.Popen) -> None:
     process.wait()
 
 
-class RegistrationProcess:
-    """A running ``fsdiffreg register``: its lines, progress, outcome; cancel kills it.
-
-    A thread reads the child's merged output into a queue; ``poll()`` (called by a GUI
-    timer, or a loop) takes the new lines without ever blocking.
-    """
+class ChildProcess:
+    """A process started by ``launch``: a thread reads its merged output into a queue, and
+    ``poll()`` (called by a GUI timer, or a loop) takes the new lines without ever blocking."""
 
     def __init__(self, process: subprocess.Popen):
         self.process = process
-        self.progress = 0
-        self.error: str | None = None
         self.lastLine = ""
         self.cancelled = False
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -117,7 +128,7 @@ class RegistrationProcess:
         self._lines.put(None)
 
     def poll(self) -> list[str]:
-        """The lines printed since the last call; updates progress and error."""
+        """The lines printed since the last call."""
         lines = []
         while True:
             try:
@@ -128,14 +139,39 @@ class RegistrationProcess:
                 self._ended = True
                 self.process.wait()
                 break
+            if line.strip():
+                self.lastLine = line
             self._parse(line)
             lines.append(line)
         return lines
 
     def _parse(self, line: str) -> None:
-        if not line.strip():
-            return
-        self.lastLine = line
+        """What a subclass learns from each line."""
+
+    @property
+    def finished(self) -> bool:
+        """True once the child has exited and every line was polled."""
+        return self._ended
+
+    def cancel(self) -> None:
+        """Stop the child now."""
+        self.cancelled = True
+        killTree(self.process)
+
+    def crash(self, what: str) -> str:
+        """A one-line reason for a child that ended badly without saying why."""
+        return f"{what} failed (exit code {self.process.returncode}): {self.lastLine or 'no output'}"
+
+
+class RegistrationProcess(ChildProcess):
+    """A running ``fsdiffreg register``: its lines, progress, outcome; cancel kills it."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.progress = 0
+        self.error: str | None = None
+        super().__init__(process)
+
+    def _parse(self, line: str) -> None:
         error = ERROR_LINE.match(line)
         if error:
             self.error = error.group(1)
@@ -146,11 +182,6 @@ class RegistrationProcess:
             self.progress = max(self.progress, percent or 0)
 
     @property
-    def finished(self) -> bool:
-        """True once the child has exited and every line was polled."""
-        return self._ended
-
-    @property
     def succeeded(self) -> bool:
         return self._ended and not self.cancelled and self.process.returncode == 0
 
@@ -158,11 +189,50 @@ class RegistrationProcess:
         """A one-line reason for a failed run."""
         if self.cancelled:
             return "registration cancelled"
-        if self.error:
-            return self.error
-        return f"registration failed (exit code {self.process.returncode}): {self.lastLine or 'no output'}"
+        return self.error or self.crash("registration")
+
+
+def lastJsonObject(lines: list[str]) -> dict | None:
+    """The last line that is a JSON object (other lines may be warnings from torch)."""
+    for line in reversed(lines):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+class DeviceQuery:
+    """``fsdiffreg devices`` in the background: which torch is installed and which devices it can use.
+
+    ``poll()`` is None while the child runs, then ``{"torch": version or None, "devices": [...],
+    "error": None or a one-line reason}`` (no devices when the child failed or was cancelled).
+    """
+
+    def __init__(self, python: str):
+        self.child = ChildProcess(launch([python, "-m", "FSDiffRegLib.cli", "devices"], libraryRoot()))
+        self._lines: list[str] = []
+
+    def poll(self) -> dict | None:
+        self._lines += self.child.poll()
+        if not self.child.finished:
+            return None
+        return self._answer()
 
     def cancel(self) -> None:
-        """Stop the child now; its outputs (written atomically) never appear."""
-        self.cancelled = True
-        killTree(self.process)
+        self.child.cancel()
+
+    def _answer(self) -> dict:
+        failed = {"torch": None, "devices": []}
+        if self.child.cancelled:
+            return {**failed, "error": "device query cancelled"}
+        for line in self._lines:
+            error = ERROR_LINE.match(line)
+            if error:
+                return {**failed, "error": error.group(1)}
+        reply = lastJsonObject(self._lines)
+        if self.child.process.returncode != 0 or reply is None:
+            return {**failed, "error": self.child.crash("device query")}
+        return {"torch": reply.get("torch"), "devices": list(reply.get("devices", [])), "error": None}

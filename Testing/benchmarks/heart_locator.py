@@ -44,7 +44,7 @@ def main() -> None:
             grid = network_grid(f, centre, cfg)
             cov = min(coverage(fl, grid), coverage(ml, grid))
             rows[name].append((np.linalg.norm(centre - truth), cov))
-    print(f"| method | median distance mm | max distance mm | mean coverage % | min coverage % |")
+    print("| method | median distance mm | max distance mm | mean coverage % | min coverage % |")
     print("|---|---|---|---|---|")
     for name, vals in rows.items():
         d = np.array([v[0] for v in vals])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import SimpleITK as sitk
 import torch
@@ -17,10 +16,8 @@ from FSDiffRegLib.config import Config
 from FSDiffRegLib.device import pick_device
 from FSDiffRegLib.network import FSDiffRegNet, parameter_count
 from FSDiffRegLib.register import register_images
-from FSDiffRegLib.resources import BUNDLED_WEIGHTS
+from FSDiffRegLib.resources import BUNDLED_WEIGHTS, SAMPLE
 from FSDiffRegLib.weights import load_model
-
-from FSDiffRegLib.resources import SAMPLE
 
 
 def timed(fn, repeats: int) -> float:

@@ -1,0 +1,372 @@
+"""FSDiffReg/FSDiffReg.py itself, run on Slicer's own parameterNodeWrapper of each supported
+release (5.8.1, 5.10.0, 5.12.3) and slicer-core's real MRML; only Qt, CTK and the GUI names
+of Slicer are stand-ins (Testing/slicer_standins.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import slicer
+
+import slicer_standins as standins
+from FSDiffRegLib.resources import SAMPLE
+
+UI = standins.MODULE_FILE.parent / "Resources" / "UI" / "FSDiffReg.ui"
+PY39 = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions" / "3.9.18" / "bin" / "python"
+NODE_FIELDS = ("fixedVolume", "movingVolume", "movingLabels", "outputTransform", "warpedVolume", "jacobianVolume",
+               "warpedLabels")
+
+pytestmark = pytest.mark.skipif(not standins.SLICER_PYTHON.is_dir(),
+                                reason=f"Slicer's parameterNodeWrapper not found at {standins.SLICER_PYTHON}")
+
+
+@pytest.fixture(params=standins.RELEASES)
+def module(request):
+    """FSDiffReg.py loaded on ``release``'s parameterNodeWrapper, with a real scene as slicer.mrmlScene."""
+    savedModules, savedSlicer = dict(sys.modules), dict(vars(slicer))
+    standins.install(request.param, slicer.vtkMRMLScene())
+    yield standins.loadModuleFile()
+    for name in set(sys.modules) - set(savedModules):
+        del sys.modules[name]
+    sys.modules.update(savedModules)
+    for name in set(vars(slicer)) - set(savedSlicer):
+        delattr(slicer, name)
+    vars(slicer).update(savedSlicer)
+
+
+def addNodes(scene) -> dict:
+    """One node of each type the parameter node refers to, in ``scene``."""
+    names = {"fixed": "vtkMRMLScalarVolumeNode", "moving": "vtkMRMLScalarVolumeNode",
+             "segmentation": "vtkMRMLSegmentationNode", "labelmap": "vtkMRMLLabelMapVolumeNode",
+             "transform": "vtkMRMLGridTransformNode", "warped": "vtkMRMLScalarVolumeNode",
+             "jacobian": "vtkMRMLScalarVolumeNode"}
+    return {name: scene.AddNewNodeByClass(cls, name) for name, cls in names.items()}
+
+
+def test_fresh_parameter_node_has_the_defaults(module):
+    parameters = module.FSDiffRegLogic().getParameterNode()  # TypeError 'Unable to write value None' before
+    assert all(getattr(parameters, field) is None for field in NODE_FIELDS)
+    assert (parameters.device, parameters.refineSteps, parameters.smoothness) == ("Auto", 60, 0.0)
+    assert (parameters.showGrid, parameters.gridMode) == (False, "Grid")
+    assert str(parameters.weightsFile) in ("", ".")
+
+
+def test_every_field_is_written_read_saved_and_loaded_back(module, tmp_path):
+    scene = slicer.mrmlScene
+    nodes = addNodes(scene)
+    parameters = module.FSDiffRegLogic().getParameterNode()
+    for labels in (nodes["segmentation"], nodes["labelmap"], None):
+        parameters.movingLabels = parameters.warpedLabels = labels
+        assert parameters.movingLabels is labels and parameters.warpedLabels is labels
+    values = {"fixedVolume": nodes["fixed"], "movingVolume": nodes["moving"], "movingLabels": nodes["segmentation"],
+              "outputTransform": nodes["transform"], "warpedVolume": nodes["warped"],
+              "jacobianVolume": nodes["jacobian"], "warpedLabels": nodes["labelmap"], "device": "CPU",
+              "refineSteps": 5, "smoothness": 2.5, "weightsFile": tmp_path / "mine.pt", "showGrid": True,
+              "gridMode": "Glyph"}
+    assert set(values) == set(module.FSDiffRegParameterNode.allParameters)
+    for field, value in values.items():
+        setattr(parameters, field, value)
+    for field, value in values.items():
+        assert getattr(parameters, field) == value, field
+
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Commit()
+    loaded = slicer.vtkMRMLScene()
+    loaded.SetURL(str(tmp_path / "scene.mrml"))
+    assert loaded.Import()
+    node = loaded.GetSingletonNode("FSDiffReg", "vtkMRMLScriptedModuleNode")
+    reloaded = module.FSDiffRegParameterNode(node)
+    for field, value in values.items():
+        got = getattr(reloaded, field)
+        if field in NODE_FIELDS:
+            assert (got.GetID(), got.GetClassName()) == (value.GetID(), value.GetClassName()), field
+        else:
+            assert got == value, field
+
+
+def test_default_weights_are_not_an_install_path_in_the_saved_scene(module, tmp_path):
+    parameters = module.FSDiffRegLogic().getParameterNode()
+    slicer.mrmlScene.SetURL(str(tmp_path / "scene.mrml"))
+    assert slicer.mrmlScene.Commit()
+    saved = (tmp_path / "scene.mrml").read_text()
+    assert "weightsFile" in saved and "FSDiffRegLib" not in saved and "fsdiffreg_acdc" not in saved
+    assert module.FSDiffRegLogic.options(parameters).weights == ""  # the process's own default: the bundled weights
+    parameters.weightsFile = tmp_path / "missing.pt"
+    with pytest.raises(module.InputError, match="missing.pt"):
+        module.FSDiffRegLogic.options(parameters)
+
+
+def test_parameter_node_class_works_however_slicer_loads_the_file(module):
+    """Slicer may execute the file before it is in sys.modules: field types must not need it."""
+    loose = standins.loadModuleFile("FSDiffRegLoose", register=False)
+    parameters = loose.FSDiffRegLogic().getParameterNode()
+    parameters.movingLabels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    assert parameters.movingLabels.IsA("vtkMRMLLabelMapVolumeNode")
+
+
+class FakeDeviceQuery:
+    """process.DeviceQuery's interface: answers on the second poll."""
+
+    answer = {"torch": "2.5.0", "devices": ["cpu"], "error": None}
+
+    def __init__(self, python):
+        self.polls, self.cancelled = 0, False
+
+    def poll(self):
+        self.polls += 1
+        return self.answer if self.polls > 1 else None
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def designerUi() -> types.SimpleNamespace:
+    """Stand-in widgets for every widget of the .ui, of the classes Slicer's connectors expect."""
+    qt, ctk = sys.modules["qt"], sys.modules["ctk"]
+    classes = {"QComboBox": qt.QComboBox, "QSpinBox": qt.QSpinBox, "QDoubleSpinBox": qt.QDoubleSpinBox,
+               "QCheckBox": qt.QCheckBox, "ctkPathLineEdit": ctk.ctkPathLineEdit,
+               "qMRMLNodeComboBox": slicer.qMRMLNodeComboBox}
+    ui = {}
+    for widget in ET.parse(UI).getroot().iter("widget"):
+        parameter = next((p.findtext("string") for p in widget.findall("property")
+                          if p.get("name") == "SlicerParameterName"), "")
+        make = classes.get(widget.get("class"))
+        ui[widget.get("name")] = make(parameter) if make else standins.Widget(parameter, value=0, text="")
+    return types.SimpleNamespace(**ui)
+
+
+@pytest.fixture
+def widget(module, monkeypatch):
+    """The module's real widget after its real setup(), on stand-in widgets."""
+    ui = designerUi()
+    uiWidget = standins.Widget()
+    uiWidget.setMRMLScene = lambda scene: None
+    monkeypatch.setattr(slicer.util, "loadUI", lambda path: uiWidget)
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: ui)
+    monkeypatch.setattr(module, "DeviceQuery", FakeDeviceQuery, raising=False)
+    monkeypatch.setattr(module, "pythonSlicerExecutable", lambda: sys.executable, raising=False)
+    monkeypatch.setattr(module, "installedVersion", lambda name: "2.5.0", raising=False)
+    widget = module.FSDiffRegWidget(standins.ModuleParent())
+    widget.setup()
+    widget.parent.isEntered = True
+    widget.enter()
+    widget.calls = 0
+    widget.logic.updateDeformationDisplay = lambda parameters: setattr(widget, "calls", widget.calls + 1)
+    yield widget
+    widget.cleanup()
+
+
+def parameterWidgets(ui) -> list:
+    return [w for w in vars(ui).values() if w.property("SlicerParameterName")]
+
+
+def test_entering_again_and_again_connects_the_gui_once(module, widget):
+    for _ in range(4):
+        widget.exit()
+        widget.enter()
+        widget.setParameterNode(widget.logic.getParameterNode())
+    assert [w.connections() for w in parameterWidgets(widget.ui)] == [1] * 13
+    spinBox = widget.ui.refineStepsSpinBox
+    spinBox.writes.clear()
+    widget.calls = 0
+    module.FSDiffRegLogic().getParameterNode().refineSteps = 7
+    assert (spinBox.value, spinBox.writes["value"], widget.calls) == (7, 1, 1)
+
+    widget.calls = 0
+    widget.exit()
+    module.FSDiffRegLogic().getParameterNode().refineSteps = 8
+    assert widget.calls == 0  # our own observer goes on exit, whatever the release
+
+
+def test_scene_close_moves_the_gui_to_the_new_parameter_node(module, widget):
+    slicer.mrmlScene.Clear(0)  # the parameter node is a singleton: kept, and reset
+    assert [w.connections() for w in parameterWidgets(widget.ui)] == [1] * 13
+    old = widget.logic.getParameterNode()
+    slicer.mrmlScene.Clear(1)  # singletons removed too: a new parameter node
+    assert [w.connections() for w in parameterWidgets(widget.ui)] == [1] * 13
+    new = widget.logic.getParameterNode()
+    assert new.parameterNode is not old.parameterNode
+    widget.ui.refineStepsSpinBox.value = 9
+    widget.ui.refineStepsSpinBox.valueChanged.emit(9)
+    assert (new.refineSteps, old.refineSteps) == (9, 60)
+    widget.cleanup()
+    assert [w.connections() for w in parameterWidgets(widget.ui)] == [0] * 13
+
+
+def answerDevices(widget, devices):
+    FakeDeviceQuery.answer = {"torch": "2.5.0", "devices": devices, "error": None}
+    while widget._deviceQuery is not None:
+        widget.onDeviceQueryPoll()
+
+
+def test_saved_cuda_choice_falls_back_to_auto_without_cuda(module, widget, caplog):
+    parameters = widget.logic.getParameterNode()
+    parameters.device = "CUDA"  # as loaded from a scene saved on a CUDA machine
+    assert widget.ui.deviceComboBox.currentText == "CUDA"  # not known yet: kept
+    with caplog.at_level(logging.INFO):
+        answerDevices(widget, ["cpu"])
+    assert parameters.device == "Auto" and widget.ui.deviceComboBox.currentText == "Auto"
+    assert widget.ui.deviceComboBox.items == ["Auto", "CPU"]
+    assert "CUDA is not available" in caplog.text
+    parameters.device = "CUDA"  # a scene loaded later (read back afresh: the writer's cache keeps its own value)
+    assert widget.logic.getParameterNode().device == "Auto" and widget.ui.deviceComboBox.currentText == "Auto"
+
+
+def test_cuda_is_offered_where_torch_lists_it(module, widget):
+    parameters = widget.logic.getParameterNode()
+    parameters.device = "CUDA"
+    answerDevices(widget, ["cpu", "cuda"])
+    assert parameters.device == "CUDA" and widget.ui.deviceComboBox.items == ["Auto", "CPU", "CUDA"]
+
+
+def test_no_device_query_without_torch(module, monkeypatch):
+    monkeypatch.setattr(module, "installedVersion", lambda name: None)
+    monkeypatch.setattr(module, "DeviceQuery", None)  # would fail if called
+    widget = module.FSDiffRegWidget(standins.ModuleParent())
+    widget._parameterNode = None
+    widget.startDeviceQuery()
+    assert widget._devices == ["cpu"]
+
+
+def test_module_description_and_sample_data(module, monkeypatch):
+    parent = types.SimpleNamespace()
+    module.FSDiffReg(parent)
+    assert all(" (" in name and name.endswith(")") for name in parent.contributors)
+    assert 'href="https://github.com/FSDiffReg/SlicerFSDiffReg#readme"' in parent.helpText
+    assert slicer.app.connected["startupCompleted()"] == [module.registerSampleData]
+
+    registered = {}
+    sampleData = types.ModuleType("SampleData")
+    sampleData.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=registered.update)
+    monkeypatch.setitem(sys.modules, "SampleData", sampleData)
+    module.registerSampleData()
+    assert Path(registered["thumbnailFileName"]).is_file()
+    for uri, fileName, checksum in zip(registered["uris"], registered["fileNames"], registered["checksums"]):
+        assert uri == module.SAMPLE_URL + fileName and uri.startswith("https://raw.githubusercontent.com/")
+        assert checksum == "SHA256:" + hashlib.sha256((SAMPLE / fileName).read_bytes()).hexdigest()
+    assert registered["fileNames"] == ["acdc091_ED.nii.gz", "acdc091_ES.nii.gz"]
+
+
+def standinReport(python: str, release: str) -> dict:
+    """What loading the module file in a fresh ``python`` imports, and the serializer of each field."""
+    done = subprocess.run([python, str(Path(standins.__file__)), release], capture_output=True, text=True,
+                          cwd=standins.ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_loading_the_module_imports_neither_torch_nor_simpleitk():
+    imported = {name.split(".")[0] for name in standinReport(sys.executable, "5.12.3")["imported"]}
+    assert not imported & {"torch", "SimpleITK"}, sorted(imported)
+
+
+@pytest.mark.skipif(not PY39.is_file(), reason=f"Python 3.9 (Slicer 5.8's) not found at {PY39}")
+def test_module_file_and_parameter_node_class_load_on_python_39():
+    """Slicer 5.8 runs Python 3.9; slicer-core has no 3.9 build, so MRML classes are placeholders there."""
+    on39 = standinReport(str(PY39), "5.8.1")
+    here = standinReport(sys.executable, "5.8.1")
+    assert on39["python"] == [3, 9]
+    assert on39["serializers"] == here["serializers"] and on39["defaults"] == here["defaults"]
+    assert on39["serializers"]["movingLabels"] == "UnionSerializer"
+
+
+
+class FakePyTorchUtils:
+    """PyTorchUtils' interface: ``PyTorchUtilsLogic().installTorch(askConfirmation=, torchVersionRequirement=)``."""
+
+    def __init__(self, installs: bool = True):
+        self.calls, self.installs = [], installs
+        self.PyTorchUtilsLogic = lambda: self
+
+    def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+        self.calls.append((askConfirmation, torchVersionRequirement))
+        return object() if self.installs else None
+
+
+@pytest.fixture
+def asked(monkeypatch):
+    """Answers to slicer.util.confirmOkCancelDisplay (True by default) and what it was asked."""
+    questions = []
+    answer = types.SimpleNamespace(ok=True, questions=questions)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
+                        lambda text, *args, **kwargs: questions.append(text) or answer.ok)
+    return answer
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+@pytest.mark.parametrize(("status", "accept", "calls"), [
+    ("ok", True, []), ("missing", True, [(True, ">=2.3")]), ("old", True, [(False, ">=2.3")]), ("old", False, []),
+])
+def test_torch_is_installed_or_updated_through_pytorchutils(module, monkeypatch, asked, status, accept, calls):
+    utils = FakePyTorchUtils()
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: status)
+    monkeypatch.setattr(module, "installedVersion", {"numpy": "2.0.2", "torch": "2.2.0"}.get)
+    asked.ok = accept
+    if accept:
+        module.ensureTorch()
+    else:
+        with pytest.raises(RuntimeError, match=">=2.3"):
+            module.ensureTorch()
+    assert utils.calls == calls
+    assert bool(asked.questions) == (status == "old") and all("2.2.0" in q for q in asked.questions)
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+def test_torch_not_installed_or_no_pytorch_extension_is_a_clear_error(module, monkeypatch):
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: "missing")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", FakePyTorchUtils(installs=False))
+    with pytest.raises(RuntimeError, match="not installed"):
+        module.ensureTorch()
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the PyTorch extension is missing
+    with pytest.raises(RuntimeError, match="PyTorch extension"):
+        module.ensureTorch()
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+def test_slicer_pip_ensure_is_used_where_it_exists(module, monkeypatch, tmp_path):
+    calls = []
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.load_requirements = lambda path: ["loaded from " + Path(path).name]
+    packaging.pip_ensure = lambda requirements, **kwargs: calls.append((requirements, kwargs))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    module.ensurePythonPackages(module.REQUIREMENTS)
+    assert calls == [(["loaded from requirements.txt"], {"requester": "FSDiffReg"})]
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+def test_before_slicer_512_missing_packages_are_pip_installed_after_asking(module, monkeypatch, asked, tmp_path):
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # Slicer 5.8 and 5.10
+    installed = []
+    monkeypatch.setattr(slicer.util, "pip_install", installed.append)
+    module.ensurePythonPackages(module.REQUIREMENTS)
+    assert (asked.questions, installed) == ([], [])
+    path = tmp_path / "requirements.txt"
+    path.write_text("numpy>=1.0\nsurely-not-an-installed-package>=1\n")
+    module.ensurePythonPackages(path)
+    assert installed == [["surely-not-an-installed-package>=1"]] and "surely-not" in asked.questions[0]
+    asked.ok = False
+    with pytest.raises(RuntimeError, match="surely-not"):
+        module.ensurePythonPackages(path)
+    assert len(installed) == 1
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+@pytest.mark.parametrize("status", ["ok", "missing", "old"])
+def test_self_test_registers_only_where_torch_is_installed(module, monkeypatch, status):
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: status)
+    selfTest, ran = module.FSDiffRegTest(), []
+    tests = ("test_PanelAndParameterNode", "test_BadInputsChangeNothing", "test_RegisterSamplePair")
+    for name in tests:
+        setattr(selfTest, name, lambda name=name: ran.append(name))
+    selfTest.runTest()
+    assert ran == list(tests if status == "ok" else tests[:2])
