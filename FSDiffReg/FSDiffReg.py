@@ -46,7 +46,7 @@ from FSDiffRegMRML.display import showDeformation
 from FSDiffRegMRML.inputs import InputError, checkInputs
 from FSDiffRegMRML.job import RegistrationJob
 from FSDiffRegMRML.outputs import RegistrationOutputs, summary
-from FSDiffRegMRML.process import DeviceQuery, RegisterOptions, libraryRoot, pythonSlicerExecutable
+from FSDiffRegMRML.process import DeviceQuery, RegisterOptions, pythonSlicerExecutable
 
 DEVICES = ["Auto", "CPU", "CUDA"]
 DEFORMATION_MODES = ["Grid", "Glyph", "Contour"]
@@ -439,10 +439,12 @@ class FSDiffRegTest(ScriptedLoadableModuleTest):
             self.delayDisplay("PyTorch is not installed here (or too old): registration not tested")
 
     def loadSample(self):
-        sample = libraryRoot() / "FSDiffRegLib" / "assets" / "sample"
-        fixed = slicer.util.loadVolume(str(sample / "acdc091_ED.nii.gz"))
-        moving = slicer.util.loadVolume(str(sample / "acdc091_ES.nii.gz"))
-        labels = slicer.util.loadLabelVolume(str(sample / "acdc091_ES_labels.nii.gz"))
+        from FSDiffRegLib.resources import sample_pair
+
+        sample = sample_pair()
+        fixed = slicer.util.loadVolume(str(sample["fixed"]))
+        moving = slicer.util.loadVolume(str(sample["moving"]))
+        labels = slicer.util.loadLabelVolume(str(sample["moving_labels"]))
         return fixed, moving, labels
 
     def test_PanelAndParameterNode(self) -> None:

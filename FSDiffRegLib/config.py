@@ -27,6 +27,7 @@ class Config:
     gamma: float = 1.0
     lam: float = 20.0
     lam_phi: float = 20.0
+    lam_dice: float = 0.0  # weak supervision: Dice of warped training labels (0: the paper, unsupervised)
     ncc_window: int = 9
     timesteps: int = 2000
     beta_start: float = 1e-6

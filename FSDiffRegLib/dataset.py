@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -59,21 +60,28 @@ def load_grid_pairs(pairs: list[AcdcPair], cfg: Config, cache: Path | None = Non
     return items
 
 
-def training_sample(item: GridPair, cfg: Config, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(moving, fixed) tensors (1, 1, D, H, W): random crop, in-plane flips, direction swap."""
-    fixed, moving = item.fixed, item.moving
+class Sample(NamedTuple):
+    """One training sample: images (1, 1, D, H, W) float32 and their labels (1, 1, D, H, W) uint8."""
+
+    moving: torch.Tensor
+    fixed: torch.Tensor
+    moving_labels: torch.Tensor
+    fixed_labels: torch.Tensor
+
+
+def training_sample(item: GridPair, cfg: Config, rng: np.random.Generator) -> Sample:
+    """A random crop of a pair with in-plane flips and direction swap (labels follow their images)."""
+    arrays = [item.moving, item.fixed, item.moving_labels, item.fixed_labels]
     if cfg.augment and rng.random() < 0.5:
-        fixed, moving = moving, fixed
+        arrays = [arrays[1], arrays[0], arrays[3], arrays[2]]
     crop_w, crop_h, crop_d = cfg.train_crop
-    starts = [int(rng.integers(0, n - c + 1)) for n, c in zip(fixed.shape, (crop_d, crop_h, crop_w))]
+    starts = [int(rng.integers(0, n - c + 1)) for n, c in zip(item.fixed.shape, (crop_d, crop_h, crop_w))]
     window = tuple(slice(s, s + c) for s, c in zip(starts, (crop_d, crop_h, crop_w)))
-    fixed, moving = fixed[window], moving[window]
+    arrays = [a[window] for a in arrays]
     if cfg.augment:
         for axis in (1, 2):
             if rng.random() < 0.5:
-                fixed, moving = np.flip(fixed, axis), np.flip(moving, axis)
-
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-
-    return tensor(moving), tensor(fixed)
+                arrays = [np.flip(a, axis) for a in arrays]
+    images = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None] for a in arrays[:2]]
+    labels = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8))[None, None] for a in arrays[2:]]
+    return Sample(*images, *labels)

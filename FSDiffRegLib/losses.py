@@ -48,6 +48,22 @@ def smoothness_loss(flow: torch.Tensor) -> torch.Tensor:
     return (dz.pow(2).mean() + dy.pow(2).mean() + dx.pow(2).mean()) / 3.0
 
 
+def soft_dice_loss(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over channels (structures) of one-hot maps (N, C, D, H, W).
+
+    A structure absent from both maps counts as matched (Dice 1), so crops without it add nothing.
+    """
+    dims = (0, 2, 3, 4)
+    overlap = (warped * target).sum(dims)
+    total = warped.sum(dims) + target.sum(dims)
+    return 1.0 - ((2.0 * overlap + 1e-6) / (total + 1e-6)).mean()
+
+
+def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Integer labels (N, 1, D, H, W) as float one-hot maps of labels 1..classes (N, classes, D, H, W)."""
+    return torch.cat([(labels == k).float() for k in range(1, classes + 1)], dim=1)
+
+
 def diffusion_loss(predicted_noise: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """L1 distance to the true noise, as the official implementation."""
     return (predicted_noise - noise).abs().mean()

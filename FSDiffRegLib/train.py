@@ -18,13 +18,14 @@ from . import acdc
 from .config import Config
 from .dataset import GridPair, load_grid_pairs, training_sample
 from .diffusion import NoiseSchedule
-from .losses import diffusion_loss, score_weights, sdg_ncc_loss, smoothness_loss
+from .losses import diffusion_loss, one_hot, score_weights, sdg_ncc_loss, smoothness_loss, soft_dice_loss
 from .metrics import heart_dice
 from .network import FSDiffRegNet, parameter_count
 from .spatial import warp
 from .weights import save_weights
 
-LOG_FIELDS = ["epoch", "step", "loss", "diffusion", "ncc", "smooth", "seconds"]
+LOG_FIELDS = ["epoch", "step", "loss", "diffusion", "ncc", "smooth", "dice", "seconds"]
+STRUCTURES = 3  # ACDC labels 1 RV, 2 Myo, 3 LV
 
 
 @dataclass
@@ -46,12 +47,15 @@ def seed_everything(seed: int) -> None:
 
 
 def training_loss(
-    model: FSDiffRegNet, schedule: NoiseSchedule, moving: torch.Tensor, fixed: torch.Tensor
+    model: FSDiffRegNet, schedule: NoiseSchedule, moving: torch.Tensor, fixed: torch.Tensor,
+    labels: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Eq. 5: diffusion loss + lam * SDG-weighted NCC + lam_phi * smoothness.
+    """Eq. 5: diffusion loss + lam * SDG-weighted NCC + lam_phi * smoothness (+ lam_dice * Dice loss).
 
     The score only weights the similarity (it is detached there), so the NCC term cannot
-    lower itself by inflating the score.
+    lower itself by inflating the score. With ``lam_dice`` > 0 and ``labels`` (moving, fixed),
+    the soft Dice of the moving labels warped by the flow is added: weak supervision at
+    training time only; registering never needs labels.
     """
     cfg = model.cfg
     t = schedule.sample_t(moving.shape[0]).to(moving.device)
@@ -64,6 +68,10 @@ def training_loss(
         "smooth": smoothness_loss(flow),
     }
     parts["loss"] = parts["diffusion"] + cfg.lam * parts["ncc"] + cfg.lam_phi * parts["smooth"]
+    if cfg.lam_dice > 0 and labels is not None:
+        warped = warp(one_hot(labels[0], STRUCTURES), flow)
+        parts["dice"] = soft_dice_loss(warped, one_hot(labels[1], STRUCTURES))
+        parts["loss"] = parts["loss"] + cfg.lam_dice * parts["dice"]
     return parts
 
 
@@ -131,8 +139,12 @@ def train(
     max_minutes: float | None = None,
     train_limit: int | None = None,
     val_limit: int | None = None,
+    init_weights: Path | None = None,
 ) -> TrainState:
-    """Train (or resume) in ``run_dir``: last.pt each epoch, best weights by validation Dice."""
+    """Train (or resume) in ``run_dir``: last.pt each epoch, best weights by validation Dice.
+
+    A new run starts from ``init_weights`` when given (fine-tuning: the network must match ``cfg``).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.pt"
     if last.is_file():  # a resumed run keeps its configuration but for the epoch budget and lr schedule
@@ -147,6 +159,9 @@ def train(
     model = FSDiffRegNet(cfg).to(device, memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     state = _resume(last, model, optimizer) if last.is_file() else TrainState()
+    if init_weights is not None and not last.is_file():
+        model.load_state_dict(torch.load(init_weights, map_location="cpu", weights_only=True)["state_dict"])
+        _log(run_dir, f"initialised from {init_weights}")
     _drop_steps_after(run_dir / "log.csv", state.step)
     _log(run_dir, f"start epoch {state.epoch} step {state.step}; {parameter_count(model)} parameters; "
          f"{len(train_items)} train / {len(val_items)} validation pairs; device {device}")
@@ -167,8 +182,8 @@ def train(
             for batch in tqdm(batches, desc=f"epoch {state.epoch + 1}/{cfg.epochs}"):
                 start = time.time()
                 samples = [training_sample(train_items[i], cfg, rng) for i in batch]
-                moving, fixed = (to_device(torch.cat(x), device) for x in zip(*samples))
-                parts = training_loss(model, schedule, moving, fixed)
+                moving, fixed, moving_labels, fixed_labels = (to_device(torch.cat(x), device) for x in zip(*samples))
+                parts = training_loss(model, schedule, moving, fixed, (moving_labels, fixed_labels))
                 optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 optimizer.step()

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from FSDiffRegLib.losses import local_ncc_map, score_weights, sdg_ncc_loss, smoothness_loss
+from FSDiffRegLib.losses import (
+    local_ncc_map,
+    one_hot,
+    score_weights,
+    sdg_ncc_loss,
+    smoothness_loss,
+    soft_dice_loss,
+)
 
 
 def textured(seed: int = 0) -> torch.Tensor:
@@ -39,3 +47,14 @@ def test_smoothness_is_zero_for_translation_positive_for_shear():
     assert smoothness_loss(flow) == 0
     flow[:, 0] = torch.arange(8.0)
     assert torch.isclose(smoothness_loss(flow), torch.tensor(1 / 3 * (1 / 3) * 7 / 7))
+
+
+def test_soft_dice_loss_is_zero_for_equal_maps_and_one_for_disjoint_ones():
+    labels = torch.zeros(1, 1, 4, 4, 4, dtype=torch.uint8)
+    labels[..., :2] = 1
+    labels[..., 2:] = 3
+    maps = one_hot(labels, 3)
+    assert maps.shape == (1, 3, 4, 4, 4) and maps.sum() == 64
+    assert soft_dice_loss(maps, maps).item() == pytest.approx(0.0, abs=1e-6)
+    swapped = one_hot(4 - labels, 3)  # 1 <-> 3 disjoint; 2 absent from both (matched)
+    assert soft_dice_loss(swapped, maps).item() == pytest.approx(2 / 3, abs=1e-6)
