@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .resources import CONFIGS as CONFIG_DIR
+
+GRID_SPACING_MM = (0.1, 20.0)  # sane bounds of the network grid's spacing
+GRID_MAX_SIDE = 512
+GRID_MAX_VOXELS = 256 * 256 * 64  # 8 times the paper's grid
 
 
 @dataclass
@@ -47,18 +52,40 @@ class Config:
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        self.check_grid()
+
+    def check_grid(self) -> None:
+        """Grid and crop sizes: multiples of the UNet's downsampling within bounds; spacings within bounds."""
+        step = 2 ** (len(self.channel_mults) - 1)
+        for name in ("grid_size", "train_crop"):
+            size = getattr(self, name)
+            if not (isinstance(size, tuple) and len(size) == 3
+                    and all(isinstance(n, int) and 0 < n <= GRID_MAX_SIDE and n % step == 0 for n in size)):
+                raise ValueError(f"{name} must be 3 whole numbers, multiples of {step} up to {GRID_MAX_SIDE}, "
+                                 f"got {size!r}")
+        if math.prod(self.grid_size) > GRID_MAX_VOXELS:
+            raise ValueError(f"grid_size {self.grid_size} has more than {GRID_MAX_VOXELS} voxels")
+        if any(c > n for c, n in zip(self.train_crop, self.grid_size)):
+            raise ValueError(f"train_crop {self.train_crop} is larger than grid_size {self.grid_size}")
+        lo, hi = GRID_SPACING_MM
+        spacing = self.grid_spacing
+        if not (isinstance(spacing, tuple) and len(spacing) == 3
+                and all(isinstance(v, (int, float)) and lo <= v <= hi for v in spacing)):
+            raise ValueError(f"grid_spacing must be 3 numbers from {lo} to {hi} mm, got {spacing!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
     def from_dict(cls, data: dict) -> Config:
+        if not isinstance(data, dict):
+            raise ValueError(f"a configuration is a dict of settings, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
         tuples = {"channel_mults", "grid_size", "grid_spacing", "train_crop"}
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+        return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()})
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> Config:

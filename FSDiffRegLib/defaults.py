@@ -1,4 +1,61 @@
-"""Defaults the command line shows and the pipeline uses, importable without torch."""
+"""The refinement's options, their defaults and limits; importable without torch (the Slicer GUI uses it)."""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+from .errors import InputError
 
 DEFAULT_STEPS = 60  # refinement steps `register` runs unless told otherwise (Testing/benchmarks/refine_modes.py)
+MAX_STEPS = 5000  # about half an hour on 2 CPU cores (0.3 s a step); more is a typo, not a wish
 REFINE_SMOOTHNESS = 18.0  # smoothness weight of the refinement unless told otherwise
+REFINE_WINDOW = 13  # NCC window of the refinement, voxels of each level
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """Instance refinement: Adam ``steps`` (0: the network alone), the ``smoothness`` weight, the NCC
+    ``window`` (odd, voxels) and ``diffeomorphic`` (optimise a stationary velocity field). Checked when made."""
+
+    steps: int = DEFAULT_STEPS
+    smoothness: float = REFINE_SMOOTHNESS
+    window: int = REFINE_WINDOW
+    diffeomorphic: bool = False
+
+    def __post_init__(self) -> None:
+        checked_steps(self.steps)
+        checked_smoothness(self.smoothness)
+        if whole(self.window, "the NCC window") < 3 or self.window % 2 == 0:
+            raise InputError(f"the NCC window must be an odd number of voxels, at least 3, got {self.window}")
+
+
+def whole(value: object, name: str) -> int:
+    """``value`` as an int, or InputError when it is not a whole number."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise InputError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def checked_steps(steps: object) -> int:
+    """Refinement steps: a whole number from 0 to MAX_STEPS."""
+    steps = whole(steps, "refinement steps")
+    if steps < 0:
+        raise InputError(f"refinement steps must be at least 0, got {steps}")
+    if steps > MAX_STEPS:
+        raise InputError(f"refinement steps must be at most {MAX_STEPS} (about half an hour on 2 CPU cores; "
+                         f"{DEFAULT_STEPS} is the tested default), got {steps}")
+    return steps
+
+
+def checked_smoothness(smoothness: object) -> float:
+    """The smoothness weight: a finite number, at least 0."""
+    if isinstance(smoothness, bool) or not isinstance(smoothness, (int, float)) or not math.isfinite(smoothness):
+        raise InputError(f"the smoothness weight must be a finite number, got {smoothness!r}")
+    if smoothness < 0:
+        raise InputError(f"the smoothness weight must be at least 0, got {smoothness!r}")
+    return float(smoothness)

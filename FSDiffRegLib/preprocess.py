@@ -1,9 +1,10 @@
 """Preprocessing as the paper: a 1.5 x 1.5 x 3.15 mm, 128 x 128 x 32 grid around the heart.
 
-The network grid is a SimpleITK image with the fixed image's direction, the network's
-spacing and size, and its centre on the heart, so every array on it maps back to physical
-space. The heart is located without labels, from where the two frames differ: between
-end-diastole and end-systole the heart is what moves.
+The network grid is a SimpleITK image with the network's spacing and size, its centre on the
+heart, and the fixed image's axes in one canonical order and sense (LPS, as every ACDC image the
+model was trained on), so every array on it maps back to physical space and the network sees the
+same arrays however the images are stored. The heart is located without labels, from where the
+two frames differ: between end-diastole and end-systole the heart is what moves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from .config import Config
 
 HEART_SMOOTHING_MM = 8.0
 HEART_TOP_FRACTION = 0.05
+CANONICAL = "LPS"  # ACDC's orientation (identity direction), the one the bundled model was trained in
+CANONICAL_LETTER = {"L": "L", "R": "L", "P": "P", "A": "P", "S": "S", "I": "S"}
 
 
 @dataclass
@@ -73,11 +76,33 @@ def locate_heart(fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:
     return np.array(fixed.TransformContinuousIndexToPhysicalPoint([float(v) for v in zyx[::-1]]))
 
 
+def slice_axis(spacing: tuple[float, ...]) -> int | None:
+    """The axis whose spacing exceeds the other two (a stack of slices); None when there is no such axis."""
+    order = np.argsort(spacing)
+    return int(order[2]) if spacing[order[2]] > 1.001 * spacing[order[1]] else None
+
+
+def canonical(image: sitk.Image) -> sitk.Image:
+    """The image with its axes reordered and flipped to lie nearest the canonical orientation, obliquity kept.
+
+    The slice axis of a stack stays the third axis, as in training; the other axes (all three for a
+    near-isotropic image) take the canonical order. Any permutation or flip of the stored axes gives
+    the same result: the same voxels on the same grid.
+    """
+    letters = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    target = CANONICAL
+    axis = slice_axis(image.GetSpacing())
+    if axis is not None:
+        last = CANONICAL_LETTER[letters[axis]]
+        target = target.replace(last, "") + last
+    return sitk.DICOMOrient(image, target)
+
+
 def network_grid(fixed: sitk.Image, centre: np.ndarray, cfg: Config) -> sitk.Image:
-    """The network's grid: fixed direction, cfg spacing and size, centred on ``centre``."""
+    """The network's grid: the fixed image's canonical axes, cfg spacing and size, centred on ``centre``."""
     size = [int(n) for n in cfg.grid_size]
     spacing = np.array(cfg.grid_spacing, dtype=float)
-    direction = np.array(fixed.GetDirection()).reshape(3, 3)
+    direction = np.array(canonical(fixed).GetDirection()).reshape(3, 3)
     half = (np.array(size) - 1) / 2.0
     origin = centre - direction @ (spacing * half)
     grid = sitk.Image(size, sitk.sitkFloat32)
@@ -89,6 +114,7 @@ def network_grid(fixed: sitk.Image, centre: np.ndarray, cfg: Config) -> sitk.Ima
 
 def prepare_pair(fixed: sitk.Image, moving: sitk.Image, cfg: Config) -> PreparedPair:
     """Both images, normalised, on the heart-centred network grid."""
+    fixed = canonical(fixed)  # the same arrays, so the same heart centre, however the images are stored
     grid = network_grid(fixed, locate_heart(fixed, moving), cfg)
     f = sitk.GetArrayFromImage(resample_to(normalized(fixed), grid, -1.0))
     m = sitk.GetArrayFromImage(resample_to(normalized(moving), grid, -1.0))

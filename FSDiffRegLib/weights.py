@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -38,6 +41,60 @@ def save_weights(model: FSDiffRegNet, path: Path, info: dict | None = None) -> s
     return digest
 
 
+def expected_sha256(path: Path) -> str | None:
+    """The digest in the ``.sha256`` file beside ``path``, in lower case; None when there is no such file."""
+    checksum = path.with_name(path.name + ".sha256")
+    if not checksum.is_file():
+        return None
+    words = checksum.read_bytes().split()
+    digest = words[0].decode("ascii", "replace").lower() if words else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise WeightsError(f"checksum file {checksum.name} holds no SHA256 checksum (64 hex digits): {checksum}")
+    return digest
+
+
+def first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def read_payload(path: Path) -> dict:
+    """The {config, state_dict, info} dict, read with ``weights_only=True``; each failure said in one line."""
+    if path.stat().st_size == 0:
+        raise WeightsError(f"cannot load weights {path}: the file is empty")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        with open(path, "rb") as handle:
+            pickled = zipfile.is_zipfile(path) or handle.read(1) == b"\x80"  # torch's zip, or a bare pickle
+        if pickled:
+            raise WeightsError(f"cannot load weights {path}: the file contains code or Python objects that are not "
+                               "plain weights, refused for safety") from None
+        raise WeightsError(f"cannot load weights {path}: not a PyTorch weights file") from None
+    except Exception as err:  # torch raises many types for a damaged file
+        raise WeightsError(f"cannot load weights {path}: not a PyTorch weights file, or a damaged one "
+                           f"({first_line(err)})") from None
+    if not (isinstance(payload, dict) and {"config", "state_dict"} <= payload.keys()):
+        raise WeightsError(f"cannot load weights {path}: not FSDiffReg weights (a dict with 'config' and "
+                           "'state_dict')")
+    return payload
+
+
+def few(keys: list[str], shown: int = 3) -> str:
+    return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+
+
+def state_mismatch(expected: dict, given: object) -> str:
+    """How ``given`` differs from ``expected`` in keys and shapes, in a few words; '' when it fits."""
+    if not isinstance(given, dict):
+        return f"the state_dict is a {type(given).__name__}, not a dict of tensors"
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [k for k in expected if k in given and getattr(given[k], "shape", None) != expected[k].shape]
+    parts = (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+    return ", ".join(f"{len(keys)} {what} ({few(keys)})" for what, keys in parts if keys)
+
+
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[FSDiffRegNet, dict]:
     """Load weights (default: bundled) into a network in eval mode.
 
@@ -49,16 +106,21 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     digest = sha256(path)
-    expected_file = path.with_name(path.name + ".sha256")
-    if expected_file.is_file():
-        expected = expected_file.read_text().split()[0]
-        if expected != digest:
-            raise WeightsError(f"weights file {path.name} is corrupt: SHA256 {digest[:12]}... != {expected[:12]}...")
+    expected = expected_sha256(path)
+    if expected is not None and expected != digest:
+        raise WeightsError(f"weights file {path.name} is corrupt: SHA256 {digest[:12]}... != {expected[:12]}...")
+    payload = read_payload(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
         model = FSDiffRegNet(Config.from_dict(payload["config"]))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise WeightsError(f"cannot load weights {path}: invalid configuration: {first_line(err)}") from None
+    mismatch = state_mismatch(model.state_dict(), payload["state_dict"])
+    if mismatch:
+        raise WeightsError(f"cannot load weights {path}: they do not fit the network: {mismatch}")
+    try:
         model.load_state_dict(payload["state_dict"])
-    except Exception as err:  # torch raises many types for a bad file
-        raise WeightsError(f"cannot load weights {path}: {type(err).__name__}: {str(err)[:200]}") from None
+    except Exception as err:  # e.g. a value that is not a tensor
+        raise WeightsError(f"cannot load weights {path}: {first_line(err)}") from None
     model.to(device, memory_format=torch.channels_last_3d).eval()
-    return model, {"name": path.name, "sha256": digest, "info": payload.get("info", {})}
+    info = payload.get("info", {})
+    return model, {"name": path.name, "sha256": digest, "info": info if isinstance(info, dict) else {}}

@@ -25,7 +25,7 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAND_IN = ("torch", "numpy", "SimpleITK", "matplotlib", "tqdm", "itk", "ants",
+STAND_IN = ("torch", "numpy", "SimpleITK", "nibabel", "matplotlib", "tqdm", "itk", "ants",
             "slicer", "qt", "ctk", "vtk", "PyTorchUtils")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import SimpleITK as sitk
 import torch
 
 from conftest import SAMPLE
+from FSDiffRegLib import __version__
 from FSDiffRegLib.cli import main
+from FSDiffRegLib.defaults import DEFAULT_STEPS, REFINE_SMOOTHNESS, REFINE_WINDOW
 from FSDiffRegLib.metrics import heart_dice, jacobian_determinant
 
 FIXED, MOVING = SAMPLE / "acdc091_ED.nii.gz", SAMPLE / "acdc091_ES.nii.gz"
@@ -35,6 +38,18 @@ def test_outputs_are_written(registered):
     assert metrics["device"] == "cpu" and metrics["weights"] == "fsdiffreg_acdc_cpu.pt"
     assert len(metrics["weights_sha256"]) == 64 and metrics["seconds"] > 0
     assert metrics["ncc_after"] > metrics["ncc_before"]
+
+
+def test_metrics_name_the_inputs_options_and_version(registered, validation_pair):
+    metrics = json.loads((registered / "metrics.json").read_text())
+    assert metrics["fsdiffreg"] == __version__
+    for role, path in (("fixed", validation_pair.fixed), ("moving", validation_pair.moving),
+                       ("moving_labels", validation_pair.moving_labels)):
+        data = path.read_bytes()
+        assert metrics["inputs"][role] == {"path": str(path.resolve()), "bytes": len(data),
+                                           "sha256": hashlib.sha256(data).hexdigest()}
+    assert metrics["refine"] == {"steps": DEFAULT_STEPS, "smoothness": REFINE_SMOOTHNESS, "window": REFINE_WINDOW,
+                                 "diffeomorphic": False}
 
 
 def test_displacement_reproduces_the_warped_image(registered, validation_pair):
@@ -103,12 +118,45 @@ def test_every_bad_input_fails_cleanly(tmp_path, capsys, untrained_weights):
         assert not out.exists(), name
 
 
-def test_existing_output_folder_is_kept_on_failure(tmp_path, capsys):
+def test_a_previous_set_is_kept_when_a_run_fails(tmp_path, capsys, untrained_weights):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    assert main(["register", str(tmp_path / "x.nii.gz"), str(MOVING), "--out-dir", str(out)]) == 2
-    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    fast = ["--weights", str(untrained_weights), "--refine", "0", "--device", "cpu"]
+    assert main(["register", str(FIXED), str(MOVING), "--out-dir", str(out), *fast]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["register", str(tmp_path / "x.nii.gz"), str(MOVING), "--out-dir", str(out), *fast]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+BAD_NUMBERS = [
+    ("register", "--smoothness", "-5", "at least 0"),
+    ("register", "--smoothness", "nan", "finite"),
+    ("register", "--smoothness", "inf", "finite"),
+    ("register", "--refine", "100000", "at most 5000"),
+    ("register", "--refine", "-1", "at least 0"),
+    ("register", "--refine", "1.5", "whole number"),
+    ("evaluate", "--limit", "0", "at least 1"),
+    ("evaluate", "--smoothness", "-inf", "finite"),
+    ("benchmark", "--limit", "-3", "at least 1"),
+    ("benchmark", "--refine", "ten", "whole number"),
+    ("train", "--max-minutes", "nan", "finite"),
+    ("train", "--train-limit", "0", "at least 1"),
+]
+
+
+@pytest.mark.parametrize("command, option, value, words", BAD_NUMBERS)
+def test_bad_numbers_are_refused_with_one_line_when_parsed(tmp_path, capsys, command, option, value, words):
+    out = tmp_path / "out"
+    args = {"register": ["register", str(FIXED), str(MOVING), "--out-dir", str(out)],
+            "evaluate": ["evaluate", "--data", str(tmp_path)], "benchmark": ["benchmark", "--data", str(tmp_path)],
+            "train": ["train", "--data", str(tmp_path), "--out", str(out)]}[command]
+    with pytest.raises(SystemExit) as stop:
+        main([*args, option, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fsdiffreg {command}: error: argument {option}: "), err
+    assert words in err[0] and value in err[0], err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -52,3 +53,75 @@ def test_missing_and_garbage_files(tmp_path):
     with pytest.raises(WeightsError, match="cannot load"):
         load_model(tmp_path / "junk.pt")
     assert len(sha256(tmp_path / "junk.pt")) == 64
+
+
+def one_line_refusal(path, match: str) -> str:
+    with pytest.raises(WeightsError, match=match) as caught:
+        load_model(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "w.pt"
+    save_weights(FSDiffRegNet(Config(base_width=4, norm_groups=2)), path)
+    return path
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00 not text", b"hello  w.pt\n"])
+def test_a_checksum_file_that_holds_no_checksum_is_named(saved, content):
+    saved.with_name("w.pt.sha256").write_bytes(content)
+    one_line_refusal(saved, "w.pt.sha256 holds no SHA256 checksum")
+
+
+def test_an_upper_case_checksum_is_accepted(saved):
+    checksum = saved.with_name("w.pt.sha256")
+    checksum.write_text(checksum.read_text().upper())
+    load_model(saved)
+
+
+def test_code_is_refused_plainly_without_advice_to_lower_the_guard(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"config": {}, "state_dict": Payload()}, path)  # torch's own (zip) format
+    message = one_line_refusal(path, "contains code or Python objects that are not plain weights, refused for safety")
+    assert "weights_only" not in message and "Re-running" not in message
+    assert "must never run" not in capsys.readouterr().out
+
+
+def test_a_state_dict_of_another_network_names_the_keys(tmp_path):
+    net = FSDiffRegNet(Config(base_width=4, norm_groups=2))
+    state = dict(list(net.state_dict().items())[5:])
+    state["extra.weight"] = torch.zeros(1)
+    first = next(iter(net.state_dict()))
+    state[list(state)[0]] = torch.zeros(2)
+    torch.save({"config": json.loads(net.cfg.to_json()), "state_dict": state}, tmp_path / "other.pt")
+    message = one_line_refusal(tmp_path / "other.pt", "do not fit the network: 5 missing")
+    assert first in message and "1 unexpected (extra.weight)" in message and "1 of another shape" in message
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"grid_spacing": [0, 1.5, 3.15]}, "grid_spacing"),
+    ({"grid_spacing": [-1.5, 1.5, 3.15]}, "grid_spacing"),
+    ({"grid_spacing": [float("nan"), 1.5, 3.15]}, "grid_spacing"),
+    ({"grid_size": [100000, 100000, 32]}, "grid_size"),
+    ({"grid_size": [130, 128, 32]}, "grid_size"),
+    ({"grid_size": "abc"}, "grid_size"),
+])
+def test_a_configuration_outside_sane_bounds_is_refused(tmp_path, change, match):
+    net = FSDiffRegNet(Config(base_width=4, norm_groups=2))
+    config = {**json.loads(net.cfg.to_json()), **change}
+    torch.save({"config": config, "state_dict": net.state_dict()}, tmp_path / "odd.pt")
+    one_line_refusal(tmp_path / "odd.pt", f"invalid configuration: {match}")
+    with pytest.raises(ValueError, match=match):
+        Config.from_dict(config)
+
+
+def test_files_that_are_not_fsdiffreg_weights(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    one_line_refusal(tmp_path / "empty.pt", "empty")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    one_line_refusal(tmp_path / "junk.pt", "not a PyTorch weights file")
+    torch.save([1, 2], tmp_path / "list.pt")
+    one_line_refusal(tmp_path / "list.pt", "not FSDiffReg weights")

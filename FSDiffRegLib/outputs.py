@@ -1,0 +1,288 @@
+"""The out-dir: checked before a run, then given one run's complete set of outputs or left as it was.
+
+Rules (README, "Outputs"):
+
+- The out-dir is refused before any computation when it is empty text, a file, not writable,
+  holds an input of the run, or holds anything but a previous run's outputs: a user's files
+  are never written over, moved or deleted. A previous set is recognised by its metrics.json,
+  which names the fsdiffreg version that wrote it (``MARK``).
+- The run writes into a hidden staging folder beside the out-dir; when every file is written
+  the old folder is renamed aside, the staging folder renamed into its place (one rename) and
+  the old set deleted. An out-dir thus holds exactly one run's set, or, if a run is killed
+  between these two renames, none.
+- An out-dir in a read-only parent (or one holding the current folder, which must not be
+  renamed away under the shell) is filled in place instead: the old metrics.json goes first,
+  the new one last, so a set without metrics.json is an incomplete one.
+- A lock file beside the staging folder keeps a second run out while one writes; the hidden
+  folders a killed run left (``.<name>.fsdiffreg-stage-*`` and ``-old-*``) go at the next run.
+
+Imports nothing heavy: the command line catches ``OutputError``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import __version__
+
+OUTPUT_NAMES = frozenset({"displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "warped_labels.nii.gz",
+                          "metrics.json", "figure.png"})
+METRICS = "metrics.json"
+MARK = "fsdiffreg"  # metrics.json key: the version that wrote the set
+
+
+class OutputError(ValueError):
+    """An out-dir that cannot be used, or outputs that must not be written; the message says why."""
+
+
+@contextmanager
+def output_folder(out_dir: str | Path, inputs: Mapping[str, str | Path | None] | None = None) -> Iterator[Path]:
+    """Check ``out_dir`` and lock it; yield an empty staging folder; on success make it the out-dir's set.
+
+    ``inputs`` (role -> path) may not lie inside the out-dir. On any error or interrupt the
+    staging folder is removed and the out-dir left as it was.
+    """
+    out = checked_out_dir(out_dir)
+    for role, path in (inputs or {}).items():
+        if path:
+            refuse_inside(out, role, Path(path))
+    beside = lock_place(out)
+    with locked(beside / f".{out.name}.fsdiffreg-lock", out):
+        for folder in {beside, out}:
+            if folder.is_dir():
+                remove_stale(folder, out.name)
+        refuse_foreign(out)
+        in_place = beside == out or (out.is_dir() and (os.path.ismount(out) or Path.cwd() in (out, *out.parents)))
+        staging = (out if in_place else beside) / f".{out.name}.fsdiffreg-stage-{secrets.token_hex(4)}"
+        os.mkdir(staging)
+        try:
+            yield staging
+            if not (staging / METRICS).is_file():
+                raise OutputError(f"the run wrote no {METRICS}; nothing written to {out}")
+            with interrupts_held():
+                if in_place:
+                    fill_in_place(staging, out)
+                else:
+                    swap_in(staging, out, beside)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def checked_out_dir(out_dir: str | Path) -> Path:
+    """The out-dir as an absolute path (symbolic links followed), refused when it names no usable folder."""
+    if not str(out_dir).strip():
+        raise OutputError("the output folder is empty text: name a folder, e.g. --out-dir results")
+    out = Path(out_dir).resolve()
+    if out == out.parent:
+        raise OutputError(f"the output folder {out} is the root of a file system: name a folder in it")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"the output folder {out} is a file: name a folder")
+    return out
+
+
+def refuse_inside(out: Path, role: str, path: Path) -> None:
+    """Refuse an input that is the out-dir or lies inside it (compared by file identity)."""
+    if not out.is_dir():
+        return
+    here = os.stat(out)
+    for start in {Path(os.path.abspath(path)), path.resolve()}:
+        for folder in (start, *start.parents):
+            if folder.exists() and os.path.samestat(os.stat(folder), here):
+                raise OutputError(f"the {role} {path} lies inside the output folder {out}, whose contents a run "
+                                  "replaces: choose another --out-dir")
+
+
+def writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def lock_place(out: Path) -> Path:
+    """Where the lock (and the staging folder, unless filled in place) goes: beside the out-dir, made if
+    needed; inside it when its parent is read-only."""
+    if out.is_dir() and not writable(out.parent):
+        if not writable(out):
+            raise OutputError(f"cannot write the output folder {out}: it is not writable")
+        return out
+    existing = next(folder for folder in out.parents if folder.exists())
+    if not existing.is_dir():
+        raise OutputError(f"cannot write the output folder {out}: {existing} is a file")
+    if not writable(existing):
+        raise OutputError(f"cannot write the output folder {out}: {existing} is not writable")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot write the output folder {out}: {err.strerror}") from None
+    return out.parent
+
+
+def ours(name: str, out_name: str) -> bool:
+    """Whether ``name`` is a lock or hidden folder this module makes for the out-dir ``out_name``."""
+    return re.fullmatch(rf"\.{re.escape(out_name)}\.fsdiffreg-(lock|stage-[0-9a-f]{{8}}|old-[0-9a-f]{{8}})",
+                        name) is not None
+
+
+def remove_stale(place: Path, out_name: str) -> None:
+    """Remove the hidden folders a killed run left (the lock is held: no other run is writing)."""
+    for entry in place.iterdir():
+        if ours(entry.name, out_name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def foreign(out: Path) -> str | None:
+    """Why the out-dir's contents are not a previous run's set, or None if they are (or it is empty)."""
+    if not out.is_dir():
+        return None
+    entries = [e for e in os.scandir(out) if not ours(e.name, out.name)]
+    others = sorted(e.name for e in entries if e.name not in OUTPUT_NAMES or not e.is_file(follow_symlinks=False))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        return f"holds {shown}, which fsdiffreg did not write"
+    if entries and not marked(out / METRICS):
+        return f"holds {', '.join(sorted(e.name for e in entries))} but no {METRICS} written by fsdiffreg"
+    return None
+
+
+def refuse_foreign(out: Path) -> None:
+    reason = foreign(out)
+    if reason:
+        raise OutputError(f"the output folder {out} {reason}; name a new or empty folder (a run replaces "
+                          "the folder's contents whole)")
+
+
+def marked(metrics: Path) -> bool:
+    """Whether ``metrics`` is a metrics.json fsdiffreg wrote."""
+    try:
+        data = json.loads(metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and MARK in data
+
+
+def swap_in(staging: Path, out: Path, beside: Path) -> None:
+    """Rename the old out-dir aside and the staging folder into its place; then delete the old set."""
+    aside = None
+    if out.exists():
+        shutil.copymode(out, staging)
+        aside = beside / f".{out.name}.fsdiffreg-old-{secrets.token_hex(4)}"
+        os.rename(out, aside)
+        reason = foreign(aside)
+        if reason:  # a file came in while the run computed
+            os.rename(aside, out)
+            raise OutputError(f"the output folder {out} changed during the run and now {reason}; nothing written")
+    try:
+        os.rename(staging, out)
+    except OSError:
+        if aside is not None:
+            os.rename(aside, out)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def fill_in_place(staging: Path, out: Path) -> None:
+    """Replace the set file by file: the old metrics.json first, the new one last."""
+    refuse_foreign(out)
+    if (out / METRICS).exists():
+        os.remove(out / METRICS)
+    new = {p.name for p in staging.iterdir()}
+    for name in sorted(new - {METRICS}):
+        os.replace(staging / name, out / name)
+    for name in OUTPUT_NAMES - new:
+        if (out / name).exists():
+            os.remove(out / name)
+    os.replace(staging / METRICS, out / METRICS)
+
+
+@contextmanager
+def locked(lock: Path, out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (made if needed, removed after); refuse if another run holds it."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise OutputError(f"cannot write the output folder {out}: {err.strerror}") from None
+        try:
+            lock_file(fd)
+        except OSError:
+            os.close(fd)
+            raise OutputError(f"another fsdiffreg run is writing the output folder {out}; wait for it to end "
+                              f"or name another folder (lock {lock})") from None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the run that held it removed it meanwhile: lock the new one
+    try:
+        yield
+    finally:
+        if os.name != "nt":  # remove it while held, so that a run which opened it sees a new one
+            remove_file(lock)
+        os.close(fd)
+        if os.name == "nt":  # Windows removes no open file; a lock another run opened meanwhile stays
+            remove_file(lock)
+
+
+def lock_file(fd: int) -> None:
+    """Lock an open file exclusively without waiting; OSError if another process holds it."""
+    if os.name == "nt":
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def remove_file(path: Path) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (and a terminate signal) back while the set is swapped in; it takes effect right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT,
+                                                                                           signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if caught:
+            raise KeyboardInterrupt
+
+
+def non_finite(value: object, name: str = "") -> list[str]:
+    """The keys (dotted) of the non-finite floats in nested dicts."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [name]
+    if isinstance(value, dict):
+        return [bad for key, item in value.items() for bad in non_finite(item, f"{name}.{key}" if name else key)]
+    return []
+
+
+def write_metrics(folder: Path, metrics: dict) -> None:
+    """metrics.json, stamped with the fsdiffreg version; strict JSON, so a non-finite value is refused."""
+    bad = non_finite(metrics)
+    if bad:
+        raise OutputError(f"the run gave non-finite values for {', '.join(bad)}; nothing written")
+    text = json.dumps({MARK: __version__, **metrics}, indent=2, allow_nan=False)
+    (folder / METRICS).write_text(text + "\n", encoding="utf-8")
