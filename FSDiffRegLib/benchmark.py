@@ -36,10 +36,12 @@ import torch
 
 from . import acdc
 from .baselines import BASELINES, Baseline, missing
+from .cli import refine_options
 from .config import Config
-from .defaults import DEFAULT_STEPS
+from .defaults import RefineOptions
 from .device import pick_device
-from .evaluate import markdown_table, score_field, summarize
+from .errors import InputError
+from .evaluate import markdown_table, row_name, score_field, summarize
 from .preprocess import locate_heart, network_grid
 from .register import register_images
 from .resources import BUNDLED_WEIGHTS
@@ -51,6 +53,7 @@ ABLATIONS = {
 }
 BASELINE_NAMES = {"identity": "Identity", "elastix": "elastix B-spline (default)", "ants": "ANTs SyN (SyNOnly)"}
 VERSIONS = ("torch", "SimpleITK", "itk-elastix", "antspyx")
+NETWORK_ONLY = RefineOptions(steps=0)
 
 
 @dataclass
@@ -88,14 +91,13 @@ def status_kb(key: str) -> int:
     raise OSError(f"{key} not in /proc/self/status")
 
 
-def model_method(name: str, weights: Path | None, device: torch.device, refine_steps: int = 0,
-                 diffeomorphic: bool = False) -> Method:
+def model_method(name: str, weights: Path | None, device: torch.device,
+                 refine: RefineOptions = NETWORK_ONLY) -> Method:
     """FSDiffReg with the given weights, as ``register`` runs it."""
     model, _ = load_model(weights, device)
 
     def run(fixed: sitk.Image, moving: sitk.Image) -> sitk.Image:
-        return register_images(fixed, moving, model, device, refine_steps=refine_steps,
-                               diffeomorphic=diffeomorphic).field
+        return register_images(fixed, moving, model, device, refine=refine).field
 
     return Method(name, run)
 
@@ -106,6 +108,7 @@ def build_methods(args: argparse.Namespace, device: torch.device) -> tuple[list[
     An ablation whose default weights are absent is skipped; one given explicitly must load.
     """
     methods, skipped = [], []
+    refine = refine_options(args)
     for key in [m for m in BASELINE_NAMES if m in args.methods]:
         reason = missing(key)
         if reason:
@@ -114,11 +117,10 @@ def build_methods(args: argparse.Namespace, device: torch.device) -> tuple[list[
             methods.append(Method(BASELINE_NAMES[key], BASELINES[key]))
     if "network" in args.methods:
         methods.append(model_method("FSDiffReg (network)", args.weights, device))
-    if "refine" in args.methods:
-        svf = ", SVF" if args.diffeomorphic else ""
-        default = ", the default" if args.refine == DEFAULT_STEPS and not args.diffeomorphic else ""
-        name = f"FSDiffReg (+refine {args.refine}{svf}{default})"
-        methods.append(model_method(name, args.weights, device, args.refine, args.diffeomorphic))
+    if "refine" in args.methods and refine.steps > 0:
+        methods.append(model_method(row_name(refine), args.weights, device, refine))
+    elif "refine" in args.methods:
+        skipped.append("FSDiffReg (+refine 0): the network row")
     if "ablations" in args.methods:
         explicit = dict(args.ablation_weights)
         for name, path in {**ABLATIONS, **explicit}.items():
@@ -219,15 +221,30 @@ def report(rows: dict[str, list[dict[str, float]]], pairs: list[acdc.AcdcPair], 
     return "\n".join(lines) + "\n"
 
 
+def report_path(text: str) -> Path:
+    """``--out``, checked before the benchmark runs (for an hour or more) so that its table is not lost."""
+    if not text.strip():
+        raise InputError("--out is empty text: name a Markdown file")
+    out = Path(text).resolve()
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder: name a Markdown file")
+    existing = next(folder for folder in out.parents if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {out}: {existing} is not a writable folder")
+    return out
+
+
 def main_benchmark(args: argparse.Namespace) -> None:
     """Run the benchmark, print the report and write it to ``args.out``."""
+    out = report_path(args.out)
     pairs = acdc.split(args.data, "validation")[: args.limit]
     device = pick_device(args.device)
     methods, skipped = build_methods(args, device)
     rows = benchmark(pairs, methods, log=lambda message: print(f"fsdiffreg: {message}", file=sys.stderr, flush=True))
     text = report(rows, pairs, skipped, args, device)
     print(text, end="")
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, out)  # a reader never sees half a report
 

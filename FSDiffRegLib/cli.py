@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Callable
 
-from .defaults import DEFAULT_STEPS, REFINE_SMOOTHNESS
+from .defaults import DEFAULT_STEPS, MAX_STEPS, REFINE_SMOOTHNESS, RefineOptions, checked_smoothness, checked_steps
 from .errors import DeviceError, InputError, WeightsError
+from .outputs import OutputError
+from .parent import exit_with_parent_if_asked
 from .resources import sample_pair
 
 DEFAULT_DATA = Path("../shared/data/ACDC")
@@ -30,11 +36,15 @@ def _summary(metrics: dict) -> str:
             f"{metrics['seconds']:.1f} s on {metrics['device']}")
 
 
+def refine_options(args: argparse.Namespace) -> RefineOptions:
+    return RefineOptions(args.refine, args.smoothness, diffeomorphic=args.diffeomorphic)
+
+
 def _register(args: argparse.Namespace) -> None:
     from .register import register_files
 
     result = register_files(args.fixed, args.moving, args.out_dir, args.weights, args.device,
-                            args.moving_labels, args.refine, args.smoothness, args.diffeomorphic, log=_say)
+                            args.moving_labels, refine_options(args), log=_say)
     print(f"{_summary(result.metrics)}\noutputs in {Path(args.out_dir).resolve()}")
 
 
@@ -46,7 +56,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     model, about = load_model(args.weights, device)
     print(f"weights {about['name']} (sha256 {about['sha256'][:12]}), device {device}")
-    print(evaluate(Path(args.data), model, device, args.limit, args.refine))
+    print(evaluate(Path(args.data), model, device, args.limit, refine_options(args)))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -57,13 +67,16 @@ def _demo(args: argparse.Namespace) -> None:
 
     sample = sample_pair()
     fixed, moving = sample["fixed"], sample["moving"]
+
+    def figure(result, folder: Path) -> None:
+        save_figure(sitk.ReadImage(str(fixed)), sitk.ReadImage(str(moving)), result, folder / "figure.png")
+
+    result = register_files(fixed, moving, args.out_dir, args.weights, args.device, sample["moving_labels"],
+                            log=_say, also=figure)
     out = Path(args.out_dir).resolve()
-    result = register_files(fixed, moving, out, args.weights, args.device, sample["moving_labels"],
-                            log=_say)
-    figure = save_figure(sitk.ReadImage(str(fixed)), sitk.ReadImage(str(moving)), result, out / "figure.png")
     print(f"registered the bundled ACDC sample (patient 091, ES -> ED): {_summary(result.metrics)}")
     print(f"outputs in {out}: displacement.nii.gz warped.nii.gz jacobian.nii.gz warped_labels.nii.gz "
-          f"metrics.json; figure {figure}")
+          f"metrics.json; figure {out / 'figure.png'}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -91,6 +104,70 @@ def _devices(args: argparse.Namespace) -> None:
     print(json.dumps(device_report()))
 
 
+def option(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type whose InputError becomes the option's one-line error."""
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except InputError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"expected a whole number, got {text!r}") from None
+
+
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"expected a number, got {text!r}") from None
+
+
+@option
+def count(text: str) -> int:
+    """``--limit`` and the like: a whole number, at least 1."""
+    value = whole_number(text)
+    if value < 1:
+        raise InputError(f"must be at least 1, got {value}")
+    return value
+
+
+@option
+def minutes(text: str) -> float:
+    value = number(text)
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+@option
+def steps(text: str) -> int:
+    return checked_steps(whole_number(text))
+
+
+@option
+def smoothness(text: str) -> float:
+    return checked_smoothness(number(text))
+
+
+def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
+    """--refine, --smoothness, --diffeomorphic: the RefineOptions of register, evaluate and benchmark."""
+    parser.add_argument("--refine", type=steps, default=DEFAULT_STEPS, metavar="N",
+                        help=f"instance-refinement steps, 0 to {MAX_STEPS} (default {DEFAULT_STEPS}; 0: network only)")
+    parser.add_argument("--smoothness", type=smoothness, default=REFINE_SMOOTHNESS, metavar="S",
+                        help=f"smoothness weight of the refinement, finite and at least 0 "
+                             f"(default {REFINE_SMOOTHNESS:g})")
+    parser.add_argument("--diffeomorphic", action="store_true",
+                        help="refine a stationary velocity field (scaling and squaring) instead of the displacement")
+
+
 def method_list(text: str) -> list[str]:
     """``benchmark --methods``: comma-separated names from METHODS."""
     chosen = [m.strip() for m in text.split(",") if m.strip()]
@@ -110,11 +187,10 @@ def ablation_item(text: str) -> tuple[str, Path]:
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="ACDC folder (holding training/patientNNN)")
-    parser.add_argument("--limit", type=int, help="only the first N validation pairs")
+    parser.add_argument("--limit", type=count, metavar="N", help="only the first N validation pairs")
     parser.add_argument("--methods", type=method_list, default=list(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)} (default: all)")
-    parser.add_argument("--refine", type=int, default=DEFAULT_STEPS, help="refinement steps of the refine row")
-    parser.add_argument("--diffeomorphic", action="store_true", help="the refine row optimises a velocity field")
+    add_refine_arguments(parser)
     parser.add_argument("--weights", help="FSDiffReg weights (default: bundled)")
     parser.add_argument("--ablation-weights", type=ablation_item, action="append", default=[], metavar="NAME=PATH",
                         help="weights of an ablation row (defaults: FDG-off and SDG-off under "
@@ -123,8 +199,15 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(BENCHMARK_OUT), help="Markdown file for the table")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: 'fsdiffreg register: error: argument --refine: ...'."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fsdiffreg", description=__doc__)
+    parser = Parser(prog="fsdiffreg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train on ACDC (resumes from OUT's last checkpoint)")
@@ -132,36 +215,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs, best weights")
     p.add_argument("--config", default="cpu", help="bundled name (cpu, paper) or a JSON file")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this time")
-    p.add_argument("--train-limit", type=int, help="use only the first N training pairs")
-    p.add_argument("--val-limit", type=int, help="use only the first N validation pairs")
+    p.add_argument("--max-minutes", type=minutes, help="stop after the epoch that passes this time")
+    p.add_argument("--train-limit", type=count, metavar="N", help="use only the first N training pairs")
+    p.add_argument("--val-limit", type=count, metavar="N", help="use only the first N validation pairs")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("register", help="register MOVING to FIXED; outputs on the fixed grid")
     p.add_argument("fixed", help="fixed image (any 3D image SimpleITK reads)")
     p.add_argument("moving", help="moving image")
-    p.add_argument("--out-dir", required=True, help="folder for the outputs (written atomically)")
+    p.add_argument("--out-dir", required=True,
+                   help="folder for the outputs: new, empty or a previous run's; its contents are replaced whole")
     p.add_argument("--weights", help="weights file (default: the bundled ACDC model)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--moving-labels", help="label map of the moving image to warp too")
-    p.add_argument("--refine", type=int, default=DEFAULT_STEPS,
-                   help=f"instance-refinement steps (default {DEFAULT_STEPS}; 0: network only)")
-    p.add_argument("--smoothness", type=float,
-                   help=f"smoothness weight of the refinement (default {REFINE_SMOOTHNESS:g})")
-    p.add_argument("--diffeomorphic", action="store_true",
-                   help="refine a stationary velocity field (scaling and squaring) instead of the displacement")
+    add_refine_arguments(p)
     p.set_defaults(func=_register)
 
     p = sub.add_parser("evaluate", help="Table 1 (Dice, folding, SD|J|, time) on the validation split")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="ACDC folder")
     p.add_argument("--weights", help="weights file (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--limit", type=int, help="only the first N validation pairs")
-    p.add_argument("--refine", type=int, default=DEFAULT_STEPS, help=f"refinement steps (default {DEFAULT_STEPS})")
+    p.add_argument("--limit", type=count, metavar="N", help="only the first N validation pairs")
+    add_refine_arguments(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("demo", help="register the bundled sample pair and draw a figure")
-    p.add_argument("--out-dir", default="fsdiffreg-demo", help="output folder")
+    p.add_argument("--out-dir", default="fsdiffreg-demo", help="output folder (as register's)")
     p.add_argument("--weights", help="weights file (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=_demo)
@@ -175,13 +254,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command: 0 when it succeeds, 2 with one error line, 130 when interrupted
+    (Ctrl-C or a terminate signal; what the run had begun to write is removed)."""
+    exit_with_parent_if_asked()
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         args.func(args)
-    except (InputError, WeightsError, DeviceError, FileNotFoundError) as err:
-        print(f"fsdiffreg: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("fsdiffreg: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except (InputError, WeightsError, DeviceError, OutputError, OSError) as err:
+        print(f"fsdiffreg: error: {err}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
 
 

@@ -59,3 +59,6 @@ def checked_smoothness(smoothness: object) -> float:
     if smoothness < 0:
         raise InputError(f"the smoothness weight must be at least 0, got {smoothness!r}")
     return float(smoothness)
+
+
+DEFAULT_REFINE = RefineOptions()

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 import torch
 
 from . import acdc
+from .defaults import DEFAULT_REFINE, RefineOptions
 from .field import apply_field
 from .metrics import heart_dice
 from .network import FSDiffRegNet
@@ -27,10 +28,10 @@ def score_field(field: sitk.Image, grid: sitk.Image, moving_labels: sitk.Image,
 
 
 def evaluate_pair(pair: acdc.AcdcPair, model: FSDiffRegNet, device: torch.device,
-                  refine_steps: int = 0) -> dict[str, float]:
+                  refine: RefineOptions = DEFAULT_REFINE) -> dict[str, float]:
     """Dice of the moving labels warped onto the fixed grid, with the field's metrics."""
     fixed, moving = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
-    result = register_images(fixed, moving, model, device, refine_steps=refine_steps)
+    result = register_images(fixed, moving, model, device, refine=refine)
     fixed_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(pair.fixed_labels)))
     row = score_field(result.field, result.grid, sitk.ReadImage(str(pair.moving_labels)), fixed_labels)
     return {**row, "seconds": result.metrics["seconds"]}
@@ -74,11 +75,22 @@ def markdown_table(named: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def row_name(refine: RefineOptions) -> str:
+    """'FSDiffReg (network)', or e.g. 'FSDiffReg (+refine 60, the default)' / '(+refine 80, SVF, smoothness 5)'."""
+    if refine.steps == 0:
+        return "FSDiffReg (network)"
+    notes = [f"+refine {refine.steps}"]
+    notes += ["SVF"] if refine.diffeomorphic else []
+    notes += [f"smoothness {refine.smoothness:g}"] if refine.smoothness != DEFAULT_REFINE.smoothness else []
+    notes += [f"window {refine.window}"] if refine.window != DEFAULT_REFINE.window else []
+    notes += ["the default"] if refine == DEFAULT_REFINE else []
+    return f"FSDiffReg ({', '.join(notes)})"
+
+
 def evaluate(data_dir: Path, model: FSDiffRegNet, device: torch.device, limit: int | None = None,
-             refine_steps: int = 0) -> str:
-    """Markdown table of 'Initial' and this model (refined ``refine_steps`` steps) on the validation split."""
+             refine: RefineOptions = DEFAULT_REFINE) -> str:
+    """Markdown table of 'Initial' and this model (refined as ``refine`` says) on the validation split."""
     pairs = acdc.split(data_dir, "validation")[:limit]
     initial = summarize([identity_row(p) for p in pairs])
-    ours = summarize([evaluate_pair(p, model, device, refine_steps) for p in pairs])
-    name = f"FSDiffReg (+refine {refine_steps})" if refine_steps else "FSDiffReg (network)"
-    return markdown_table({"Initial": initial, name: ours})
+    ours = summarize([evaluate_pair(p, model, device, refine) for p in pairs])
+    return markdown_table({"Initial": initial, row_name(refine): ours})

@@ -1,12 +1,7 @@
-"""Reading and checking the images a user gives, and writing outputs atomically."""
+"""Reading and checking the images a user gives."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel
@@ -127,21 +122,3 @@ def check_labels(labels: sitk.Image, image: sitk.Image, role: str) -> None:
     )
     if not same:
         raise InputError(f"{role} labels are not on the {role} image's grid")
-
-
-@contextmanager
-def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out_dir``; on success move its files into ``out_dir``.
-
-    On any error the temporary folder is removed and ``out_dir`` is left as it was.
-    """
-    out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        yield staging
-        out_dir.mkdir(exist_ok=True)
-        for item in staging.iterdir():
-            os.replace(item, out_dir / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -1,7 +1,5 @@
 """The out-dir: checked before a run, then given one run's complete set of outputs or left as it was.
 
-Rules (README, "Outputs"):
-
 - The out-dir is refused before any computation when it is empty text, a file, not writable,
   holds an input of the run, or holds anything but a previous run's outputs: a user's files
   are never written over, moved or deleted. A previous set is recognised by its metrics.json,
@@ -10,9 +8,9 @@ Rules (README, "Outputs"):
   the old folder is renamed aside, the staging folder renamed into its place (one rename) and
   the old set deleted. An out-dir thus holds exactly one run's set, or, if a run is killed
   between these two renames, none.
-- An out-dir in a read-only parent (or one holding the current folder, which must not be
-  renamed away under the shell) is filled in place instead: the old metrics.json goes first,
-  the new one last, so a set without metrics.json is an incomplete one.
+- An existing out-dir in a read-only parent, a mount point, or the current folder (or one
+  holding it: it must not be renamed away under the shell) is filled in place instead: the
+  old metrics.json goes first, the new one last, so a set without metrics.json is incomplete.
 - A lock file beside the staging folder keeps a second run out while one writes; the hidden
   folders a killed run left (``.<name>.fsdiffreg-stage-*`` and ``-old-*``) go at the next run.
 
@@ -30,7 +28,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from . import __version__
@@ -62,7 +60,7 @@ def output_folder(out_dir: str | Path, inputs: Mapping[str, str | Path | None] |
             if folder.is_dir():
                 remove_stale(folder, out.name)
         refuse_foreign(out)
-        in_place = beside == out or (out.is_dir() and (os.path.ismount(out) or Path.cwd() in (out, *out.parents)))
+        in_place = beside == out or (out.is_dir() and (os.path.ismount(out) or holds_cwd(out)))
         staging = (out if in_place else beside) / f".{out.name}.fsdiffreg-stage-{secrets.token_hex(4)}"
         os.mkdir(staging)
         try:
@@ -102,6 +100,11 @@ def refuse_inside(out: Path, role: str, path: Path) -> None:
                                   "replaces: choose another --out-dir")
 
 
+def holds_cwd(out: Path) -> bool:
+    cwd = Path.cwd()
+    return out == cwd or out in cwd.parents
+
+
 def writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
@@ -138,22 +141,23 @@ def remove_stale(place: Path, out_name: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def foreign(out: Path) -> str | None:
-    """Why the out-dir's contents are not a previous run's set, or None if they are (or it is empty)."""
-    if not out.is_dir():
+def foreign(folder: Path, out_name: str) -> str | None:
+    """Why ``folder`` (the out-dir ``out_name``, or its old set moved aside) does not hold just a previous
+    run's set, or None if it does (or is empty)."""
+    if not folder.is_dir():
         return None
-    entries = [e for e in os.scandir(out) if not ours(e.name, out.name)]
+    entries = [e for e in os.scandir(folder) if not ours(e.name, out_name)]
     others = sorted(e.name for e in entries if e.name not in OUTPUT_NAMES or not e.is_file(follow_symlinks=False))
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         return f"holds {shown}, which fsdiffreg did not write"
-    if entries and not marked(out / METRICS):
+    if entries and not marked(folder / METRICS):
         return f"holds {', '.join(sorted(e.name for e in entries))} but no {METRICS} written by fsdiffreg"
     return None
 
 
 def refuse_foreign(out: Path) -> None:
-    reason = foreign(out)
+    reason = foreign(out, out.name)
     if reason:
         raise OutputError(f"the output folder {out} {reason}; name a new or empty folder (a run replaces "
                           "the folder's contents whole)")
@@ -175,7 +179,7 @@ def swap_in(staging: Path, out: Path, beside: Path) -> None:
         shutil.copymode(out, staging)
         aside = beside / f".{out.name}.fsdiffreg-old-{secrets.token_hex(4)}"
         os.rename(out, aside)
-        reason = foreign(aside)
+        reason = foreign(aside, out.name)
         if reason:  # a file came in while the run computed
             os.rename(aside, out)
             raise OutputError(f"the output folder {out} changed during the run and now {reason}; nothing written")
@@ -226,11 +230,17 @@ def locked(lock: Path, out: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        if os.name != "nt":  # remove it while held, so that a run which opened it sees a new one
-            remove_file(lock)
-        os.close(fd)
         if os.name == "nt":  # Windows removes no open file; a lock another run opened meanwhile stays
-            remove_file(lock)
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+            os.close(fd)
+            with suppress(OSError):
+                os.remove(lock)
+        else:  # removed while held, so that a run which opened it meanwhile sees a new one
+            with suppress(OSError):
+                os.remove(lock)
+            os.close(fd)
 
 
 def lock_file(fd: int) -> None:
@@ -245,13 +255,6 @@ def lock_file(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def remove_file(path: Path) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
 @contextmanager
 def interrupts_held() -> Iterator[None]:
     """Hold Ctrl-C (and a terminate signal) back while the set is swapped in; it takes effect right after."""
@@ -259,13 +262,13 @@ def interrupts_held() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT,
-                                                                                           signal.SIGTERM)}
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = [signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held]
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for signum, handler in zip(held, previous):
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         if caught:
             raise KeyboardInterrupt
 

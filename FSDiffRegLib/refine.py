@@ -6,34 +6,77 @@ network's own diffusion score) and smoothness. It runs coarse to fine, on the im
 weights averaged down to voxels of about 6 x 12 x 12 mm, then 3 x 6 x 6 mm, then
 3 x 3 x 3 mm (LEVEL_FACTORS of the 3.15 x 1.5 x 1.5 mm network grid): there a step costs
 a small part of one on the network grid, and on the coarse levels the NCC window
-(REFINE_WINDOW voxels) spans enough of the heart to pull large misalignments in. Each
-level's correction is interpolated back and added to the flow, which keeps the network's
-fine detail. Window, smoothness weight and levels were chosen on the validation split
-(README, "Instance refinement"). With ``diffeomorphic`` a level optimises a stationary
+(``RefineOptions.window`` voxels) spans enough of the heart to pull large misalignments in.
+Each level's correction is interpolated back and added to the flow, which keeps the
+network's fine detail. Window, smoothness weight and levels were chosen on the validation
+split (README, "Instance refinement"). With ``diffeomorphic`` a level optimises a stationary
 velocity field instead, whose exponential (scaling and squaring) is composed with the
 flow, so an invertible map stays invertible.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .config import Config
-from .defaults import REFINE_SMOOTHNESS
+from .defaults import RefineOptions
 from .losses import score_weights, sdg_ncc_loss, smoothness_loss
 from .spatial import integrate_velocity, upsample_flow, warp
 
 LEVEL_FACTORS = ((2, 8, 8), (1, 4, 4), (1, 2, 2))  # (D, H, W) shrink of each level, coarse to fine
 REFINE_LR = 0.2  # coarse voxels per step, Adam
-REFINE_WINDOW = 13  # NCC window of the refinement, voxels of each level
+PROGRESS_SECONDS = 10.0  # longest wait between two progress lines
 
 
 def level_sizes(size: tuple[int, ...], window: int) -> list[tuple[int, ...]]:
     """Grid size of each level, never fewer voxels along an axis than the NCC window (or the grid)."""
     return [tuple(max(min(n, window), round(n / k)) for n, k in zip(size, factors)) for factors in LEVEL_FACTORS]
+
+
+def level_steps(steps: int) -> list[int]:
+    """The steps split evenly over the levels, the finer ones taking what does not divide."""
+    n = len(LEVEL_FACTORS)
+    return [steps * (level + 1) // n - steps * level // n for level in range(n)]
+
+
+def duration(seconds: float) -> str:
+    """'42 s', '3 min 5 s' or '2 h 4 min'."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+class Progress:
+    """Lines 'refining 40 % (52/60 steps), 3 s left' at each tenth of the work and at least every
+    PROGRESS_SECONDS. Work counts voxels, so a step on a fine level weighs more than a coarse one."""
+
+    def __init__(self, work: list[int], log: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
+        self.work, self.log, self.clock = work, log, clock
+        self.total, self.done, self.steps = sum(work), 0, 0
+        self.start = self.last = clock()
+        self.tenths = 0
+        log(f"refining 0 % (0/{len(work)} steps)")
+
+    def step(self) -> None:
+        """One step done; a line when due."""
+        self.done += self.work[self.steps]
+        self.steps += 1
+        now, tenths = self.clock(), 10 * self.done // self.total
+        if tenths == self.tenths and now - self.last < PROGRESS_SECONDS:
+            return
+        self.tenths, self.last = tenths, now
+        line = f"refining {100 * self.done // self.total} % ({self.steps}/{len(self.work)} steps)"
+        if self.done < self.total:
+            line += f", {duration((now - self.start) * (self.total - self.done) / self.done)} left"
+        self.log(line)
 
 
 def compose(flow: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -47,36 +90,34 @@ def refine_flow(
     fixed: torch.Tensor,
     score: torch.Tensor,
     cfg: Config,
-    steps: int,
-    smoothness: float | None = None,
-    diffeomorphic: bool = False,
+    options: RefineOptions,
     log: Callable[[str], None] = lambda message: None,
 ) -> torch.Tensor:
-    """The flow after ``steps`` steps, split evenly over the levels; ``smoothness`` overrides REFINE_SMOOTHNESS."""
-    lam_phi = REFINE_SMOOTHNESS if smoothness is None else smoothness
+    """The flow after ``options.steps`` steps, split evenly over the levels."""
+    if options.steps == 0:
+        return flow
     weights = score_weights(score, cfg.gamma) if cfg.sdg else torch.ones_like(fixed)
     size = tuple(flow.shape[2:])
+    levels = list(zip(level_sizes(size, options.window), level_steps(options.steps)))
+    progress = Progress([math.prod(coarse) for coarse, n in levels for _ in range(n)], log)
     flow = flow.detach()
-    done = 0
-    for level, coarse in enumerate(level_sizes(size, REFINE_WINDOW)):
-        level_steps = steps * (level + 1) // len(LEVEL_FACTORS) - steps * level // len(LEVEL_FACTORS)
-        if level_steps == 0:
+    for coarse, steps in levels:
+        if steps == 0:
             continue
         m, f, w = (F.adaptive_avg_pool3d(x, coarse) for x in (moving, fixed, weights))
         base = upsample_flow(flow, coarse)
         variable = torch.zeros_like(base, requires_grad=True)
         optimizer = torch.optim.Adam([variable], lr=REFINE_LR)
-        for _ in range(level_steps):
-            if done % max(steps // 10, 1) == 0:
-                log(f"refining {done}/{steps}")
-            field = compose(base, integrate_velocity(variable)) if diffeomorphic else base + variable
-            loss = cfg.lam * sdg_ncc_loss(warp(m, field), f, w, REFINE_WINDOW) + lam_phi * smoothness_loss(field)
+        for _ in range(steps):
+            field = compose(base, integrate_velocity(variable)) if options.diffeomorphic else base + variable
+            similarity = sdg_ncc_loss(warp(m, field), f, w, options.window)
+            loss = cfg.lam * similarity + options.smoothness * smoothness_loss(field)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            done += 1
+            progress.step()
         with torch.no_grad():
-            if diffeomorphic:
+            if options.diffeomorphic:
                 flow = compose(flow, upsample_flow(integrate_velocity(variable), size))
             else:
                 flow = flow + upsample_flow(variable, size)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -12,18 +11,17 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .defaults import DEFAULT_STEPS
+from .defaults import DEFAULT_REFINE, RefineOptions
 from .device import pick_device
 from .errors import InputError
 from .field import apply_field, flow_to_field, resample_field
-from .imageio import atomic_directory, check_image, check_labels, read_image
+from .imageio import check_image, check_labels, read_image
 from .metrics import jacobian_determinant, jacobian_stats, ncc
 from .network import FSDiffRegNet
+from .outputs import OutputError, output_folder, write_metrics
 from .preprocess import PreparedPair, normalized, prepare_pair, resample_to
 from .refine import refine_flow
-from .weights import load_model
-
-OUTPUT_FILES = ("displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "metrics.json")
+from .weights import load_model, sha256
 
 
 @dataclass
@@ -42,9 +40,7 @@ def predict_flow(
     model: FSDiffRegNet,
     prepared: PreparedPair,
     device: torch.device,
-    refine_steps: int = 0,
-    smoothness: float | None = None,
-    diffeomorphic: bool = False,
+    refine: RefineOptions = DEFAULT_REFINE,
     log: Callable[[str], None] = lambda message: None,
 ) -> np.ndarray:
     """The flow (3, D, H, W) in voxels of the network grid, refined when asked."""
@@ -54,8 +50,8 @@ def predict_flow(
     moving, fixed = tensor(prepared.moving), tensor(prepared.fixed)
     with torch.no_grad():
         score, flow = model(moving, fixed, fixed, torch.zeros(1, dtype=torch.long, device=device))
-    if refine_steps > 0:
-        flow = refine_flow(flow, moving, fixed, score, model.cfg, refine_steps, smoothness, diffeomorphic, log)
+    if refine.steps > 0:
+        flow = refine_flow(flow, moving, fixed, score, model.cfg, refine, log)
     return flow[0].float().cpu().numpy()
 
 
@@ -78,28 +74,20 @@ def register_images(
     model: FSDiffRegNet,
     device: torch.device,
     moving_labels: sitk.Image | None = None,
-    refine_steps: int = 0,
-    smoothness: float | None = None,
-    diffeomorphic: bool = False,
+    refine: RefineOptions = DEFAULT_REFINE,
     log: Callable[[str], None] = lambda message: None,
 ) -> Registration:
-    """Register ``moving`` to ``fixed``; every output lies on the fixed image's grid.
-
-    ``refine_steps`` > 0 optimises the prediction on this pair (``smoothness`` weighs
-    its regulariser, default the model's lam_phi; ``diffeomorphic`` optimises a
-    stationary velocity field instead of the displacement).
-    """
+    """Register ``moving`` to ``fixed``, refining the prediction on this pair as ``refine`` says;
+    every output lies on the fixed image's grid."""
     check_image(fixed, "fixed")
     check_image(moving, "moving")
     if moving_labels is not None:
         check_labels(moving_labels, moving, "moving")
-    if refine_steps < 0:
-        raise InputError(f"refinement steps must be 0 or more, got {refine_steps}")
     start = time.time()
     prepared = prepare_pair(fixed, moving, model.cfg)
     if np.all(prepared.moving == -1.0):
         raise InputError("fixed and moving images do not overlap in physical space")
-    flow = predict_flow(model, prepared, device, refine_steps, smoothness, diffeomorphic, log)
+    flow = predict_flow(model, prepared, device, refine, log)
     field = resample_field(flow_to_field(flow, prepared.grid), fixed)
     warped = apply_field(moving, field)
     jacobian = jacobian_determinant(field)
@@ -110,23 +98,64 @@ def register_images(
         "ncc_after": similarity(fixed, warped, prepared.grid),
         "seconds": round(seconds, 3),
         "device": str(device),
-        "refine_steps": refine_steps,
-        "diffeomorphic": diffeomorphic,
+        "refine": asdict(refine),
     }
     labels = apply_field(moving_labels, field, nearest=True) if moving_labels is not None else None
     return Registration(field, warped, jacobian, prepared.grid, metrics, labels)
 
 
+def describe(path: str | Path) -> dict:
+    """An input as metrics.json names it: absolute path, and a file's size and SHA256 (a folder's file count)."""
+    path = Path(path).resolve()
+    if path.is_dir():
+        return {"path": str(path), "files": sum(1 for p in path.iterdir() if p.is_file())}
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256(path)}
+
+
+def write_files(result: Registration, folder: Path) -> None:
+    """The set's files into ``folder``, metrics.json last; a non-finite image is refused."""
+    images = {"displacement.nii.gz": result.field, "warped.nii.gz": result.warped, "jacobian.nii.gz": result.jacobian,
+              "warped_labels.nii.gz": result.warped_labels}
+    images = {name: image for name, image in images.items() if image is not None}
+    for name, image in images.items():
+        if not np.all(np.isfinite(sitk.GetArrayViewFromImage(image))):
+            raise OutputError(f"the registration gave NaN or infinite values in {name}; nothing written")
+    for name, image in images.items():
+        sitk.WriteImage(image, str(folder / name))
+    write_metrics(folder, result.metrics)
+
+
 def write_outputs(result: Registration, out_dir: str | Path) -> Path:
-    """Write every output into ``out_dir`` atomically; returns the folder."""
-    with atomic_directory(out_dir) as staging:
-        sitk.WriteImage(result.field, str(staging / "displacement.nii.gz"))
-        sitk.WriteImage(result.warped, str(staging / "warped.nii.gz"))
-        sitk.WriteImage(result.jacobian, str(staging / "jacobian.nii.gz"))
-        if result.warped_labels is not None:
-            sitk.WriteImage(result.warped_labels, str(staging / "warped_labels.nii.gz"))
-        (staging / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
+    """Write the set into ``out_dir`` whole (FSDiffRegLib.outputs); returns the folder."""
+    with output_folder(out_dir) as staging:
+        write_files(result, staging)
     return Path(out_dir)
+
+
+def register_paths(
+    fixed_path: str | Path,
+    moving_path: str | Path,
+    weights: str | Path | None = None,
+    device: str = "auto",
+    moving_labels: str | Path | None = None,
+    refine: RefineOptions = DEFAULT_REFINE,
+    log: Callable[[str], None] = lambda message: None,
+) -> Registration:
+    """Read, check and register the files; the metrics name the inputs. Writes nothing."""
+    torch_device = pick_device(device)
+    log("reading images")
+    fixed = read_image(fixed_path, "fixed")
+    moving = read_image(moving_path, "moving")
+    labels = read_image(moving_labels, "moving labels") if moving_labels else None
+    inputs = {"fixed": describe(fixed_path), "moving": describe(moving_path)}
+    if moving_labels:
+        inputs["moving_labels"] = describe(moving_labels)
+    log(f"loading weights on {torch_device}")
+    model, about = load_model(weights, torch_device)
+    log("registering")
+    result = register_images(fixed, moving, model, torch_device, labels, refine, log)
+    result.metrics.update({"inputs": inputs, "weights": about["name"], "weights_sha256": about["sha256"]})
+    return result
 
 
 def register_files(
@@ -136,23 +165,20 @@ def register_files(
     weights: str | Path | None = None,
     device: str = "auto",
     moving_labels: str | Path | None = None,
-    refine_steps: int = DEFAULT_STEPS,
-    smoothness: float | None = None,
-    diffeomorphic: bool = False,
+    refine: RefineOptions = DEFAULT_REFINE,
     log: Callable[[str], None] = lambda message: None,
+    also: Callable[[Registration, Path], None] | None = None,
 ) -> Registration:
-    """The ``fsdiffreg register`` command: read, check, register, write atomically."""
-    torch_device = pick_device(device)
-    log("reading images")
-    fixed = read_image(fixed_path, "fixed")
-    moving = read_image(moving_path, "moving")
-    labels = read_image(moving_labels, "moving labels") if moving_labels else None
-    log(f"loading weights on {torch_device}")
-    model, about = load_model(weights, torch_device)
-    log("registering")
-    result = register_images(fixed, moving, model, torch_device, labels, refine_steps, smoothness, diffeomorphic,
-                             log)
-    result.metrics.update({"weights": about["name"], "weights_sha256": about["sha256"]})
-    log("writing outputs")
-    write_outputs(result, out_dir)
+    """The ``fsdiffreg register`` command: check the out-dir, register, write the set whole.
+
+    ``also(result, folder)`` writes more files into the set (the demo's figure).
+    """
+    inputs = {"fixed image": fixed_path, "moving image": moving_path, "moving labels": moving_labels,
+              "weights": weights}
+    with output_folder(out_dir, inputs) as staging:
+        result = register_paths(fixed_path, moving_path, weights, device, moving_labels, refine, log)
+        log("writing outputs")
+        write_files(result, staging)
+        if also is not None:
+            also(result, staging)
     return result

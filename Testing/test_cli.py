@@ -99,7 +99,7 @@ def bad_inputs(tmp_path):
         ("4D", FIXED, write(tmp_path, "4d.nii.gz", sitk.JoinSeries([moving, moving])), [], "must be 3D"),
         ("empty", FIXED, write(tmp_path, "empty.nii.gz", moving * 0), [], "empty"),
         ("NaN", write(tmp_path, "nan.mha", nan_image), MOVING, [], "NaN"),
-        ("unreadable", tmp_path / "garbage.nii.gz", MOVING, [], "cannot read fixed"),
+        ("unreadable", tmp_path / "garbage.nii.gz", MOVING, [], "fixed image"),
         ("missing", tmp_path / "nothing.nii.gz", MOVING, [], "not found"),
         ("apart", FIXED, write(tmp_path, "far.nii.gz", far), [], "do not overlap"),
         ("no weights", FIXED, MOVING, ["--weights", str(tmp_path / "none.pt")], "weights file not found"),
@@ -151,7 +151,7 @@ def test_bad_numbers_are_refused_with_one_line_when_parsed(tmp_path, capsys, com
             "evaluate": ["evaluate", "--data", str(tmp_path)], "benchmark": ["benchmark", "--data", str(tmp_path)],
             "train": ["train", "--data", str(tmp_path), "--out", str(out)]}[command]
     with pytest.raises(SystemExit) as stop:
-        main([*args, option, value])
+        main([*args, f"{option}={value}"])  # "=": argparse takes "-inf" for an option otherwise
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"fsdiffreg {command}: error: argument {option}: "), err

@@ -17,6 +17,7 @@ import torch
 
 from FSDiffRegLib import acdc
 from FSDiffRegLib.config import Config
+from FSDiffRegLib.defaults import RefineOptions
 from FSDiffRegLib.preprocess import canonical, prepare_pair
 from FSDiffRegLib.register import register_images
 from FSDiffRegLib.resources import sample_pair
@@ -93,7 +94,7 @@ def model(bundled_weights):
 
 
 def field(model, fixed: sitk.Image, moving: sitk.Image, refine: int) -> sitk.Image:
-    return register_images(fixed, moving, model, torch.device("cpu"), refine_steps=refine).field
+    return register_images(fixed, moving, model, torch.device("cpu"), refine=RefineOptions(refine)).field
 
 
 def unrotated(field: sitk.Image, matrix: np.ndarray, centre: np.ndarray) -> sitk.Image:

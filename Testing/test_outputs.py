@@ -12,10 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from conftest import ROOT, SAMPLE
+from FSDiffRegLib import __version__, outputs
 from FSDiffRegLib.cli import main
+from FSDiffRegLib.outputs import OutputError, output_folder
+from FSDiffRegLib.register import Registration, write_outputs
 
 FIXED, MOVING = SAMPLE / "acdc091_ED.nii.gz", SAMPLE / "acdc091_ES.nii.gz"
 LABELS = SAMPLE / "acdc091_ES_labels.nii.gz"
@@ -56,6 +61,7 @@ def test_an_input_inside_the_out_dir_is_never_written_over(tmp_path, capsys, fas
 def test_a_previous_runs_output_is_not_an_input_of_the_next_run_into_the_same_folder(tmp_path, capsys, fast):
     out = tmp_path / "out"
     assert main(register(FIXED, MOVING, out, *fast)) == 0
+    capsys.readouterr()
     before = snapshot(out)
     refused(capsys, register(FIXED, out / "warped.nii.gz", out, *fast), "inside the output")
     assert snapshot(out) == before
@@ -183,7 +189,7 @@ def test_ctrl_c_ends_a_run_with_one_line_and_leaves_nothing(tmp_path, untrained_
     child.send_signal(signal.SIGINT)
     rest = child.stderr.read()
     assert child.wait(timeout=60) == 130
-    assert rest == "fsdiffreg: interrupted\n"
+    assert rest.splitlines()[-1] == "fsdiffreg: interrupted" and "Traceback" not in rest, rest
     assert list(tmp_path.iterdir()) == []
 
 
@@ -211,3 +217,68 @@ def test_what_a_killed_run_left_is_removed_by_the_next_run(tmp_path, untrained_w
     assert main(register(FIXED, MOVING, out, *fast)) == 0
     assert {p.name for p in tmp_path.iterdir()} == {"out", ".out-mine", ".out.fsdiffreg-stage-mine"}
     assert {p.name for p in out.iterdir()} == SET
+
+
+def small_result(field_value: float = 0.5, metric: float = 0.1) -> Registration:
+    """A registration of an 8^3 image with a constant displacement."""
+    image = sitk.Image([8, 8, 8], sitk.sitkFloat32) + 1.0
+    field = sitk.Image([8, 8, 8], sitk.sitkVectorFloat64, 3) + field_value
+    jacobian = sitk.Image([8, 8, 8], sitk.sitkFloat32) + 1.0
+    return Registration(field, image, jacobian, image, {"folding_percent": 0.0, "sd_jacobian": metric})
+
+
+def test_a_set_is_stamped_with_the_version_and_written_as_strict_json(tmp_path):
+    out = write_outputs(small_result(), tmp_path / "out")
+    assert json.loads((out / "metrics.json").read_text()) == {"fsdiffreg": __version__, "folding_percent": 0.0,
+                                                              "sd_jacobian": 0.1}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_field_is_never_written(tmp_path, value):
+    with pytest.raises(ValueError, match="NaN or infinite values in displacement.nii.gz"):
+        write_outputs(small_result(field_value=value), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_non_finite_metric_is_never_written(tmp_path):
+    with pytest.raises(ValueError, match="non-finite values for sd_jacobian"):
+        write_outputs(small_result(metric=float("nan")), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_swap_keeps_the_previous_set(tmp_path, monkeypatch):
+    out = write_outputs(small_result(), tmp_path / "out")
+    before = snapshot(out)
+    rename = os.rename
+
+    def failing(source, target):
+        if ".fsdiffreg-stage-" in str(source):
+            raise OSError(28, "No space left on device")
+        rename(source, target)
+
+    monkeypatch.setattr(outputs.os, "rename", failing)
+    with pytest.raises(OSError):
+        write_outputs(small_result(field_value=2.0), out)
+    assert snapshot(out) == before and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_file_that_arrives_during_the_run_is_kept_and_nothing_is_written(tmp_path):
+    out = write_outputs(small_result(), tmp_path / "out")
+    before = snapshot(out)
+    with pytest.raises(OutputError, match="changed during the run"):
+        with output_folder(out) as staging:
+            (out / "notes.txt").write_text("mine")
+            outputs.write_metrics(staging, {"ncc_after": 0.9})
+    assert snapshot(out) == {**before, "notes.txt": b"mine"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_the_current_folder_is_filled_in_place_not_renamed_away(tmp_path, monkeypatch):
+    out = write_outputs(small_result(), tmp_path / "out")
+    inode = out.stat().st_ino
+    monkeypatch.chdir(out)
+    write_outputs(small_result(field_value=2.0), ".")
+    assert out.stat().st_ino == inode and os.path.samefile(os.getcwd(), out)
+    assert {p.name for p in out.iterdir()} == SET
+    field = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "displacement.nii.gz")))
+    assert np.all(field == 2.0)

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from FSDiffRegLib.config import Config
-from FSDiffRegLib.refine import level_sizes, refine_flow
+from FSDiffRegLib.defaults import MAX_STEPS, RefineOptions
+from FSDiffRegLib.errors import InputError
+from FSDiffRegLib.refine import Progress, duration, level_sizes, refine_flow
 from FSDiffRegLib.spatial import warp
 
 SIZE = (32, 128, 128)  # (D, H, W), the network grid
@@ -42,8 +44,9 @@ def error(flow: torch.Tensor, truth: torch.Tensor) -> float:
     return float((flow - truth)[INNER].norm(dim=1).mean())
 
 
-def refine(pair: dict[str, torch.Tensor], start: torch.Tensor, steps: int, **kwargs) -> torch.Tensor:
-    return refine_flow(start, pair["moving"], pair["fixed"], pair["score"], CFG, steps, **kwargs)
+def refine(pair: dict[str, torch.Tensor], start: torch.Tensor, steps: int, log=lambda line: None,
+           **options) -> torch.Tensor:
+    return refine_flow(start, pair["moving"], pair["fixed"], pair["score"], CFG, RefineOptions(steps, **options), log)
 
 
 def test_levels_of_the_network_grid_are_about_12_then_6_then_3_mm():
@@ -78,11 +81,52 @@ def test_a_perfect_flow_stays_within_half_a_voxel(pair):
     assert error(refine(pair, pair["truth"], 20), pair["truth"]) < 0.5
 
 
-def test_progress_lines_follow_the_contract(pair):
+def test_progress_lines_show_percent_steps_and_time_left(pair):
     lines: list[str] = []
     refine(pair, torch.zeros_like(pair["truth"]), 7, log=lines.append)
-    assert lines[0] == "refining 0/7" and all(re.fullmatch(r"refining [0-6]/7", line) for line in lines)
-    assert len(lines) == 7
-    lines.clear()
-    refine(pair, torch.zeros_like(pair["truth"]), 40, log=lines.append)
-    assert lines == [f"refining {k}/40" for k in range(0, 40, 4)]
+    assert lines[0] == "refining 0 % (0/7 steps)" and lines[-1] == "refining 100 % (7/7 steps)"
+    assert all(re.fullmatch(r"refining \d+ % \([1-6]/7 steps\), \d+ (s|min \d+ s) left", line) for line in lines[1:-1])
+
+
+class Clock:
+    """A clock that moves ``tick`` seconds at each reading."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_progress_counts_work_so_that_fine_steps_weigh_more():
+    lines: list[str] = []
+    progress = Progress([1] * 5 + [3] * 5, lines.append, Clock(1.0))  # 1 s a step, whatever its work
+    for _ in range(10):
+        progress.step()
+    assert lines == ["refining 0 % (0/10 steps)", "refining 10 % (2/10 steps), 18 s left",
+                     "refining 20 % (4/10 steps), 16 s left", "refining 40 % (6/10 steps), 9 s left",
+                     "refining 55 % (7/10 steps), 6 s left", "refining 70 % (8/10 steps), 3 s left",
+                     "refining 85 % (9/10 steps), 2 s left", "refining 100 % (10/10 steps)"]
+
+
+def test_slow_steps_give_a_line_at_least_every_ten_seconds():
+    lines: list[str] = []
+    progress = Progress([1] * 1000, lines.append, Clock(11.0))
+    for _ in range(30):
+        progress.step()
+    assert len(lines) == 31 and lines[-1] == "refining 3 % (30/1000 steps), 2 h 57 min left"
+
+
+def test_durations_read_naturally():
+    assert [duration(s) for s in (0.4, 42, 185, 7440)] == ["0 s", "42 s", "3 min 5 s", "2 h 4 min"]
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"steps": -1}, "at least 0"), ({"steps": MAX_STEPS + 1}, f"at most {MAX_STEPS}"), ({"steps": 2.5}, "whole"),
+    ({"smoothness": -5.0}, "at least 0"), ({"smoothness": float("nan")}, "finite"),
+    ({"smoothness": float("inf")}, "finite"), ({"window": 8}, "odd"), ({"window": 1}, "at least 3"),
+])
+def test_refine_options_are_checked_when_made(options, words):
+    with pytest.raises(InputError, match=words):
+        RefineOptions(**options)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +18,7 @@ import slicer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 from FSDiffRegLib.defaults import DEFAULT_STEPS
-from FSDiffRegLib.resources import BUNDLED_WEIGHTS
+from FSDiffRegLib.resources import BUNDLED_WEIGHTS, sample_pair
 from FSDiffRegMRML import process as child  # noqa: E402
 from FSDiffRegMRML.job import RegistrationError, RegistrationJob  # noqa: E402
 from FSDiffRegMRML.process import RegisterOptions, RegistrationProcess, bundledWeights, launch, registerCommand  # noqa: E402
@@ -99,7 +102,7 @@ def test_undecodable_output_is_replaced_not_fatal():
     assert process.progress == 10 and process.failure() == "weights file not found"
 
 
-@pytest.fixture(params=[None, "segmentation", "label map"])
+@pytest.fixture(params=[None, "segmentation", "segmentation without display node", "label map"])
 def sample_scene(request, validation_pair):
     """A real pair in a scene with Slicer's module logics; moving labels as the user may pick them."""
     scene, logics = new_scene()
@@ -109,26 +112,37 @@ def sample_scene(request, validation_pair):
     if request.param is not None:
         labels = load_volume(scene, validation_pair.moving_labels, "vtkMRMLLabelMapVolumeNode")
         labels.CreateDefaultDisplayNodes()
-    if request.param == "segmentation":
+    if request.param is not None and request.param.startswith("segmentation"):
         labelmap, labels = labels, scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        labels.CreateDefaultDisplayNodes()
         assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, labels, "")
+    if request.param == "segmentation without display node":
+        scene.RemoveNode(labels.GetDisplayNode())
+        assert labels.GetNumberOfDisplayNodes() == 0
     return scene, fixed, moving, labels, logics
 
 
-def scene_state(scene) -> list[tuple[str, int]]:
-    return [(scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetMTime()) for i in range(scene.GetNumberOfNodes())]
+def scene_state(scene) -> list[tuple]:
+    """Each node's ID and modification time, and its display nodes where it has any."""
+    nodes = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    return [(node.GetID(), node.GetMTime(), input_state(node)) for node in nodes]
+
+
+def input_state(node) -> tuple:
+    """What a run must not change in an input node: its modification time and its display nodes."""
+    displays = node.GetNumberOfDisplayNodes() if node.IsA("vtkMRMLDisplayableNode") else None
+    return node.GetMTime(), displays
 
 
 def test_cli_failure_reaches_the_user_and_changes_nothing(sample_scene, tmp_path):
     """The scene keeps its nodes and each node its modification time (no colour table added by
     exporting a segmentation, no input touched)."""
     scene, fixed, moving, labels, _ = sample_scene
-    before = scene_state(scene)
+    before, inputs = scene_state(scene), [input_state(node) for node in (fixed, moving, labels) if node]
     missing = tmp_path / "no_such_weights.pt"
     job = RegistrationJob(fixed, moving, labels, RegisterOptions(device="cpu", weights=str(missing)))
     with pytest.raises(RegistrationError, match="weights file not found"):
         job.wait()
+    assert [input_state(node) for node in (fixed, moving, labels) if node] == inputs
     assert scene_state(scene) == before and not job.workDir.exists()
 
 
@@ -160,7 +174,7 @@ def test_cancel_kills_launcher_and_child_and_changes_nothing(sample_scene, tmp_p
     launcher = tmp_path / "PythonLauncher"
     launcher.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\nexit $?\n')
     launcher.chmod(0o755)
-    before = scene_state(scene)
+    before, inputs = scene_state(scene), [input_state(node) for node in (fixed, moving, labels) if node]
     job = RegistrationJob(fixed, moving, labels, RegisterOptions(device="cpu", weights=str(untrained_weights)),
                           python=str(launcher))
     lines = []
@@ -174,6 +188,7 @@ def test_cancel_kills_launcher_and_child_and_changes_nothing(sample_scene, tmp_p
     assert survivors(group) == []
     with pytest.raises(RegistrationError, match="cancelled"):
         job.outputs()
+    assert [input_state(node) for node in (fixed, moving, labels) if node] == inputs
     assert scene_state(scene) == before and not job.workDir.exists()
 
 
@@ -287,3 +302,92 @@ def test_device_query_asks_the_real_command_line():
     result = answer(child.DeviceQuery(sys.executable))
     assert result["error"] is None
     assert result["torch"] == importlib.metadata.version("torch") and "cpu" in result["devices"]
+
+
+# --- a Slicer that dies mid-run ------------------------------------------------------------
+
+#: A parent like Slicer: starts a RegistrationJob of the sample pair through a launcher, says the
+#: launcher's process group and the job's work folder once the child spoke, then waits to be killed.
+PARENT = """
+import sys, time
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/FSDiffReg"]
+import slicer
+from FSDiffRegMRML.job import RegistrationJob
+
+def load(scene, path):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(path)
+    assert storage.ReadData(node)
+    return node
+
+scene = slicer.vtkMRMLScene()
+job = RegistrationJob(load(scene, sys.argv[2]), load(scene, sys.argv[3]), python=sys.argv[4])
+deadline = time.monotonic() + 60
+while not job.poll():
+    assert time.monotonic() < deadline, "the child never spoke"
+    time.sleep(0.01)
+print(job.process.process.pid, job.workDir, flush=True)
+time.sleep(300)
+"""
+
+#: The child, as the command line starts (FSDiffRegLib.cli's main asks to end with its parent),
+#: then busy for minutes without a word (so no write to a closed pipe ends it).
+QUIET_CHILD = ("from FSDiffRegLib.parent import exit_with_parent_if_asked; exit_with_parent_if_asked(); "
+               "import time; print('fsdiffreg: reading images', flush=True); time.sleep(300)")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to see the process tree")
+def test_a_killed_parent_takes_its_child_and_work_folder_along(tmp_path):
+    """SIGKILL, as a crash: no clean-up code of the parent runs; the child must end and remove the
+    copies of the images, through a launcher (PythonSlicer) as well."""
+    launcher = tmp_path / "PythonLauncher"
+    launcher.write_text(f'#!/bin/sh\n"{sys.executable}" -c "{QUIET_CHILD}"\nexit $?\n')
+    launcher.chmod(0o755)
+    script = tmp_path / "slicer_stand_in.py"
+    script.write_text(PARENT)
+    sample = sample_pair()
+    root = Path(__file__).resolve().parent.parent
+    slicer_stand_in = subprocess.Popen([sys.executable, str(script), str(root), str(sample["fixed"]),
+                                        str(sample["moving"]), str(launcher)], stdout=subprocess.PIPE, text=True)
+    group, workDir = None, None
+    try:
+        group, workDir = slicer_stand_in.stdout.readline().split()
+        group, workDir = int(group), Path(workDir)
+        assert len(live_members(group)) == 2 and (workDir / "fixed.nrrd").is_file()
+        slicer_stand_in.kill()
+        slicer_stand_in.wait()
+        assert survivors(group, patience=PATIENCE) == []
+        assert not workDir.exists()
+    finally:
+        slicer_stand_in.kill()
+        slicer_stand_in.wait()
+        if group is not None and live_members(group):
+            os.killpg(group, signal.SIGKILL)
+        if workDir is not None:
+            shutil.rmtree(workDir, ignore_errors=True)
+
+
+def test_the_next_job_removes_work_folders_of_ended_processes_only(tmp_path, monkeypatch):
+    """A folder a dead Slicer left goes when a job starts; one of a running process stays."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale, live = tmp_path / f"FSDiffReg-{ended.pid}-abcd1234", tmp_path / f"FSDiffReg-{running.pid}-abcd1234"
+        for folder in (stale, live):
+            folder.mkdir()
+            (folder / "fixed.nrrd").write_bytes(b"patient")
+        scene, _ = new_scene()
+        sample = sample_pair()
+        fixed, moving = load_volume(scene, sample["fixed"]), load_volume(scene, sample["moving"])
+        job = RegistrationJob(fixed, moving, None, RegisterOptions(device="cpu", weights=str(tmp_path / "none.pt")))
+        assert job.workDir.parent == tmp_path and job.workDir.name.startswith(f"FSDiffReg-{os.getpid()}-")
+        assert not stale.exists() and (live / "fixed.nrrd").is_file()
+        with pytest.raises(RegistrationError, match="weights file not found"):
+            job.wait()
+        assert sorted(tmp_path.iterdir()) == [live]
+    finally:
+        running.kill()
+        running.wait()

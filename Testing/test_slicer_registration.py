@@ -32,7 +32,8 @@ def weights(request) -> Path:
 
 
 def snapshot(node) -> dict:
-    state = {"name": node.GetName(), "mtime": node.GetMTime(), "parent": node.GetTransformNodeID()}
+    state = {"name": node.GetName(), "mtime": node.GetMTime(), "parent": node.GetTransformNodeID(),
+             "displays": node.GetNumberOfDisplayNodes()}
     if node.IsA("vtkMRMLVolumeNode"):
         state.update(ijk=ijk_to_ras(node), voxels=voxels(node).copy(), image_mtime=node.GetImageData().GetMTime())
     else:
@@ -60,8 +61,8 @@ def oblique_copies(pair, folder: Path) -> tuple[Path, Path, Path]:
 
 @pytest.fixture(scope="module", params=["axis-aligned", "oblique"])
 def run(request, validation_pair, weights, tmp_path_factory):
-    """One registration through the logic: axis-aligned with a segmentation; oblique with a label map
-    and two refinement steps."""
+    """One registration through the logic: axis-aligned with a segmentation that has no display node
+    (the registration must not add one); oblique with a label map and two refinement steps."""
     scene, logics = new_scene()
     if request.param == "axis-aligned":
         paths = (validation_pair.fixed, validation_pair.moving, validation_pair.moving_labels)
@@ -73,6 +74,7 @@ def run(request, validation_pair, weights, tmp_path_factory):
     if request.param == "axis-aligned":
         labelmap, labels = labels, scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, labels, "")
+        scene.RemoveNode(labels.GetDisplayNode())
     inputs = {node.GetID(): snapshot(node) for node in (fixed, moving, labels)}
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     refine = 0 if request.param == "axis-aligned" else 2
@@ -97,7 +99,7 @@ def test_logic_fills_new_output_nodes(run):
     assert out.warped.GetName() == f"{run['moving'].GetName()} warped"
     assert set(out.metrics) >= {"folding_percent", "sd_jacobian", "ncc_before", "ncc_after", "seconds", "device",
                                 "weights", "weights_sha256"}
-    assert out.metrics["device"] == "cpu" and out.metrics["refine_steps"] == run["refine"]
+    assert out.metrics["device"] == "cpu" and out.metrics["refine"]["steps"] == run["refine"]
     assert summary(out.metrics).startswith("Folding ") and " s on cpu" in summary(out.metrics)
     assert "fsdiffreg: registering" in run["lines"] and run["job"].progress == 90
     assert not run["job"].workDir.exists()
@@ -175,6 +177,15 @@ def bad(validation_pair):
     cropped.SetVOI(0, dims[0] - 11, 0, dims[1] - 1, 0, dims[2] - 1)
     cropped.Update()
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no voxels")
+    grid_only = vtk.vtkImageData()  # dimensions, no voxel values
+    grid_only.SetDimensions(dims)
+    loose = slicer.vtkMRMLScalarVolumeNode()  # read, never added to a scene
+    loose.SetName("loose")
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(validation_pair.moving))
+    assert storage.ReadData(loose)
+    other_scene, other_logics = new_scene()
+    elsewhere = load_volume(other_scene, validation_pair.moving)
     shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     shifted = load_volume(scene, validation_pair.moving)
     shifted_labels = load_volume(scene, validation_pair.moving_labels, "vtkMRMLLabelMapVolumeNode")
@@ -182,13 +193,18 @@ def bad(validation_pair):
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labels, shifted_segmentation, "")
     for node in (shifted, shifted_labels, shifted_segmentation):
         node.SetAndObserveTransformNodeID(shift.GetID())
+    loose_segmentation = slicer.vtkMRMLSegmentationNode()  # segments, but in no scene
+    loose_segmentation.GetSegmentation().DeepCopy(shifted_segmentation.GetSegmentation())
     nodes = {"fixed": fixed, "moving": moving, "labels": labels, "empty": empty, "shifted": shifted,
              "shifted labels": shifted_labels, "shifted segmentation": shifted_segmentation,
              "2D": derived("one slice", one_slice.GetOutput()),
              "4D": derived("two frames", frames.GetOutput()),
              "cropped labels": derived("cropped labels", cropped.GetOutput(), "vtkMRMLLabelMapVolumeNode"),
-             "empty segmentation": scene.AddNewNodeByClass("vtkMRMLSegmentationNode")}
-    return scene, logics, nodes
+             "empty segmentation": scene.AddNewNodeByClass("vtkMRMLSegmentationNode"),
+             "no scalars": derived("no voxel values", grid_only),
+             "no scalars labels": derived("no label values", grid_only, "vtkMRMLLabelMapVolumeNode"),
+             "loose": loose, "loose segmentation": loose_segmentation, "elsewhere": elsewhere}
+    return scene, (logics, other_scene, other_logics), nodes
 
 
 BAD_INPUTS = [
@@ -206,6 +222,13 @@ BAD_INPUTS = [
     ("fixed", "moving", "fixed", "not an input volume"),
     ("fixed", "moving", "cropped labels", "not on the moving volume's voxel grid"),
     ("fixed", "moving", "empty segmentation", "has no segments"),
+    ("no scalars", "moving", None, "fixed volume 'no voxel values' has no voxel values"),
+    ("fixed", "no scalars", None, "moving volume 'no voxel values' has no voxel values"),
+    ("fixed", "moving", "no scalars labels", "label map volume 'no label values' has no voxel values"),
+    ("loose", "moving", None, "fixed volume 'loose' is in no scene"),
+    ("fixed", "loose", None, "moving volume 'loose' is in no scene"),
+    ("fixed", "moving", "loose segmentation", "labels .* is in no scene"),
+    ("fixed", "elsewhere", None, "moving volume .* is in another scene than the fixed volume"),
 ]
 
 
@@ -214,8 +237,9 @@ def test_bad_inputs_give_a_clear_message_and_change_nothing(bad, fixed, moving, 
     scene, _, nodes = bad
     before = [(scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetMTime()) for i in range(scene.GetNumberOfNodes())]
     dirs = set(Path(tempfile.gettempdir()).glob("FSDiffReg-*"))
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=message) as error:
         RegistrationJob(*(nodes.get(name) for name in (fixed, moving, labels)), RegisterOptions(device="cpu"))
+    assert "\n" not in str(error.value)
     after = [(scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetMTime()) for i in range(scene.GetNumberOfNodes())]
     assert after == before
     assert set(Path(tempfile.gettempdir()).glob("FSDiffReg-*")) == dirs

@@ -29,12 +29,17 @@ def sameGeometry(a, b, tolerance: float = 1e-3) -> bool:
 
 
 def checkVolume(volume, role: str) -> None:
-    """A scalar 3D volume: present, with voxels, one value per voxel, at least 2 voxels along each axis."""
+    """A scalar 3D volume: present, with voxels holding values, one value per voxel, at least 2 voxels
+    along each axis."""
     if volume is None:
         raise InputError(f"Select a {role} volume.")
     image = volume.GetImageData()
     if image is None or image.GetNumberOfPoints() == 0:
         raise InputError(f"The {role} volume '{volume.GetName()}' has no voxels.")
+    scalars = image.GetPointData().GetScalars()
+    if scalars is None or scalars.GetNumberOfTuples() != image.GetNumberOfPoints():
+        raise InputError(f"The {role} volume '{volume.GetName()}' has no voxel values (an empty image grid): "
+                         "select a volume loaded from an image.")
     components = image.GetNumberOfScalarComponents()
     if components != 1:
         raise InputError(f"The {role} volume '{volume.GetName()}' has {components} values per voxel "
@@ -43,6 +48,17 @@ def checkVolume(volume, role: str) -> None:
     if min(dims) < 2:
         raise InputError(f"The {role} volume '{volume.GetName()}' is 2D ({dims[0]} x {dims[1]} x {dims[2]} "
                          "voxels): select a 3D volume with at least 2 slices.")
+
+
+def checkPlace(node, role: str, scene) -> None:
+    """In ``scene`` (the fixed volume's, where the outputs go), and under no transform."""
+    if node.GetScene() is None:
+        raise InputError(f"The {role} '{node.GetName()}' is in no scene: add it to the scene, or load it in Slicer.")
+    if node.GetScene() is not scene:
+        raise InputError(f"The {role} '{node.GetName()}' is in another scene than the fixed volume.")
+    if node.GetParentTransformNode() is not None:
+        raise InputError(f"The {role} '{node.GetName()}' is under a transform: harden or remove "
+                         "the transform first (Data module).")
 
 
 def checkInputs(fixed, moving, labels=None) -> None:
@@ -55,9 +71,8 @@ def checkInputs(fixed, moving, labels=None) -> None:
     if labels is fixed or labels is moving:
         raise InputError("The labels to propagate must be a segmentation or label map, not an input volume.")
     for role, node in (("fixed volume", fixed), ("moving volume", moving), ("labels", labels)):
-        if node is not None and node.GetParentTransformNode() is not None:
-            raise InputError(f"The {role} '{node.GetName()}' is under a transform: harden or remove "
-                             "the transform first (Data module).")
+        if node is not None:
+            checkPlace(node, role, fixed.GetScene())
     if labels is None:
         return
     if labels.IsA("vtkMRMLSegmentationNode"):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Callable
+
+from FSDiffRegLib.parent import new_work_folder
 
 from .inputs import checkInputs, writeInputs
 from .outputs import RegistrationOutputs, loadOutputs
@@ -21,7 +21,9 @@ class RegistrationJob:
     """Start with checked inputs; ``poll()`` until ``finished``; then ``outputs()`` (or ``cancel()``).
 
     Until ``outputs()`` succeeds nothing is added to the scene, and the input nodes are
-    never changed. The work folder (input copies, output files) is removed at the end.
+    never changed. The work folder (input copies, output files) is removed at the end; if
+    this process dies first, the child removes it and ends, and folders left by a process
+    that no longer runs are removed when the next job starts (FSDiffRegLib.parent).
     """
 
     def __init__(self, fixed, moving, labels=None, options: RegisterOptions | None = None,
@@ -30,13 +32,13 @@ class RegistrationJob:
         checkInputs(fixed, moving, labels)
         python = python or pythonSlicerExecutable()
         self.fixed, self.moving, self.labels = fixed, moving, labels
-        self.workDir = Path(tempfile.mkdtemp(prefix="FSDiffReg-"))
+        self.workDir = new_work_folder()
         self.outDir = self.workDir / "out"
         try:
             fixedPath, movingPath, labelsPath = writeInputs(self.workDir, fixed, moving, labels)
             command = registerCommand(python, fixedPath, movingPath, self.outDir, options or RegisterOptions(),
                                       labelsPath)
-            self.process = RegistrationProcess(launch(command, libraryRoot()))
+            self.process = RegistrationProcess(launch(command, libraryRoot(), self.workDir))
         except BaseException:
             self._clean()
             raise

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from FSDiffRegLib.defaults import DEFAULT_STEPS
+from FSDiffRegLib.parent import ENV as EXIT_WITH_PARENT
 from FSDiffRegLib.resources import PACKAGE, bundled_weights
 
 #: Progress (percent) reached when the CLI announces each stage on stderr.
@@ -81,16 +82,19 @@ def registerCommand(python: str, fixed: Path, moving: Path, outDir: Path, option
     return args
 
 
-def launch(args: list[str], cwd: Path) -> subprocess.Popen:
+def launch(args: list[str], cwd: Path, workDir: Path | None = None) -> subprocess.Popen:
     """Start ``args`` in a process group of its own, stdout and stderr merged into one UTF-8 text pipe.
 
     Its own group lets cancel stop launchers (``PythonSlicer`` starts the real Python as
     a child) together with what they started; on Windows no console window opens. The
     child writes UTF-8 whatever the system's code page; a byte that still does not decode
-    becomes U+FFFD instead of stopping the reader.
+    becomes U+FFFD instead of stopping the reader. Its stdin is a pipe that only this
+    process holds: the child ends (removing ``workDir``) when this process ends, however
+    it ends (FSDiffRegLib.parent).
     """
-    options = dict(cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
-                   env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", EXIT_WITH_PARENT: str(workDir) if workDir else "1"}
+    options = dict(cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                   encoding="utf-8", errors="replace", env=env)
     if os.name == "nt":
         flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
         return subprocess.Popen(args, creationflags=flags, **options)
@@ -108,6 +112,7 @@ def killTree(process: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     process.wait()
+    process.stdin.close()
 
 
 class ChildProcess:
@@ -138,6 +143,7 @@ class ChildProcess:
             if line is None:
                 self._ended = True
                 self.process.wait()
+                self.process.stdin.close()
                 break
             if line.strip():
                 self.lastLine = line

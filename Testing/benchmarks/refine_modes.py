@@ -26,6 +26,7 @@ import SimpleITK as sitk
 import torch
 
 from FSDiffRegLib import acdc
+from FSDiffRegLib.defaults import RefineOptions
 from FSDiffRegLib.evaluate import score_field
 from FSDiffRegLib.field import flow_to_field, resample_field
 from FSDiffRegLib.losses import score_weights, sdg_ncc_loss, smoothness_loss
@@ -93,9 +94,10 @@ def modes(model: FSDiffRegNet) -> dict[str, tuple[str, int, Callable[[Inputs], t
                                   lambda x, n=n: full_resolution_refine(model, x, n, True))
     for n in (20, 40, 60, 80, 160):
         table[f"c2f{n}"] = (f"coarse-to-fine refinement, {n} steps", n,
-                            lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg, n))
+                            lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg, RefineOptions(n)))
         table[f"diffeo{n}"] = (f"coarse-to-fine diffeomorphic, {n} steps", n,
-                               lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg, n, diffeomorphic=True))
+                               lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg,
+                                                                    RefineOptions(n, diffeomorphic=True)))
     for n in (3, 10):
         table[f"tune{n}"] = (f"network fine-tuning, {n} steps (lr {TUNE_LR:g})", n,
                              lambda x, n=n: fine_tune(model, x, n))

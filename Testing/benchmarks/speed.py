@@ -13,6 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from FSDiffRegLib.config import Config
+from FSDiffRegLib.defaults import RefineOptions
 from FSDiffRegLib.device import pick_device
 from FSDiffRegLib.network import FSDiffRegNet, parameter_count
 from FSDiffRegLib.register import register_images
@@ -44,7 +45,7 @@ def main() -> None:
         forward = timed(lambda: model(x, x, x, t), args.repeats)
     fixed = sitk.ReadImage(str(SAMPLE / "acdc091_ED.nii.gz"))
     moving = sitk.ReadImage(str(SAMPLE / "acdc091_ES.nii.gz"))
-    full = timed(lambda: register_images(fixed, moving, model, device, refine_steps=args.refine), args.repeats)
+    full = timed(lambda: register_images(fixed, moving, model, device, refine=RefineOptions(args.refine)), args.repeats)
     print(f"device {device}, {torch.get_num_threads()} threads, {parameter_count(model)} parameters")
     print(f"forward pass 128x128x32: median {forward:.3f} s")
     print(f"register (sample pair, refine {args.refine}): median {full:.3f} s")
