@@ -85,7 +85,8 @@ def _train(args: argparse.Namespace) -> None:
     from .train import train
 
     state = train(Path(args.data), Path(args.out), Config.load(args.config), pick_device(args.device),
-                  max_minutes=args.max_minutes, train_limit=args.train_limit, val_limit=args.val_limit)
+                  max_minutes=args.max_minutes, train_limit=args.train_limit, val_limit=args.val_limit,
+                  init_weights=Path(args.init_weights) if args.init_weights else None)
     print(f"stopped at epoch {state.epoch}, step {state.step}; best validation mean Dice {state.best_dice:.4f}")
 
 
@@ -218,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=minutes, help="stop after the epoch that passes this time")
     p.add_argument("--train-limit", type=count, metavar="N", help="use only the first N training pairs")
     p.add_argument("--val-limit", type=count, metavar="N", help="use only the first N validation pairs")
+    p.add_argument("--init-weights", metavar="W", help="start a new run from these weights (fine-tuning)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("register", help="register MOVING to FIXED; outputs on the fixed grid")

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from FSDiffRegLib import acdc
+from FSDiffRegLib.cli import main
 from FSDiffRegLib.config import Config
 from FSDiffRegLib.dataset import grid_pair, load_grid_pairs, training_sample
 from FSDiffRegLib.diffusion import NoiseSchedule
 from FSDiffRegLib.network import FSDiffRegNet
 from FSDiffRegLib.train import learning_rate, train, training_loss, validate
+from FSDiffRegLib.weights import save_weights
 
 # a small network on a half-resolution grid (same field of view), so CPU steps are short
 SMALL = dict(base_width=4, norm_groups=2, channel_mults=(1, 2, 4), grid_size=(64, 64, 16),
              grid_spacing=(3.0, 3.0, 6.3), train_crop=(64, 64, 16), ncc_window=5)
 STEPS = 40
+
+
+def write_config(cfg: Config, folder: Path) -> Path:
+    path = folder / "config.json"
+    path.write_text(cfg.to_json())
+    return path
 
 
 @pytest.mark.slow
@@ -93,3 +102,19 @@ def test_weak_supervision_adds_the_dice_of_the_warped_training_labels(data_dir):
     unsupervised = parts["loss"] - cfg.lam_dice * parts["dice"]
     assert torch.allclose(unsupervised, parts["diffusion"] + cfg.lam * parts["ncc"] + cfg.lam_phi * parts["smooth"])
     assert "dice" not in training_loss(model, NoiseSchedule(Config(**SMALL)), sample.moving, sample.fixed)
+
+
+def test_a_new_run_starts_from_the_given_weights_and_a_resumed_one_ignores_them(data_dir, tmp_path):
+    cfg = Config(base_width=4, norm_groups=2, channel_mults=(1, 2), grid_size=(32, 32, 8),
+                 grid_spacing=(6.0, 6.0, 12.0), train_crop=(32, 32, 8), ncc_window=3, epochs=1, val_every=1,
+                 batch_size=2, lr=1e-6)
+    torch.manual_seed(1)
+    start = FSDiffRegNet(cfg)
+    save_weights(start, tmp_path / "start.pt")
+    run = tmp_path / "run"
+    main(["train", "--data", str(data_dir), "--out", str(run), "--config", str(write_config(cfg, tmp_path)),
+          "--train-limit", "2", "--val-limit", "1", "--init-weights", str(tmp_path / "start.pt")])
+    trained = torch.load(run / "last.pt", weights_only=False)["model"]
+    for name, value in start.state_dict().items():  # one step at lr 1e-6 stays next to the start
+        assert torch.allclose(trained[name].float(), value.float(), atol=1e-4), name
+    assert "initialised from" in (run / "train.log").read_text()
