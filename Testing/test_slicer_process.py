@@ -18,10 +18,10 @@ import slicer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 from FSDiffRegLib.defaults import DEFAULT_STEPS
-from FSDiffRegLib.resources import BUNDLED_WEIGHTS, sample_pair
+from FSDiffRegLib.resources import sample_pair
 from FSDiffRegMRML import process as child  # noqa: E402
 from FSDiffRegMRML.job import RegistrationError, RegistrationJob  # noqa: E402
-from FSDiffRegMRML.process import RegisterOptions, RegistrationProcess, bundledWeights, launch, registerCommand  # noqa: E402
+from FSDiffRegMRML.process import RegisterOptions, RegistrationProcess, launch, registerCommand  # noqa: E402
 from test_slicer_outputs import load_volume, new_scene
 
 #: How long a test waits for a child that should end at once before calling it hung.
@@ -46,10 +46,6 @@ def test_command_line_leaves_library_defaults_alone():
 def test_the_module_refines_as_the_command_line_does_by_default():
     assert RegisterOptions().refineSteps == DEFAULT_STEPS
     assert registerCommand("py", Path("f"), Path("m"), Path("o"), RegisterOptions())[-2:] == ["--refine", "60"]
-
-
-def test_bundled_weights_path_is_the_librarys():
-    assert bundledWeights() == BUNDLED_WEIGHTS
 
 
 def scripted(lines: list[str], code: int = 0) -> RegistrationProcess:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from FSDiffRegLib.defaults import DEFAULT_STEPS
 from FSDiffRegLib.parent import ENV as EXIT_WITH_PARENT
-from FSDiffRegLib.resources import PACKAGE, bundled_weights
+from FSDiffRegLib.resources import PACKAGE
 
 #: Progress (percent) reached when the CLI announces each stage on stderr.
 STAGES = {
@@ -37,11 +37,6 @@ STAGE_LINE = re.compile(r"^fsdiffreg: (.*)$")
 def libraryRoot() -> Path:
     """The folder holding FSDiffRegLib: the child runs there, so ``-m`` finds the library the module uses."""
     return PACKAGE.parent
-
-
-def bundledWeights() -> Path:
-    """The weights shipped with the extension (the library's own default)."""
-    return bundled_weights()
 
 
 def pythonSlicerExecutable() -> str:
