@@ -21,8 +21,12 @@ import vtk
 from slicer import (
     vtkMRMLGridTransformNode,
     vtkMRMLLabelMapVolumeNode,
+    vtkMRMLPlotChartNode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
+    vtkMRMLSequenceBrowserNode,
+    vtkMRMLSequenceNode,
+    vtkMRMLTableNode,
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -35,6 +39,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from FSDiffRegMRML.cine_inputs import checkCine
+from FSDiffRegMRML.cine_job import TrackingJob
+from FSDiffRegMRML.cine_outputs import CineOutputs, cineSummary
 from FSDiffRegMRML.dependencies import (
     installedTorchStatus,
     installedVersion,
@@ -77,7 +84,10 @@ class FSDiffReg(ScriptedLoadableModule):
             "Pick a fixed and a moving volume (e.g. end-diastole and end-systole) and click Register. "
             "Outputs are new nodes: a grid transform (put the moving volume under it to align it), "
             "the warped volume, the Jacobian determinant (white 1, blue shrinking, red growing, "
-            "yellow folds) and, if given, the propagated labels. Needs the PyTorch extension. "
+            "yellow folds) and, if given, the propagated labels. In the Cine section, track a whole "
+            "cardiac cycle: pick a volume sequence, the frame its labels belong to (ED) and the ED "
+            "segmentation; Track gives a transform and the labels of every frame, browsed with the cine, "
+            "and tables and curves of the volumes, ejection fraction and strain. Needs the PyTorch extension. "
             "Try it with the FSDiffReg sample pair of the Sample Data module. "
             'See the <a href="{url}">documentation</a>.').format(url=DOCUMENTATION)
         self.parent.acknowledgementText = _(
@@ -110,7 +120,9 @@ class FSDiffRegParameterNode:
     smoothness 0 means the refinement's default (18); refineSteps 0 means the network alone; an
     empty weightsFile means the weights bundled with the extension (never an install path, so a
     saved scene works on any computer). A Union of node types lists None: the wrapper writes
-    every default into a fresh node, and a Union's default is None.
+    every default into a fresh node, and a Union's default is None. The cine fields: a volume
+    sequence, the frame (counted from 1) its labels belong to, those labels, and the last tracking's
+    outputs; the options above apply to tracking too.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -126,10 +138,19 @@ class FSDiffRegParameterNode:
     warpedLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     showGrid: bool = False
     gridMode: Annotated[str, Choice(DEFORMATION_MODES)] = "Grid"
+    cineVolumes: vtkMRMLSequenceNode
+    referenceFrame: Annotated[int, WithinRange(1, 10000)] = 1
+    cineLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    cineTransforms: vtkMRMLSequenceNode
+    cineSegmentations: vtkMRMLSequenceNode
+    cineTable: vtkMRMLTableNode
+    cineFunctionTable: vtkMRMLTableNode
+    cineChart: vtkMRMLPlotChartNode
+    cineBrowser: vtkMRMLSequenceBrowserNode
 
 
 class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The GUI: Register turns into Cancel while the registration process runs.
+    """The GUI: Register (or Track) turns into Cancel while its process runs; one job at a time.
 
     The GUI is connected once per parameter node (entering the module again reuses the
     connection), through ``connectParametersToGui``, which returns a tag in every Slicer
@@ -165,12 +186,13 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.registerButton.clicked.connect(self.onRegisterButton)
+        self.ui.trackButton.clicked.connect(self.onTrackButton)
         self.setRunning(False)
         self.startDeviceQuery()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.cancelRegistration()
+        self.cancelJob()
         if self._deviceQuery is not None:
             self._deviceQuery.cancel()
             self._deviceQuery = None
@@ -184,7 +206,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers(self.onParameterChanged)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.cancelRegistration()
+        self.cancelJob()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -270,13 +292,20 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.gridModeComboBox.enabled = hasTransform
 
     def onRegisterButton(self) -> None:
+        self.onJobButton(_("Registration could not start."), self.logic.startRegistration)
+
+    def onTrackButton(self) -> None:
+        self.onJobButton(_("Tracking could not start."), self.logic.startTracking)
+
+    def onJobButton(self, failure: str, start) -> None:
+        """Start a job with ``start(parameters)``, or cancel the running one (its button reads Cancel)."""
         if self._job is not None:
-            self.cancelRegistration()
+            self.cancelJob()
             return
-        with slicer.util.tryWithErrorDisplay(_("Registration could not start."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
             self.ui.logText.clear()
             self.ui.summaryLabel.text = ""
-            self._job = self.logic.startRegistration(self._parameterNode)
+            self._job = start(self._parameterNode)
             self.setRunning(True)
 
     def onPoll(self) -> None:
@@ -289,6 +318,9 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onFinished(self) -> None:
         job, self._job = self._job, None
         self.setRunning(False)
+        if isinstance(job, TrackingJob):
+            self.onTrackingFinished(job)
+            return
         with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
             outputs = self.logic.finishRegistration(job, self._parameterNode)
             self.ui.progressBar.value = 100
@@ -296,8 +328,15 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.setSliceViewerLayers(background=self._parameterNode.fixedVolume,
                                              foreground=outputs.warped, foregroundOpacity=0.5, fit=True)
 
-    def cancelRegistration(self) -> None:
-        """Stop a running registration; the scene stays as it was."""
+    def onTrackingFinished(self, job: TrackingJob) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Tracking failed."), waitCursor=True):
+            outputs = self.logic.finishTracking(job, self._parameterNode)
+            self.ui.progressBar.value = 100
+            self.ui.summaryLabel.text = cineSummary(outputs.function, outputs.metrics)
+            showCineOutputs(outputs, job.cine)
+
+    def cancelJob(self) -> None:
+        """Stop a running registration or tracking; the scene stays as it was."""
         if self._job is None:
             return
         self._job.cancel()
@@ -306,8 +345,13 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logText.appendPlainText(_("Cancelled."))
 
     def setRunning(self, running: bool) -> None:
-        self.ui.registerButton.text = _("Cancel") if running else _("Register")
+        tracking = running and isinstance(self._job, TrackingJob)
+        self.ui.registerButton.text = _("Cancel") if running and not tracking else _("Register")
+        self.ui.trackButton.text = _("Cancel") if tracking else _("Track")
+        self.ui.registerButton.enabled = not tracking
+        self.ui.trackButton.enabled = tracking or not running
         self.ui.inputsCollapsibleButton.enabled = not running
+        self.ui.cineInputsWidget.enabled = not running
         self.ui.advancedCollapsibleButton.enabled = not running
         self.ui.progressBar.visible = running or self.ui.progressBar.value > 0
         if running:
@@ -315,6 +359,14 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.start()
         else:
             self._timer.stop()
+
+
+def showCineOutputs(outputs: CineOutputs, cine) -> None:
+    """Browse the cine with its outputs: the new browser in the toolbar, its cine in the slice views
+    (the tracked segmentation over it), the curves in a plot view."""
+    slicer.modules.sequences.setToolBarActiveBrowserNode(outputs.browser)
+    slicer.util.setSliceViewerLayers(background=outputs.browser.GetProxyNode(cine), fit=True)
+    slicer.modules.plots.logic().ShowChartInLayout(outputs.chart)
 
 
 def ensurePythonPackages(requirementsFile: Path) -> None:
@@ -403,6 +455,26 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         parameters.jacobianVolume = outputs.jacobian
         parameters.warpedLabels = outputs.warpedLabels
         logging.info(f"FSDiffReg: {summary(outputs.metrics)}")
+        return outputs
+
+    def startTracking(self, parameters: FSDiffRegParameterNode) -> TrackingJob:
+        """Check the cine and its labels, make sure torch is there, and start the tracking process."""
+        checkCine(parameters.cineVolumes, parameters.referenceFrame, parameters.cineLabels)
+        options = self.options(parameters)
+        self.ensureDependencies()
+        return TrackingJob(parameters.cineVolumes, parameters.referenceFrame, parameters.cineLabels,
+                           slicer.modules.sequences.logic(), options, pythonSlicerExecutable())
+
+    def finishTracking(self, job: TrackingJob, parameters: FSDiffRegParameterNode) -> CineOutputs:
+        """Load a finished tracking's outputs as new nodes and remember them in the parameter node."""
+        outputs = job.outputs()
+        parameters.cineTransforms = outputs.transforms
+        parameters.cineSegmentations = outputs.segmentations
+        parameters.cineTable = outputs.table
+        parameters.cineFunctionTable = outputs.functionTable
+        parameters.cineChart = outputs.chart
+        parameters.cineBrowser = outputs.browser
+        logging.info(f"FSDiffReg: {cineSummary(outputs.function, outputs.metrics)}")
         return outputs
 
     def register(self, fixed, moving, labels=None, options: Optional[RegisterOptions] = None) -> RegistrationOutputs:

@@ -33,8 +33,9 @@ from pathlib import Path
 
 from . import __version__
 
-OUTPUT_NAMES = frozenset({"displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "warped_labels.nii.gz",
-                          "metrics.json", "figure.png"})
+OUTPUT_NAME = re.compile(  # the files of a `register` or `track` set, which a new run of either may replace
+    r"(displacement|warped|jacobian|warped_labels|labels|field_\d{2,})\.nii\.gz|metrics\.json|figure\.png"
+    r"|function\.(json|png)|volumes\.csv")
 METRICS = "metrics.json"
 MARK = "fsdiffreg"  # metrics.json key: the version that wrote the set
 
@@ -147,7 +148,7 @@ def foreign(folder: Path, out_name: str) -> str | None:
     if not folder.is_dir():
         return None
     entries = [e for e in os.scandir(folder) if not ours(e.name, out_name)]
-    others = sorted(e.name for e in entries if e.name not in OUTPUT_NAMES or not e.is_file(follow_symlinks=False))
+    others = sorted(e.name for e in entries if not OUTPUT_NAME.fullmatch(e.name) or not e.is_file(follow_symlinks=False))
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         return f"holds {shown}, which fsdiffreg did not write"
@@ -201,9 +202,9 @@ def fill_in_place(staging: Path, out: Path) -> None:
     new = {p.name for p in staging.iterdir()}
     for name in sorted(new - {METRICS}):
         os.replace(staging / name, out / name)
-    for name in OUTPUT_NAMES - new:
-        if (out / name).exists():
-            os.remove(out / name)
+    for entry in os.scandir(out):
+        if OUTPUT_NAME.fullmatch(entry.name) and entry.name not in new:
+            os.remove(entry.path)
     os.replace(staging / METRICS, out / METRICS)
 
 
@@ -282,10 +283,14 @@ def non_finite(value: object, name: str = "") -> list[str]:
     return []
 
 
-def write_metrics(folder: Path, metrics: dict) -> None:
-    """metrics.json, stamped with the fsdiffreg version; strict JSON, so a non-finite value is refused."""
-    bad = non_finite(metrics)
+def write_json(path: Path, data: dict) -> None:
+    """Strict JSON, so a non-finite value is refused."""
+    bad = non_finite(data)
     if bad:
         raise OutputError(f"the run gave non-finite values for {', '.join(bad)}; nothing written")
-    text = json.dumps({MARK: __version__, **metrics}, indent=2, allow_nan=False)
-    (folder / METRICS).write_text(text + "\n", encoding="utf-8")
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def write_metrics(folder: Path, metrics: dict) -> None:
+    """metrics.json, stamped with the fsdiffreg version (the mark of a set a later run may replace)."""
+    write_json(folder / METRICS, {MARK: __version__, **metrics})

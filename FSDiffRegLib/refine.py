@@ -111,7 +111,8 @@ def refine_flow(
         for _ in range(steps):
             field = compose(base, integrate_velocity(variable)) if options.diffeomorphic else base + variable
             similarity = sdg_ncc_loss(warp(m, field), f, w, options.window)
-            loss = cfg.lam * similarity + options.smoothness * smoothness_loss(field)
+            # times the batch: each image's gradient is then the one it gets alone (Adam's eps sees its scale)
+            loss = field.shape[0] * (cfg.lam * similarity + options.smoothness * smoothness_loss(field))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from FSDiffRegLib import benchmark
 from FSDiffRegLib.baselines import BASELINES, identity_field, missing
-from FSDiffRegLib.cli import ablation_item, add_benchmark_arguments, method_list
+from FSDiffRegLib.cli import METHODS, ablation_item, add_benchmark_arguments, methods_from
 from FSDiffRegLib.field import apply_field
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning")  # SWIG wrappers of itk
@@ -76,6 +76,7 @@ def test_register_and_benchmark_do_not_import_the_baselines():
 
 
 def test_methods_are_checked():
+    method_list = methods_from(METHODS)
     assert method_list("identity, network") == ["identity", "network"]
     with pytest.raises(argparse.ArgumentTypeError):
         method_list("identity,voxelmorph")

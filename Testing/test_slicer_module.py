@@ -4,6 +4,7 @@ of Slicer are stand-ins (Testing/slicer_standins.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +24,8 @@ from FSDiffRegLib.resources import SAMPLE
 UI = standins.MODULE_FILE.parent / "Resources" / "UI" / "FSDiffReg.ui"
 PY39 = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions" / "3.9.18" / "bin" / "python"
 NODE_FIELDS = ("fixedVolume", "movingVolume", "movingLabels", "outputTransform", "warpedVolume", "jacobianVolume",
-               "warpedLabels")
+               "warpedLabels", "cineVolumes", "cineLabels", "cineTransforms", "cineSegmentations", "cineTable",
+               "cineFunctionTable", "cineChart", "cineBrowser")
 
 pytestmark = pytest.mark.skipif(not standins.SLICER_PYTHON.is_dir(),
                                 reason=f"Slicer's parameterNodeWrapper not found at {standins.SLICER_PYTHON}")
@@ -48,7 +50,9 @@ def addNodes(scene) -> dict:
     names = {"fixed": "vtkMRMLScalarVolumeNode", "moving": "vtkMRMLScalarVolumeNode",
              "segmentation": "vtkMRMLSegmentationNode", "labelmap": "vtkMRMLLabelMapVolumeNode",
              "transform": "vtkMRMLGridTransformNode", "warped": "vtkMRMLScalarVolumeNode",
-             "jacobian": "vtkMRMLScalarVolumeNode"}
+             "jacobian": "vtkMRMLScalarVolumeNode", "cine": "vtkMRMLSequenceNode", "transforms": "vtkMRMLSequenceNode",
+             "segmentations": "vtkMRMLSequenceNode", "table": "vtkMRMLTableNode", "function": "vtkMRMLTableNode",
+             "chart": "vtkMRMLPlotChartNode", "browser": "vtkMRMLSequenceBrowserNode"}
     return {name: scene.AddNewNodeByClass(cls, name) for name, cls in names.items()}
 
 
@@ -60,9 +64,18 @@ def test_fresh_parameter_node_has_the_defaults(module):
     assert str(parameters.weightsFile) in ("", ".")
 
 
+def withSequences(scene):
+    """``scene`` with Slicer's sequences logic, which registers the browser node class (as in the application)."""
+    logic = slicer.vtkSlicerSequencesLogic()
+    logic.SetMRMLScene(scene)
+    return logic
+
+
 def test_every_field_is_written_read_saved_and_loaded_back(module, tmp_path):
     scene = slicer.mrmlScene
+    logics = [withSequences(scene)]
     nodes = addNodes(scene)
+    assert all(nodes.values())
     parameters = module.FSDiffRegLogic().getParameterNode()
     for labels in (nodes["segmentation"], nodes["labelmap"], None):
         parameters.movingLabels = parameters.warpedLabels = labels
@@ -71,7 +84,10 @@ def test_every_field_is_written_read_saved_and_loaded_back(module, tmp_path):
               "outputTransform": nodes["transform"], "warpedVolume": nodes["warped"],
               "jacobianVolume": nodes["jacobian"], "warpedLabels": nodes["labelmap"], "device": "CPU",
               "refineSteps": 5, "smoothness": 2.5, "weightsFile": tmp_path / "mine.pt", "showGrid": True,
-              "gridMode": "Glyph"}
+              "gridMode": "Glyph", "cineVolumes": nodes["cine"], "referenceFrame": 19, "cineLabels": nodes["labelmap"],
+              "cineTransforms": nodes["transforms"], "cineSegmentations": nodes["segmentations"],
+              "cineTable": nodes["table"], "cineFunctionTable": nodes["function"], "cineChart": nodes["chart"],
+              "cineBrowser": nodes["browser"]}
     assert set(values) == set(module.FSDiffRegParameterNode.allParameters)
     for field, value in values.items():
         setattr(parameters, field, value)
@@ -81,6 +97,7 @@ def test_every_field_is_written_read_saved_and_loaded_back(module, tmp_path):
     scene.SetURL(str(tmp_path / "scene.mrml"))
     assert scene.Commit()
     loaded = slicer.vtkMRMLScene()
+    logics.append(withSequences(loaded))
     loaded.SetURL(str(tmp_path / "scene.mrml"))
     assert loaded.Import()
     node = loaded.GetSingletonNode("FSDiffReg", "vtkMRMLScriptedModuleNode")
@@ -169,12 +186,17 @@ def parameterWidgets(ui) -> list:
     return [w for w in vars(ui).values() if w.property("SlicerParameterName")]
 
 
+def fields(module) -> int:
+    """How many parameters the parameter node has (each has one widget)."""
+    return len(module.FSDiffRegParameterNode.allParameters)
+
+
 def test_entering_again_and_again_connects_the_gui_once(module, widget):
     for _ in range(4):
         widget.exit()
         widget.enter()
         widget.setParameterNode(widget.logic.getParameterNode())
-    assert [w.connections() for w in parameterWidgets(widget.ui)] == [1] * 13
+    assert [w.connections() for w in parameterWidgets(widget.ui)] == [1] * fields(module)
     spinBox = widget.ui.refineStepsSpinBox
     spinBox.writes.clear()
     widget.calls = 0
@@ -189,17 +211,102 @@ def test_entering_again_and_again_connects_the_gui_once(module, widget):
 
 def test_scene_close_moves_the_gui_to_the_new_parameter_node(module, widget):
     slicer.mrmlScene.Clear(0)  # the parameter node is a singleton: kept, and reset
-    assert [w.connections() for w in parameterWidgets(widget.ui)] == [1] * 13
+    assert [w.connections() for w in parameterWidgets(widget.ui)] == [1] * fields(module)
     old = widget.logic.getParameterNode()
     slicer.mrmlScene.Clear(1)  # singletons removed too: a new parameter node
-    assert [w.connections() for w in parameterWidgets(widget.ui)] == [1] * 13
+    assert [w.connections() for w in parameterWidgets(widget.ui)] == [1] * fields(module)
     new = widget.logic.getParameterNode()
     assert new.parameterNode is not old.parameterNode
     widget.ui.refineStepsSpinBox.value = 9
     widget.ui.refineStepsSpinBox.valueChanged.emit(9)
     assert (new.refineSteps, old.refineSteps) == (9, 60)
     widget.cleanup()
-    assert [w.connections() for w in parameterWidgets(widget.ui)] == [0] * 13
+    assert [w.connections() for w in parameterWidgets(widget.ui)] == [0] * fields(module)
+
+
+def fakeTrackingJob(module, outputs=None):
+    """A TrackingJob's interface without a process: one log line, 30 %, finished when told."""
+
+    class FakeTrackingJob(module.TrackingJob):
+        def __init__(self):
+            self.cancelled, self.done, self.cine = False, False, None
+
+        def poll(self):
+            return ["fsdiffreg: network 6/20 frames"]
+
+        @property
+        def finished(self):
+            return self.done
+
+        @property
+        def progress(self):
+            return 30
+
+        def cancel(self):
+            self.cancelled = True
+
+        def outputs(self):
+            return outputs
+
+    return FakeTrackingJob()
+
+
+@pytest.fixture
+def quietPanel(widget, monkeypatch):
+    """The widget with errors raised (not shown in a dialog) and the log kept in a list."""
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *args, **kwargs: contextlib.nullcontext())
+    widget.log = []
+    widget.ui.logText.appendPlainText = widget.log.append
+    widget.ui.logText.clear = widget.log.clear
+    return widget
+
+
+def test_track_turns_into_cancel_and_blocks_register_until_cancelled(module, quietPanel, monkeypatch):
+    widget, ui = quietPanel, quietPanel.ui
+    job = fakeTrackingJob(module)
+    monkeypatch.setattr(widget.logic, "startTracking", lambda parameters: job)
+    widget.onTrackButton()
+    assert (ui.trackButton.text, ui.registerButton.text) == ("Cancel", "Register")
+    assert not ui.registerButton.enabled and ui.trackButton.enabled
+    assert not any(w.enabled for w in (ui.cineInputsWidget, ui.inputsCollapsibleButton, ui.advancedCollapsibleButton))
+    widget.onPoll()
+    assert ui.progressBar.value == 30 and widget.log == ["fsdiffreg: network 6/20 frames"]
+    widget.onTrackButton()
+    assert job.cancelled and widget._job is None and widget.log[-1] == "Cancelled."
+    assert (ui.trackButton.text, ui.registerButton.text) == ("Track", "Register")
+    assert ui.registerButton.enabled and ui.trackButton.enabled and ui.cineInputsWidget.enabled
+
+
+def test_finished_tracking_fills_the_parameter_node_and_the_panel(module, quietPanel, monkeypatch):
+    widget, scene = quietPanel, slicer.mrmlScene
+    logic = withSequences(scene)
+    nodes = [scene.AddNewNodeByClass(cls) for cls in ("vtkMRMLSequenceNode", "vtkMRMLSequenceNode", "vtkMRMLTableNode",
+                                                       "vtkMRMLTableNode", "vtkMRMLPlotChartNode",
+                                                       "vtkMRMLSequenceBrowserNode")]
+    function = {"frames": 20, "ED_frame": 19, "ES_frame": 8, "LV": {"EF_percent": 25.84}}
+    outputs = module.CineOutputs(*nodes[:5], [], nodes[5], function, {"seconds": 30.0, "device": "cpu"})
+    shown = []
+    monkeypatch.setattr(module, "showCineOutputs", lambda outputs, cine: shown.append(outputs))
+    job = fakeTrackingJob(module, outputs)
+    monkeypatch.setattr(widget.logic, "startTracking", lambda parameters: job)
+    widget.onTrackButton()
+    job.done = True
+    widget.onPoll()
+    parameters = widget.logic.getParameterNode()
+    fields = ("cineTransforms", "cineSegmentations", "cineTable", "cineFunctionTable", "cineChart", "cineBrowser")
+    assert [getattr(parameters, field) for field in fields] == nodes
+    assert widget.ui.cineBrowserSelector.currentNode() is nodes[5]
+    assert widget.ui.cineChartSelector.currentNode() is nodes[4]
+    assert widget.ui.summaryLabel.text == "ED frame 19, ES frame 8, LV EF 25.8 %; 20 frames in 30.0 s on cpu"
+    assert shown == [outputs] and widget.ui.progressBar.value == 100 and widget._job is None
+    assert widget.ui.trackButton.text == "Track" and logic is not None
+
+
+def test_fresh_parameter_node_tracks_against_frame_1(module):
+    parameters = module.FSDiffRegLogic().getParameterNode()
+    assert parameters.referenceFrame == 1
+    with pytest.raises(ValueError):
+        parameters.referenceFrame = 0  # frames are counted from 1
 
 
 def answerDevices(widget, devices):

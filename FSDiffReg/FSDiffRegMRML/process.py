@@ -30,6 +30,16 @@ STAGES = {
     "refining": 60,
     "writing outputs": 90,
 }
+#: Progress (percent) of ``fsdiffreg track``: each stage's span; "K/N frames" and "P %" move within it.
+TRACK_STAGES = {
+    "reading cine": (5, 5),
+    "loading weights": (10, 10),
+    "network": (10, 50),
+    "refining": (50, 85),
+    "writing": (85, 95),
+}
+FRAME_COUNT = re.compile(r"^(network|writing) (\d+)/(\d+) frames")
+REFINED_PERCENT = re.compile(r"^refining (\d+(?:\.\d+)?) %")
 ERROR_LINE = re.compile(r"^fsdiffreg(?: \w+)?: error: (.*)$")
 STAGE_LINE = re.compile(r"^fsdiffreg: (.*)$")
 
@@ -62,19 +72,32 @@ class RegisterOptions:
     smoothness: float | None = None
 
 
-def registerCommand(python: str, fixed: Path, moving: Path, outDir: Path, options: RegisterOptions,
-                    movingLabels: Path | None = None) -> list[str]:
-    """The command line that registers ``moving`` to ``fixed`` into ``outDir``."""
-    args = [python, "-m", "FSDiffRegLib.cli", "register", str(fixed), str(moving),
-            "--out-dir", str(outDir), "--device", options.device]
+def optionArguments(options: RegisterOptions) -> list[str]:
+    """The command-line options of ``register`` and ``track`` that ``options`` sets."""
+    args = ["--device", options.device]
     if options.weights:
         args += ["--weights", str(options.weights)]
-    if movingLabels is not None:
-        args += ["--moving-labels", str(movingLabels)]
     args += ["--refine", str(options.refineSteps)]
     if options.refineSteps > 0 and options.smoothness is not None:
         args += ["--smoothness", repr(float(options.smoothness))]
     return args
+
+
+def registerCommand(python: str, fixed: Path, moving: Path, outDir: Path, options: RegisterOptions,
+                    movingLabels: Path | None = None) -> list[str]:
+    """The command line that registers ``moving`` to ``fixed`` into ``outDir``."""
+    args = [python, "-m", "FSDiffRegLib.cli", "register", str(fixed), str(moving), "--out-dir", str(outDir)]
+    if movingLabels is not None:
+        args += ["--moving-labels", str(movingLabels)]
+    return args + optionArguments(options)
+
+
+def trackCommand(python: str, frames: Path, labels: Path, outDir: Path, referenceFrame: int,
+                 options: RegisterOptions) -> list[str]:
+    """The command line that tracks the cine in folder ``frames`` (one 3D file per frame) into ``outDir``;
+    ``labels`` belong to frame ``referenceFrame`` (1-based)."""
+    return [python, "-m", "FSDiffRegLib.cli", "track", str(frames), "--labels", str(labels),
+            "--out-dir", str(outDir), "--reference-frame", str(referenceFrame), *optionArguments(options)]
 
 
 def launch(args: list[str], cwd: Path, workDir: Path | None = None) -> subprocess.Popen:
@@ -167,6 +190,8 @@ class ChildProcess:
 class RegistrationProcess(ChildProcess):
     """A running ``fsdiffreg register``: its lines, progress, outcome; cancel kills it."""
 
+    what = "registration"
+
     def __init__(self, process: subprocess.Popen):
         self.progress = 0
         self.error: str | None = None
@@ -179,8 +204,12 @@ class RegistrationProcess(ChildProcess):
             return
         stage = STAGE_LINE.match(line)
         if stage:
-            percent = next((p for name, p in STAGES.items() if stage.group(1).startswith(name)), None)
-            self.progress = max(self.progress, percent or 0)
+            self.progress = max(self.progress, self.stageProgress(stage.group(1)) or 0)
+
+    @staticmethod
+    def stageProgress(stage: str) -> int | None:
+        """Percent reached once the CLI says ``stage`` (a line without its "fsdiffreg: "); None: not a stage."""
+        return next((p for name, p in STAGES.items() if stage.startswith(name)), None)
 
     @property
     def succeeded(self) -> bool:
@@ -189,8 +218,26 @@ class RegistrationProcess(ChildProcess):
     def failure(self) -> str:
         """A one-line reason for a failed run."""
         if self.cancelled:
-            return "registration cancelled"
-        return self.error or self.crash("registration")
+            return f"{self.what} cancelled"
+        return self.error or self.crash(self.what)
+
+
+class TrackingProcess(RegistrationProcess):
+    """A running ``fsdiffreg track``: as a registration, with progress frame by frame."""
+
+    what = "tracking"
+
+    @staticmethod
+    def stageProgress(stage: str) -> int | None:
+        count = FRAME_COUNT.match(stage)
+        if count:
+            start, end = TRACK_STAGES[count.group(1)]
+            return start + (end - start) * int(count.group(2)) // max(int(count.group(3)), 1)
+        refined = REFINED_PERCENT.match(stage)
+        if refined:
+            start, end = TRACK_STAGES["refining"]
+            return start + round((end - start) * min(float(refined.group(1)), 100.0) / 100.0)
+        return next((start for name, (start, _) in TRACK_STAGES.items() if stage.startswith(name)), None)
 
 
 def lastJsonObject(lines: list[str]) -> dict | None:

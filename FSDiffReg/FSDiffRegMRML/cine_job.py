@@ -1,0 +1,54 @@
+"""One tracking of a cine (a volume sequence): frames and labels to files, ``fsdiffreg track`` in a
+child process, outputs to new nodes browsed with the cine."""
+
+from __future__ import annotations
+
+from FSDiffRegLib.parent import new_work_folder
+
+from .cine_inputs import checkCine, writeCineInputs
+from .cine_outputs import CineOutputs, loadCineOutputs
+from .job import RegistrationError, RegistrationJob
+from .process import RegisterOptions, TrackingProcess, launch, libraryRoot, pythonSlicerExecutable, trackCommand
+
+
+class TrackingError(RegistrationError):
+    """The tracking process failed or was cancelled; the scene was left as it was."""
+
+
+class TrackingJob(RegistrationJob):
+    """A registration job's life (``poll()`` until ``finished``, then ``outputs()``, or ``cancel()``;
+    ``wait()``) for ``fsdiffreg track``: every frame registered to the reference frame.
+
+    Until ``outputs()`` succeeds nothing is added to the scene, and the input nodes are never
+    changed; the work folder (frames, labels, output files) is removed in every case.
+    ``sequencesLogic`` (Slicer's ``slicer.modules.sequences.logic()``) makes the new browser's
+    proxy nodes.
+    """
+
+    def __init__(self, cine, referenceFrame: int, labels, sequencesLogic, options: RegisterOptions | None = None,
+                 python: str | None = None):
+        """``referenceFrame``: the frame (1-based) ``labels`` belong to; ``python`` runs the child:
+        ``pythonSlicerExecutable()`` unless given."""
+        checkCine(cine, referenceFrame, labels)
+        python = python or pythonSlicerExecutable()
+        self.cine, self.referenceFrame, self.labels = cine, referenceFrame, labels
+        self.sequencesLogic = sequencesLogic
+        self.workDir = new_work_folder()
+        self.outDir = self.workDir / "out"
+        try:
+            self.files = writeCineInputs(self.workDir, cine, referenceFrame, labels)
+            command = trackCommand(python, self.files.frames, self.files.labels, self.outDir, referenceFrame,
+                                   options or RegisterOptions())
+            self.process = TrackingProcess(launch(command, libraryRoot(), self.workDir))
+        except BaseException:
+            self._clean()
+            raise
+
+    def outputs(self) -> CineOutputs:
+        """After the child finished: the new output nodes, or TrackingError with the reason."""
+        try:
+            if not self.process.succeeded:
+                raise TrackingError(self.process.failure())
+            return loadCineOutputs(self.outDir, self.cine, self.labels, self.files.structures, self.sequencesLogic)
+        finally:
+            self._clean()

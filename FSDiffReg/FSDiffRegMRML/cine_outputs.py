@@ -1,0 +1,275 @@
+"""The output folder of ``fsdiffreg track`` turned into new MRML nodes, browsed with the cine.
+
+- ``fields/frame_NN.nii.gz`` -> a sequence of grid transforms, read as Register's displacement
+  field is (``outputs.readTransform``): the transform of frame N maps a point of frame N to the
+  reference frame, so the reference frame placed under it lines up with frame N;
+- ``labels.nii.gz`` (4D) -> a sequence of segmentations, one per frame, segments named after
+  the structures (RV, Myo, LV);
+- ``volumes.csv`` and the strain of ``function.json`` -> a table with a row per frame;
+- the other values of ``function.json`` (ED and ES frames, EDV, ESV, SV, EF, mass, peak
+  strain) -> a second table, one quantity per row; ``function.json`` and ``metrics.json`` whole
+  as attributes ``FSDiffReg.function`` and ``FSDiffReg.metrics`` of the first table;
+- a plot chart of the volume curves (solid) and strain curves (dashed) against the frame number;
+- a new sequence browser that browses the cine with the new sequences.
+
+The new sequences take the cine's index (name, unit, values) so that one browser steps through
+them together; frame numbers (1-based) are in the table and the item names.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import slicer
+import vtk
+
+from .cine_inputs import STRUCTURES, Structure, cineFrames
+from .inputs import sameGeometry
+from .outputs import readTransform
+
+#: Units of the table's columns and function values, from the suffix of their names.
+UNITS = {"_ml": "ml", "_ms": "ms", "_percent": "%", "_g": "g"}
+#: Strain per frame: function.json's list -> the table's column.
+STRAIN_COLUMNS = {"radial_percent": "radial_strain_percent",
+                  "circumferential_percent": "circumferential_strain_percent"}
+STRAIN_COLORS = {"radial_strain_percent": (0.95, 0.6, 0.1), "circumferential_strain_percent": (0.6, 0.3, 0.75)}
+
+
+@dataclass
+class CineOutputs:
+    """The new nodes of one tracking, and what the library measured."""
+
+    transforms: object  # vtkMRMLSequenceNode of vtkMRMLGridTransformNode
+    segmentations: object  # vtkMRMLSequenceNode of vtkMRMLSegmentationNode
+    table: object  # vtkMRMLTableNode: a row per frame
+    functionTable: object  # vtkMRMLTableNode: quantity, value, unit
+    chart: object  # vtkMRMLPlotChartNode
+    series: list  # vtkMRMLPlotSeriesNode of each curve
+    browser: object  # vtkMRMLSequenceBrowserNode
+    function: dict
+    metrics: dict
+
+
+def fieldPath(outDir: Path, number: int, frames: int) -> Path:
+    """``fields/frame_01.nii.gz``: 1-based, zero-padded to the width of the frame count, at least 2 digits."""
+    return outDir / "fields" / f"frame_{number:0{max(2, len(str(frames)))}d}.nii.gz"
+
+
+def newSequence(cine, itemNodes: list, name: str):
+    """A new sequence (in no scene) of ``itemNodes`` (copied), one per frame, at the cine's index values."""
+    sequence = slicer.vtkMRMLSequenceNode()
+    sequence.CopySequenceIndex(cine)
+    for number, node in enumerate(itemNodes, 1):
+        node.SetName(f"{name} frame {number}")
+        sequence.SetDataNodeAtValue(node, cine.GetNthIndexValue(number - 1))
+    return sequence
+
+
+def readTransforms(outDir: Path, cine):
+    """The displacement field of every frame, as a sequence of grid transforms."""
+    frames = cine.GetNumberOfDataNodes()
+    return newSequence(cine, [readTransform(fieldPath(outDir, n, frames)) for n in range(1, frames + 1)], "transform")
+
+
+def readLabelFrames(path: Path, frames: list) -> list:
+    """New label maps (in no scene), one per frame, from the 4D label file, given the frames' grid exactly.
+
+    Read with Slicer's own 4D reader (in a scene of its own, which it needs); NIfTI keeps the grid in
+    single precision, so each frame's IJK-to-RAS is copied after checking that it agrees.
+    """
+    scene = slicer.vtkMRMLScene()
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
+    storage.SetFileName(str(path))
+    if not storage.ReadData(sequence):
+        raise OSError(f"cannot read the tracking output {path.name}")
+    if sequence.GetNumberOfDataNodes() != len(frames):
+        raise OSError(f"the tracking output {path.name} has {sequence.GetNumberOfDataNodes()} frames, "
+                      f"the cine {len(frames)}")
+    labelmaps = []
+    for number, (item, frame) in enumerate(zip(cineFrames(sequence), frames), 1):
+        labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+        labelmap.SetAndObserveImageData(item.GetImageData())
+        labelmap.CopyOrientation(item)
+        if not sameGeometry(labelmap, frame):
+            raise OSError(f"frame {number} of the tracking output {path.name} is not on the cine's voxel grid")
+        labelmap.CopyOrientation(frame)
+        labelmaps.append(labelmap)
+    return labelmaps
+
+
+def segmentId(value: int) -> str:
+    """A label value's segment ID, as volumes.csv names its column: RV, Myo, LV, or label<v>."""
+    return STRUCTURES.get(value, f"label{value}")
+
+
+def labelSegmentation(labelmap, frame, structures: dict[int, Structure], scene):
+    """A new segmentation in ``scene`` with a segment per structure (even an empty one), filled from ``labelmap``."""
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    ids = vtk.vtkStringArray()  # the n-th ID receives label value n
+    for value in range(1, max(structures) + 1):
+        structure = structures.get(value)
+        ids.InsertNextValue(segmentId(value) if structure else "")
+        if structure:
+            segment = slicer.vtkSegment()
+            segment.SetName(structure.name)
+            if structure.color is not None:
+                segment.SetColor(*structure.color)
+            segmentation.GetSegmentation().AddSegment(segment, segmentId(value))
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation, ids):
+        raise OSError("cannot fill a tracked segmentation from the tracked labels")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(frame)
+    return segmentation
+
+
+def readSegmentations(outDir: Path, cine, structures: dict[int, Structure]):
+    """The tracked labels of every frame, as a sequence of segmentations."""
+    frames = cineFrames(cine)
+    scene = slicer.vtkMRMLScene()  # where the segmentations are made (and get display nodes) before being copied
+    segmentations = [labelSegmentation(labelmap, frame, structures, scene)
+                     for labelmap, frame in zip(readLabelFrames(outDir / "labels.nii.gz", frames), frames)]
+    return newSequence(cine, segmentations, "labels")
+
+
+def splitUnit(name: str) -> tuple[str, str]:
+    """``"EDV_ml"`` -> ``("EDV", "ml")``; a name without a unit suffix -> ``(name, "")``."""
+    suffix = next((s for s in UNITS if name.endswith(s)), "")
+    return name[:len(name) - len(suffix)], UNITS.get(suffix, "")
+
+
+def addColumn(table, name: str, values: list, array) -> None:
+    array.SetName(name)
+    for value in values:
+        array.InsertNextValue(value)
+    table.AddColumn(array)
+    table.SetColumnUnitLabel(name, splitUnit(name)[1])
+
+
+def frameTable(outDir: Path, function: dict, frames: int):
+    """A new table: ``volumes.csv`` (frame, time if given, ml per structure) and the strain per frame."""
+    with (outDir / "volumes.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    if len(rows) != frames:
+        raise OSError(f"the tracking output volumes.csv has {len(rows)} rows, the cine {frames} frames")
+    table = slicer.vtkMRMLTableNode()
+    for name in rows[0]:
+        if name == "frame":
+            addColumn(table, name, [int(row[name]) for row in rows], vtk.vtkIntArray())
+        else:
+            addColumn(table, name, [float(row[name]) for row in rows], vtk.vtkDoubleArray())
+    strain = function.get("strain") or {}
+    for key, name in STRAIN_COLUMNS.items():
+        if key in strain:
+            addColumn(table, name, [float(v) for v in strain[key]], vtk.vtkDoubleArray())
+    return table
+
+
+def functionRows(function: dict, section: str = "") -> list[tuple[str, float, str]]:
+    """(quantity, value, unit) of every number of ``function.json`` (lists and nulls left out)."""
+    rows = []
+    for key, value in function.items():
+        if isinstance(value, dict):
+            rows += functionRows(value, f"{section} {key}".strip())
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            stem, unit = splitUnit(key)
+            rows.append((f"{section} {stem}".strip().replace("_", " "), float(value), unit))
+    return rows
+
+
+def functionTable(function: dict):
+    """A new table of the function values: quantity, value, unit."""
+    rows = functionRows(function)
+    table = slicer.vtkMRMLTableNode()
+    addColumn(table, "quantity", [row[0] for row in rows], vtk.vtkStringArray())
+    addColumn(table, "value", [row[1] for row in rows], vtk.vtkDoubleArray())
+    addColumn(table, "unit", [row[2] for row in rows], vtk.vtkStringArray())
+    return table
+
+
+def curves(table, structures: dict[int, Structure]) -> list:
+    """New plot series (in no scene) of each volume and strain column of ``table`` against the frame number."""
+    columns = {table.GetTable().GetColumnName(c) for c in range(table.GetNumberOfColumns())}
+    wanted = [(f"{segmentId(v)}_ml", f"{s.name} volume", s.color, False) for v, s in structures.items()]
+    wanted += [(column, column.replace("_percent", "").replace("_", " "), color, True)
+               for column, color in STRAIN_COLORS.items()]
+    series = []
+    for column, name, color, dashed in wanted:
+        if column not in columns:
+            continue
+        curve = slicer.vtkMRMLPlotSeriesNode()
+        curve.SetName(name)
+        curve.SetXColumnName("frame")
+        curve.SetYColumnName(column)
+        curve.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        curve.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash if dashed
+                           else slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
+        curve.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        if color is not None:
+            curve.SetColor(*color)
+        series.append(curve)
+    return series
+
+
+def chart():
+    """A new plot chart (in no scene) with its axes named."""
+    node = slicer.vtkMRMLPlotChartNode()
+    node.SetXAxisTitle("frame")
+    node.SetYAxisTitle("volume (ml), strain (%)")
+    node.SetLegendVisibility(True)
+    return node
+
+
+def readCineOutputs(outDir: Path, cine, structures: dict[int, Structure]) -> CineOutputs:
+    """New nodes (in no scene yet) from the files in ``outDir``."""
+    function = json.loads((outDir / "function.json").read_text())
+    metrics = json.loads((outDir / "metrics.json").read_text())
+    frames = cine.GetNumberOfDataNodes()
+    table = frameTable(outDir, function, frames)
+    table.SetAttribute("FSDiffReg.function", json.dumps(function))
+    table.SetAttribute("FSDiffReg.metrics", json.dumps(metrics))
+    return CineOutputs(readTransforms(outDir, cine), readSegmentations(outDir, cine, structures), table,
+                       functionTable(function), chart(), curves(table, structures),
+                       slicer.vtkMRMLSequenceBrowserNode(), function, metrics)
+
+
+def addCineToScene(outputs: CineOutputs, cine, labels, sequencesLogic) -> None:
+    """Name the new nodes, add them to the cine's scene, link them, and make the browser's proxy nodes."""
+    scene = cine.GetScene()
+    named = [(outputs.transforms, f"{cine.GetName()} FSDiffReg transforms"),
+             (outputs.segmentations, f"{labels.GetName()} tracked"),
+             (outputs.table, f"{cine.GetName()} volumes and strain"),
+             (outputs.functionTable, f"{cine.GetName()} cardiac function"),
+             (outputs.chart, f"{cine.GetName()} volume and strain curves"),
+             (outputs.browser, f"{cine.GetName()} FSDiffReg")]
+    for node, name in named:
+        node.SetName(scene.GenerateUniqueName(name))
+        scene.AddNode(node)
+    for curve in outputs.series:
+        scene.AddNode(curve)
+        curve.SetAndObserveTableNodeID(outputs.table.GetID())
+        outputs.chart.AddAndObservePlotSeriesNodeID(curve.GetID())
+    outputs.browser.SetAndObserveMasterSequenceNodeID(cine.GetID())
+    outputs.browser.AddSynchronizedSequenceNodeID(outputs.transforms.GetID())
+    outputs.browser.AddSynchronizedSequenceNodeID(outputs.segmentations.GetID())
+    sequencesLogic.UpdateProxyNodesFromSequences(outputs.browser)
+    outputs.browser.GetProxyNode(outputs.segmentations).CreateDefaultDisplayNodes()
+
+
+def loadCineOutputs(outDir: Path, cine, labels, structures: dict[int, Structure], sequencesLogic) -> CineOutputs:
+    """The outputs as new nodes, added to the scene only once every file was read."""
+    outputs = readCineOutputs(outDir, cine, structures)
+    addCineToScene(outputs, cine, labels, sequencesLogic)
+    return outputs
+
+
+def cineSummary(function: dict, metrics: dict) -> str:
+    """The one-line result shown to the user: ED and ES frames, ejection fractions, time."""
+    parts = [f"ED frame {function['ED_frame']}"]
+    if function.get("ES_frame") is not None:
+        parts.append(f"ES frame {function['ES_frame']}")
+    parts += [f"{name} EF {function[name]['EF_percent']:.1f} %" for name in ("LV", "RV") if name in function]
+    return (f"{', '.join(parts)}; {function.get('frames', '?')} frames in {metrics['seconds']:.1f} s "
+            f"on {metrics['device']}")

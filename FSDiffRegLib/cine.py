@@ -1,0 +1,159 @@
+"""Reading a cine (a 4D image file or a folder of 3D frames) and checking what goes with it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from numbers import Integral
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .imageio import check_image, check_labels, read_file
+
+PLAUSIBLE_INTERVAL_MS = (5.0, 200.0)  # a header's frame interval outside this is a placeholder (Sunnybrook: 1 s)
+MS_PER_TIME_UNIT = {"sec": 1000.0, "msec": 1.0, "usec": 0.001}  # nibabel's names of NIfTI's time units
+GRID_TOLERANCE = 1e-3  # as imageio.check_labels: spacing, origin (mm) and direction cosines
+ONE_FRAME = "cine {} has one frame: tracking needs at least 2"
+
+
+@dataclass
+class Cine:
+    """The frames of one cardiac cycle and, where the file gives them, their times."""
+
+    frames: list[sitk.Image]  # 3D frames on one grid
+    times_ms: list[float] | None  # time of each frame when the file gives a plausible frame interval
+
+
+def read_cine(path: str | Path) -> Cine:
+    """Read a 4D image file (x, y, z, t) or a folder of 3D frame files, or raise InputError naming the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"cine not found: {path}")
+    cine = read_frames_folder(path) if path.is_dir() else read_cine_file(path)
+    if len(cine.frames) < 2:
+        raise InputError(ONE_FRAME.format(path))
+    return cine
+
+
+def read_cine_file(path: Path) -> Cine:
+    """The frames of a 4D image file, each with the 3D part of its geometry."""
+    image = read_file(path, "cine")  # empty, unknown format, damaged or (NIfTI) non-finite voxels
+    header = nifti_header(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"cine {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel: "
+                         "give a scalar image")
+    if image.GetDimension() == 3 and header is not None and header["dim"][0] == 4:
+        raise InputError(ONE_FRAME.format(path))  # ITK reads a NIfTI of one time point as a 3D image
+    if image.GetDimension() == 3:
+        raise InputError(f"cine {path} is a 3D image, not a cine: give a 4D image (x, y, z, t) or a folder of "
+                         "3D frames")
+    if image.GetDimension() != 4:
+        raise InputError(f"cine {path} is a {image.GetDimension()}D image of size {image.GetSize()}: give a 4D "
+                         "image (x, y, z, t) or a folder of 3D frames")
+    frames = [extract_frame(image, t, path) for t in range(image.GetSize()[3])]
+    for number, frame in enumerate(frames, 1):
+        check_image(frame, f"cine {path} frame {number}")
+    return Cine(frames, None if header is None else frame_times_ms(header, len(frames)))
+
+
+def nifti_header(path: Path) -> nibabel.Nifti1Header | None:
+    """A NIfTI file's header (nibabel reads it without the voxels); None for other formats."""
+    if sitk.ImageFileReader.GetImageIOFromFileName(str(path)) != "NiftiImageIO":
+        return None
+    return nibabel.load(str(path)).header
+
+
+def extract_frame(image: sitk.Image, t: int, path: Path) -> sitk.Image:
+    """Time point ``t`` of a 4D image as a 3D image, its direction the 4D direction's spatial 3 x 3 block."""
+    size = image.GetSize()
+    try:
+        return sitk.Extract(image, size[:3] + (0,), (0, 0, 0, t), sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+    except RuntimeError:
+        raise InputError(f"cine {path} has a 4D direction whose spatial part is singular: its x, y, z axes mix "
+                         "with time") from None
+
+
+def frame_times_ms(header: nibabel.Nifti1Header, count: int) -> list[float] | None:
+    """Frame times from a NIfTI header's time unit, frame interval (pixdim[4]) and toffset; None if implausible."""
+    scale = MS_PER_TIME_UNIT.get(header.get_xyzt_units()[1])
+    if scale is None:
+        return None
+    interval = float(header["pixdim"][4]) * scale
+    if not PLAUSIBLE_INTERVAL_MS[0] <= interval <= PLAUSIBLE_INTERVAL_MS[1]:
+        return None
+    start = float(header["toffset"]) * scale
+    return [round(start + i * interval, 3) for i in range(count)]  # header floats are float32: microseconds
+
+
+def read_frames_folder(folder: Path) -> Cine:
+    """The 3D image files of a folder (hidden files, subfolders left out) in natural order of names, on one grid."""
+    files = sorted((f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")),
+                   key=natural_key)
+    if not files:
+        raise InputError(f"cine folder {folder} holds no frame files: give a 4D image or a folder of 3D frames")
+    frames = []
+    for file in files:
+        frame = read_file(file, "cine frame")
+        check_image(frame, f"cine frame {file}")
+        difference = grid_difference(frame, frames[0]) if frames else None
+        if difference:
+            raise InputError(f"cine frame {file} is not on the grid of {files[0].name}: {difference}")
+        if frames:
+            frame.CopyInformation(frames[0])  # equal within tolerance: one grid exactly
+        frames.append(frame)
+    return Cine(frames, None)
+
+
+def natural_key(path: Path) -> list[str | int]:
+    """Sort key reading the runs of digits in a name as numbers: frame2 before frame10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def grid_difference(image: sitk.Image, grid: sitk.Image) -> str | None:
+    """What differs between two 3D images' grids ("size ... vs ..."; spacing, origin, direction within tolerance)."""
+    if image.GetSize() != grid.GetSize():
+        return f"size {image.GetSize()} vs {grid.GetSize()}"
+    differences = [
+        f"{name} {format_numbers(mine)} vs {format_numbers(theirs)}"
+        for name, mine, theirs in (
+            ("spacing", image.GetSpacing(), grid.GetSpacing()),
+            ("origin", image.GetOrigin(), grid.GetOrigin()),
+            ("direction", image.GetDirection(), grid.GetDirection()),
+        )
+        if not np.allclose(mine, theirs, rtol=0, atol=GRID_TOLERANCE)
+    ]
+    return "; ".join(differences) or None
+
+
+def format_numbers(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def reference_index(cine: Cine, frame: int) -> int:
+    """The 0-based index of 1-based frame number ``frame``, or InputError if the cine has no such frame."""
+    count = len(cine.frames)
+    if isinstance(frame, bool) or not isinstance(frame, Integral) or not 1 <= frame <= count:
+        raise InputError(f"reference frame {frame} is out of range: the cine has {count} frames (1 to {count})")
+    return int(frame) - 1
+
+
+def check_cine_labels(labels: sitk.Image, cine: Cine) -> None:
+    """The reference frame's labels: a 3D image of whole numbers on the frames' grid, else InputError."""
+    frame = cine.frames[0]
+    if labels.GetDimension() == 3:
+        difference = grid_difference(labels, frame)
+        if difference:
+            raise InputError(f"ED labels are not on the cine's frame grid: {difference}")
+    check_labels(labels, frame, "ED")
+
+
+def join_frames(images: list[sitk.Image], times_ms: list[float] | None) -> sitk.Image:
+    """One 4D image of 3D frames on one grid; 4th origin and spacing in seconds when times are known, else 0 and 1."""
+    if times_ms and len(times_ms) > 1:
+        interval_s = (times_ms[-1] - times_ms[0]) / (len(times_ms) - 1) / 1000.0
+        return sitk.JoinSeries(images, times_ms[0] / 1000.0, interval_s)
+    return sitk.JoinSeries(images)

@@ -1,0 +1,192 @@
+"""Tracking a whole cardiac cycle: every frame registered to the reference (ED) frame, the ED labels
+carried onto each frame, and the heart's function measured from them.
+
+Each frame is the fixed image and the reference frame the moving one, so every frame's field
+maps straight to the reference and no error accumulates along the cycle. All frames share one
+heart-centred network grid (centred on the labelled heart); the network runs on batches of
+frames and the refinement optimises every frame at once (its loss is a per-voxel mean, so each
+frame's correction is the one it would get alone).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import __version__
+from .cine import Cine, check_cine_labels, join_frames, read_cine, reference_index
+from .curves import save_curves
+from .defaults import DEFAULT_REFINE, RefineOptions
+from .device import pick_device
+from .field import apply_field, flow_to_field, resample_field
+from .function import cardiac_function, myocardial_strain, structure_volumes, volumes_csv
+from .imageio import read_image
+from .network import FSDiffRegNet
+from .outputs import OutputError, output_folder, write_json, write_metrics
+from .preprocess import canonical, network_grid, normalized, resample_to
+from .refine import refine_flow
+from .register import describe, field_metrics
+from .weights import load_model
+
+BATCH_FRAMES = 4  # frames per network pass: past 4 the CPU gains nothing and memory grows
+
+
+@dataclass(frozen=True)
+class TrackRequest:
+    """What ``fsdiffreg track`` is asked: the cine, the labels of its reference frame (1-based), where to
+    write, and how to register."""
+
+    cine: Path
+    labels: Path
+    out_dir: Path
+    reference_frame: int = 1
+    weights: Path | None = None
+    device: str = "auto"
+    refine: RefineOptions = DEFAULT_REFINE
+
+
+@dataclass
+class Tracking:
+    """Per frame: the field (frame -> reference, on the frame grid) and the propagated labels; then the
+    volumes, the function and the run record."""
+
+    fields: list[sitk.Image]
+    labels: list[sitk.Image]
+    volumes: list[dict[str, float]]
+    function: dict
+    metrics: dict = field(default_factory=dict)
+
+
+def heart_centre(labels: sitk.Image) -> np.ndarray:
+    """Physical centroid of the labelled heart (every label above 0)."""
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(sitk.Cast(labels > 0, sitk.sitkUInt8))
+    return np.array(stats.GetCentroid(1))
+
+
+def frames_on_grid(frames: list[sitk.Image], grid: sitk.Image) -> torch.Tensor:
+    """The frames, each normalised to [-1, 1], on the network grid: (N, 1, D, H, W)."""
+    arrays = [sitk.GetArrayFromImage(resample_to(normalized(f), grid, -1.0)) for f in frames]
+    return torch.from_numpy(np.stack(arrays))[:, None]
+
+
+def predict_flows(
+    model: FSDiffRegNet,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    refine: RefineOptions,
+    log: Callable[[str], None],
+) -> torch.Tensor:
+    """Flows (N, 3, D, H, W) from ``moving`` (1, 1, D, H, W) to each of ``fixed`` (N, 1, D, H, W)."""
+    flows, scores = [], []
+    n = fixed.shape[0]
+    with torch.no_grad():
+        for start in range(0, n, BATCH_FRAMES):
+            f = fixed[start:start + BATCH_FRAMES]
+            m = moving.expand(f.shape[0], -1, -1, -1, -1)
+            score, flow = model(m, f, f, torch.zeros(f.shape[0], dtype=torch.long, device=f.device))
+            flows.append(flow)
+            scores.append(score)
+            log(f"network {start + f.shape[0]}/{n} frames")
+    flow, score = torch.cat(flows), torch.cat(scores)
+    if refine.steps > 0:
+        flow = refine_flow(flow, moving.expand(n, -1, -1, -1, -1), fixed, score, model.cfg, refine, log)
+    return flow.float().cpu()
+
+
+def track_frames(
+    cine: Cine,
+    labels: sitk.Image,
+    reference: int,
+    model: FSDiffRegNet,
+    device: torch.device,
+    refine: RefineOptions = DEFAULT_REFINE,
+    log: Callable[[str], None] = lambda message: None,
+) -> Tracking:
+    """Register every frame of ``cine`` to frame index ``reference`` (0-based) whose labels are ``labels``."""
+    check_cine_labels(labels, cine)
+    start = time.time()
+    frames = cine.frames
+    others = [i for i in range(len(frames)) if i != reference]
+    grid = network_grid(canonical(frames[reference]), heart_centre(labels), model.cfg)
+    moving = frames_on_grid([frames[reference]], grid).to(device)
+    fixed = frames_on_grid([frames[i] for i in others], grid).to(device)
+    flows = predict_flows(model, moving, fixed, refine, log).numpy()
+    fields, warped = [], []
+    for i, frame in enumerate(frames):
+        if i == reference:
+            fields.append(zero_field(frame))
+            warped.append(labels)
+        else:
+            fields.append(resample_field(flow_to_field(flows[others.index(i)], grid), frame))
+            warped.append(apply_field(labels, fields[-1], nearest=True))
+    volumes = [structure_volumes(w) for w in warped]
+    function = cardiac_function(volumes, reference + 1, myocardial_strain(fields, warped, labels))
+    quality = [field_metrics(f, grid) for f in fields]
+    metrics = {
+        "seconds": round(time.time() - start, 3),
+        "device": str(device),
+        "refine": asdict(refine),
+        "frames": len(frames),
+        "reference_frame": reference + 1,
+        "folding_percent": [q["folding_percent"] for q in quality],
+        "sd_jacobian": [q["sd_jacobian"] for q in quality],
+    }
+    return Tracking(fields, warped, volumes, function, metrics)
+
+
+def zero_field(frame: sitk.Image) -> sitk.Image:
+    """The identity as a displacement field on ``frame``'s grid."""
+    zero = sitk.Image(frame.GetSize(), sitk.sitkVectorFloat64, 3)
+    zero.CopyInformation(frame)
+    return zero
+
+
+def field_name(frame: int, frames: int) -> str:
+    """``field_07.nii.gz``: 1-based, zero-padded to the frame count's width (at least 2 digits)."""
+    return f"field_{frame:0{max(2, len(str(frames)))}d}.nii.gz"
+
+
+def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[str], None]) -> None:
+    """The output set into ``folder`` (field_NN.nii.gz per frame, labels.nii.gz, volumes.csv, function.json,
+    function.png), metrics.json last."""
+    for image in tracking.fields:
+        if not np.all(np.isfinite(sitk.GetArrayViewFromImage(image))):
+            raise OutputError("the registration gave NaN or infinite displacements; nothing written")
+    n = len(tracking.fields)
+    for k, image in enumerate(tracking.fields, start=1):
+        sitk.WriteImage(image, str(folder / field_name(k, n)), useCompression=True, compressionLevel=1)
+        log(f"writing {k}/{n} frames")
+    sitk.WriteImage(join_frames(tracking.labels, cine.times_ms), str(folder / "labels.nii.gz"), useCompression=True)
+    (folder / "volumes.csv").write_text(volumes_csv(tracking.volumes, cine.times_ms))
+    write_json(folder / "function.json", tracking.function)
+    save_curves(tracking.volumes, tracking.function, cine.times_ms, folder / "function.png")
+    write_metrics(folder, tracking.metrics)
+
+
+def track_files(request: TrackRequest, log: Callable[[str], None] = lambda message: None) -> Tracking:
+    """The ``fsdiffreg track`` command: check everything, track, write the set whole or nothing."""
+    inputs = {"cine": request.cine, "labels": request.labels, "weights": request.weights}
+    with output_folder(request.out_dir, inputs) as staging:
+        torch_device = pick_device(request.device)
+        log("reading cine")
+        cine = read_cine(request.cine)
+        reference = reference_index(cine, request.reference_frame)
+        labels = read_image(request.labels, "labels")
+        check_cine_labels(labels, cine)
+        log(f"loading weights on {torch_device}")
+        model, about = load_model(request.weights, torch_device)
+        tracking = track_frames(cine, labels, reference, model, torch_device, request.refine, log)
+        tracking.metrics.update({
+            "version": __version__,
+            "inputs": {"cine": describe(request.cine), "labels": describe(request.labels)},
+            "weights": about["name"], "weights_sha256": about["sha256"],
+        })
+        write_tracking(tracking, cine, staging, log)
+    return tracking

@@ -1,0 +1,590 @@
+"""Tracking a cine from Slicer on real MRML (slicer-core): a 4D NIfTI loaded with Slicer's own
+sequence reader, the ED labels as a label map or a segmentation, ``fsdiffreg track`` in a child
+process (a stand-in with the CLI's arguments, log lines and output folder: slicer_cine_child.py),
+and its outputs as sequences, tables and plots browsed by a real sequence browser; cancel, a
+failing child and bad inputs leave the scene as it was."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import vtk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
+import slicer_cine_child as child  # noqa: E402
+from FSDiffRegMRML.cine_inputs import (  # noqa: E402
+    InputError,
+    checkCine,
+    cineFrames,
+    segmentValues,
+    structureOf,
+    writeCineInputs,
+)
+from FSDiffRegMRML.cine_job import TrackingError, TrackingJob  # noqa: E402
+from FSDiffRegMRML.cine_outputs import cineSummary, functionRows  # noqa: E402
+from FSDiffRegMRML.process import RegisterOptions, TrackingProcess, launch, trackCommand  # noqa: E402
+from test_slicer_outputs import ijk_to_ras, load_volume, rotation, voxels
+from test_slicer_process import drain, live_members, scene_state, survivors
+
+FRAMES = 5
+SIZE = (20, 18, 6)  # x, y, z voxels
+SPACING = (1.5, 1.4, 8.0)
+#: Boxes (i, j, k ranges) of each ACDC label in the ED labels: RV, Myo ring around the LV.
+BOXES = {1: (slice(2, 7), slice(4, 14), slice(1, 5)), 2: (slice(9, 17), slice(5, 13), slice(1, 5)),
+         3: (slice(11, 15), slice(7, 11), slice(1, 5))}
+LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+def ed_labels_array() -> np.ndarray:
+    """ACDC-valued labels (array z, y, x)."""
+    labels = np.zeros(SIZE[::-1], np.uint8)
+    for value, (i, j, k) in BOXES.items():
+        labels[k, j, i] = value
+    return labels
+
+
+def write_cine(folder: Path, oblique: bool = True) -> tuple[Path, Path]:
+    """A 5-frame 4D NIfTI (each frame's mean tells it apart) and its ED labels, on an oblique grid."""
+    direction = (rotation(20.0) if oblique else np.eye(3)).ravel().tolist()
+    base = np.random.default_rng(0).uniform(0, 100, SIZE[::-1]).astype(np.float32)
+    frames = []
+    for k in range(1, FRAMES + 1):
+        frame = sitk.GetImageFromArray(base + 1000.0 * k)
+        frame.SetSpacing(SPACING)
+        frame.SetOrigin((-12.0, 30.5, 7.0))
+        frame.SetDirection(direction)
+        frames.append(frame)
+    labels = sitk.GetImageFromArray(ed_labels_array())
+    labels.CopyInformation(frames[0])
+    paths = folder / "cine.nii.gz", folder / "ed_labels.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries(frames), str(paths[0]))
+    sitk.WriteImage(labels, str(paths[1]))
+    return paths
+
+
+def new_scene():
+    """A scene with the module logics Slicer always has, the sequences logic among them."""
+    scene = slicer.vtkMRMLScene()
+    logics = {"colors": slicer.vtkMRMLColorLogic(), "segmentations": slicer.vtkSlicerSegmentationsModuleLogic(),
+              "sequences": slicer.vtkSlicerSequencesLogic()}
+    for logic in logics.values():
+        logic.SetMRMLScene(scene)
+    return scene, logics
+
+
+def load_cine(scene, logics, path: Path):
+    """As Slicer loads a 4D NIfTI: a sequence of volumes read by its sequence reader, and a browser of it."""
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
+    sequence.SetAndObserveStorageNodeID(storage.GetID())
+    storage.SetFileName(str(path))
+    assert storage.ReadData(sequence)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    logics["sequences"].UpdateProxyNodesFromSequences(browser)
+    return sequence
+
+
+def segmentation_of(scene, labelmap, names: list[str] | None = None):
+    """A segmentation imported from ``labelmap`` (a segment per value, in value order), renamed as ``names``."""
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "ED segmentation")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation, "")
+    for index, name in enumerate(names or []):
+        segmentation.GetSegmentation().GetNthSegment(index).SetName(name)
+    return segmentation
+
+
+def launcher(folder: Path) -> str:
+    """A PythonSlicer-like launcher: checks it is asked for ``-m FSDiffRegLib.cli track``, then runs the stand-in
+    in a child Python of its own (two processes, as PythonSlicer and the real Python)."""
+    path = folder / "PythonLauncher"
+    path.write_text('#!/bin/sh\n[ "$1 $2 $3" = "-m FSDiffRegLib.cli track" ] || '
+                    '{ echo "bad arguments: $*" >&2; exit 3; }\nshift 3\n'
+                    f'"{sys.executable}" "{child.__file__}" "$@"\nexit $?\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def label_counts(array: np.ndarray) -> dict[str, int]:
+    return {str(int(v)): int((array == v).sum()) for v in np.unique(array) if v > 0}
+
+
+# --- the command line and its progress --------------------------------------------------------
+
+
+def test_track_command_carries_every_option():
+    options = RegisterOptions(device="cuda", weights="/w/model.pt", refineSteps=25, smoothness=2.5)
+    args = trackCommand("py", Path("frames"), Path("labels.nrrd"), Path("out"), 19, options)
+    assert args[:5] == ["py", "-m", "FSDiffRegLib.cli", "track", "frames"]
+    assert dict(zip(args[5::2], args[6::2])) == {
+        "--labels": "labels.nrrd", "--out-dir": "out", "--reference-frame": "19", "--device": "cuda",
+        "--weights": "/w/model.pt", "--refine": "25", "--smoothness": "2.5"}
+    plain = trackCommand("py", Path("f"), Path("l"), Path("o"), 1, RegisterOptions(refineSteps=0, smoothness=3.0))
+    assert "--weights" not in plain and "--smoothness" not in plain and plain[-2:] == ["--refine", "0"]
+
+
+def test_progress_moves_frame_by_frame():
+    lines = ["fsdiffreg: reading cine", "fsdiffreg: loading weights on cpu", "fsdiffreg: network 2/4 frames",
+             "fsdiffreg: network 4/4 frames", "fsdiffreg: refining 50 % (30/60 steps), 3 s left",
+             "fsdiffreg: refining 100 % (60/60 steps), 0 s left", "fsdiffreg: writing 1/4 frames",
+             "fsdiffreg: writing 4/4 frames"]
+    assert [TrackingProcess.stageProgress(line.split(": ", 1)[1]) for line in lines] == [5, 10, 30, 50, 68, 85, 87, 95]
+    script = "import sys\n" + "".join(f"print({line!r}, file=sys.stderr, flush=True)\n" for line in lines)
+    process = TrackingProcess(launch([sys.executable, "-c", script], Path.cwd()))
+    assert drain(process) == lines and process.progress == 95 and process.succeeded
+
+
+def test_failure_and_crash_are_one_line_about_tracking():
+    error = TrackingProcess(launch([sys.executable, "-c", "import sys; print('fsdiffreg track: error: reference "
+                                    "frame 30 is out of range', file=sys.stderr); sys.exit(2)"], Path.cwd()))
+    drain(error)
+    assert error.failure() == "reference frame 30 is out of range"
+    crash = TrackingProcess(launch([sys.executable, "-c", "import sys; print('MemoryError'); sys.exit(1)"],
+                                   Path.cwd()))
+    drain(crash)
+    assert crash.failure() == "tracking failed (exit code 1): MemoryError"
+
+
+# --- which label value each segment gets ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("RV", 1), ("Right ventricle", 1), ("rv_blood_pool", 1), ("Myo", 2), ("myocardium", 2), ("LV Myocardium", 2),
+    ("LV", 3), ("lv", 3), ("LV blood pool", 3), ("Left-Ventricle", 3), ("Segment_1", None), ("scar", None)])
+def test_segment_names_of_the_structures(name, value):
+    assert structureOf(name) == value
+
+
+def segmentation_named(names: list[str]):
+    """A segmentation (in no scene) with empty segments of these names."""
+    new_scene()  # registers the segmentation converters, as Slicer does at start-up
+    segmentation = slicer.vtkMRMLSegmentationNode()
+    segmentation.SetName("ED")
+    for name in names:
+        segment = slicer.vtkSegment()
+        segment.SetName(name)
+        segmentation.GetSegmentation().AddSegment(segment, name.replace(" ", "_") + "_id")
+    return segmentation
+
+
+@pytest.mark.parametrize(("names", "values"), [
+    (["LV blood pool", "Myocardium", "Right ventricle"], [3, 2, 1]),  # names win over the order
+    (["Segment_1", "Segment_2", "Segment_3"], [1, 2, 3]),  # none named: the order, as Register writes them
+    (["tissue", "bone"], [1, 2]),  # Slicer's default label colour names
+    (["LV", "scar", "Myo", "fat"], [3, 4, 2, 5]),  # unknown beside named ones: never a ventricle
+])
+def test_segment_values(names, values):
+    segmentation = segmentation_named(names)
+    assert list(segmentValues(segmentation).values()) == values
+
+
+def test_two_segments_naming_one_structure_is_an_error():
+    with pytest.raises(InputError, match="'LV' and 'left ventricle' of 'ED' both name the LV") as error:
+        segmentValues(segmentation_named(["LV", "Myo", "left ventricle"]))
+    assert "\n" not in str(error.value)
+
+
+# --- a tracking that succeeds -----------------------------------------------------------------
+
+CASES = {  # labels as the user picks them, reference frame, time column in volumes.csv
+    "label map": ("label map", 3, False),
+    "segmentation named out of order": ("named", 1, True),
+    "segmentation from a label map": ("unnamed", FRAMES, False),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def run(request, tmp_path_factory):
+    kind, reference, times = CASES[request.param]
+    folder = tmp_path_factory.mktemp("cine")
+    cinePath, labelsPath = write_cine(folder)
+    scene, logics = new_scene()
+    cine = load_cine(scene, logics, cinePath)
+    labelmap = load_volume(scene, labelsPath, "vtkMRMLLabelMapVolumeNode")
+    labels = labelmap
+    if kind == "unnamed":
+        labels = segmentation_of(scene, labelmap)
+    elif kind == "named":  # values 1, 2, 3 hold LV, Myo, RV: segments in that order, named
+        swapped = ed_labels_array()
+        swapped[swapped == 1], swapped[swapped == 3] = 9, 1
+        swapped[swapped == 9] = 3
+        image = sitk.GetImageFromArray(swapped)
+        image.CopyInformation(sitk.ReadImage(str(labelsPath)))
+        sitk.WriteImage(image, str(folder / "swapped.nii.gz"))
+        swappedNode = load_volume(scene, folder / "swapped.nii.gz", "vtkMRMLLabelMapVolumeNode")
+        labels = segmentation_of(scene, swappedNode, ["LV blood pool", "myocardium", "Right Ventricle"])
+    before = scene_state(scene)
+    record = folder / "record.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FAKE_TRACK_RECORD", str(record))
+        if times:
+            patch.setenv("FAKE_TRACK_TIMES", "1")
+        job = TrackingJob(cine, reference, labels, logics["sequences"],
+                          RegisterOptions(device="cpu", refineSteps=4), python=launcher(folder))
+        lines: list[str] = []
+        outputs = job.wait(onLines=lines.extend)
+    return {"name": request.param, "scene": scene, "logics": logics, "cine": cine, "labels": labels,
+            "reference": reference, "times": times, "job": job, "lines": lines, "outputs": outputs,
+            "before": before, "record": json.loads(record.read_text()), "cinePath": cinePath}
+
+
+def test_the_child_gets_every_frame_and_the_labels_with_acdc_values(run):
+    record = run["record"]
+    assert record["frames"] == [f"frame_{k:02d}.nrrd" for k in range(1, FRAMES + 1)]
+    assert record["reference"] == run["reference"]
+    assert record["arguments"][record["arguments"].index("--reference-frame") + 1] == str(run["reference"])
+    cine = sitk.ReadImage(str(run["cinePath"]))
+    for k, (size, origin, spacing, direction) in enumerate(record["geometry"]):
+        frame = cine[:, :, :, k]
+        assert tuple(size) == frame.GetSize()
+        np.testing.assert_allclose(origin, frame.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(spacing, frame.GetSpacing(), atol=1e-5)
+        np.testing.assert_allclose(direction, frame.GetDirection(), atol=1e-5)
+        assert record["means"][k] == pytest.approx(float(sitk.GetArrayViewFromImage(frame).mean()), rel=1e-6)
+    assert record["labels_geometry"] == record["geometry"][0]
+    # the RV, Myo and LV boxes differ in size: their counts tell which value each structure got
+    assert record["labels_counts"] == label_counts(ed_labels_array())
+    assert "fsdiffreg: network 5/5 frames" in run["lines"] and run["job"].progress == 95
+
+
+def test_outputs_are_new_nodes_of_the_right_kinds(run):
+    out, cine = run["outputs"], run["cine"]
+    indexValues = [cine.GetNthIndexValue(i) for i in range(FRAMES)]
+    for sequence, kind in ((out.transforms, "vtkMRMLGridTransformNode"),
+                           (out.segmentations, "vtkMRMLSegmentationNode")):
+        assert sequence.IsA("vtkMRMLSequenceNode") and sequence.GetScene() is run["scene"]
+        assert sequence.GetNumberOfDataNodes() == FRAMES
+        assert {sequence.GetNthDataNode(i).GetClassName() for i in range(FRAMES)} == {kind}
+        assert [sequence.GetNthIndexValue(i) for i in range(FRAMES)] == indexValues
+        assert (sequence.GetIndexName(), sequence.GetIndexUnit()) == (cine.GetIndexName(), cine.GetIndexUnit())
+        assert sequence.GetNthDataNode(FRAMES - 1).GetName().endswith(f"frame {FRAMES}")
+    for i in range(FRAMES):
+        segments = out.segmentations.GetNthDataNode(i).GetSegmentation()
+        names = [segments.GetNthSegment(s).GetName() for s in range(segments.GetNumberOfSegments())]
+        assert names == ["RV", "Myo", "LV"]
+    assert out.table.IsA("vtkMRMLTableNode") and out.table.GetNumberOfRows() == FRAMES
+    assert out.functionTable.IsA("vtkMRMLTableNode")
+    assert out.chart.IsA("vtkMRMLPlotChartNode") and all(s.IsA("vtkMRMLPlotSeriesNode") for s in out.series)
+    assert out.browser.IsA("vtkMRMLSequenceBrowserNode") and out.browser.GetMasterSequenceNode() is cine
+    assert out.browser.IsSynchronizedSequenceNode(out.transforms.GetID())
+    assert out.browser.IsSynchronizedSequenceNode(out.segmentations.GetID())
+    assert out.browser.GetNumberOfSynchronizedSequenceNodes() == 2
+    assert cineSummary(out.function, out.metrics) == (f"ED frame {run['reference']}, ES frame {FRAMES - 1}, "
+                                                      "LV EF 58.5 %, RV EF 58.5 %; 5 frames in 1.2 s on cpu")
+    assert not run["job"].workDir.exists()
+
+
+def centroid_ras(segmentation, segmentId: str) -> np.ndarray:
+    """The centre (RAS) of a segment's voxels."""
+    image = slicer.vtkOrientedImageData()
+    assert segmentation.GetBinaryLabelmapRepresentation(segmentId, image)
+    extent = image.GetExtent()
+    dims = [extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)]
+    array = voxels_of(image).reshape(dims[::-1])
+    k, j, i = np.nonzero(array)
+    ijk = np.c_[i + extent[0], j + extent[2], k + extent[4], np.ones(len(i))]
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    m = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return (ijk @ m.T)[:, :3].mean(axis=0)
+
+
+def voxels_of(image) -> np.ndarray:
+    from vtk.util import numpy_support
+
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+
+
+def test_the_browser_steps_through_frames_and_the_proxies_follow(run):
+    out, cine, reference = run["outputs"], run["cine"], run["reference"]
+    browser = out.browser
+    volume, transform = browser.GetProxyNode(cine), browser.GetProxyNode(out.transforms)
+    segmentation = browser.GetProxyNode(out.segmentations)
+    assert volume.IsA("vtkMRMLScalarVolumeNode") and transform.IsA("vtkMRMLGridTransformNode")
+    assert segmentation.IsA("vtkMRMLSegmentationNode") and segmentation.GetDisplayNode() is not None
+    frame = ijk_to_ras(cineFrames(cine)[0])
+    centre = (frame @ np.r_[(np.array(SIZE) - 1) / 2.0, 1.0])[:3]
+    step = frame[:3, 0]  # one voxel along i, RAS
+    lvAtReference = None
+    for item in [reference - 1, *range(FRAMES)]:
+        browser.SetSelectedItemNumber(item)
+        number = item + 1
+        base = voxels(cineFrames(cine)[0]).mean() - 1000.0
+        assert voxels(volume).mean() == pytest.approx(1000.0 * number + base, rel=1e-6)
+        moved = np.array(transform.GetTransformFromParent().TransformPoint(centre)) - centre
+        np.testing.assert_allclose(moved, np.array([number - reference, 0.0, 0.0]) * LPS_TO_RAS, atol=1e-4)
+        lv = centroid_ras(segmentation, "LV")
+        if lvAtReference is None:
+            lvAtReference = lv
+        np.testing.assert_allclose(lv - lvAtReference, (number - reference) * step, atol=1e-3)
+
+
+def column(table, name: str) -> list:
+    array = table.GetTable().GetColumnByName(name)
+    assert array is not None, name
+    return [array.GetValue(i) for i in range(array.GetNumberOfTuples())]
+
+
+def test_table_holds_the_volumes_and_strain_of_every_frame(run):
+    table, reference = run["outputs"].table, run["reference"]
+    names = [table.GetTable().GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    time = ["time_ms"] if run["times"] else []
+    assert names == ["frame", *time, "RV_ml", "Myo_ml", "LV_ml", "radial_strain_percent",
+                     "circumferential_strain_percent"]
+    assert column(table, "frame") == list(range(1, FRAMES + 1))
+    if run["times"]:
+        assert column(table, "time_ms") == [child.FRAME_MS * k for k in range(FRAMES)]
+    for k in range(1, FRAMES + 1):
+        for name, value in child.expected_volumes(k, [1, 2, 3]).items():
+            assert column(table, name)[k - 1] == pytest.approx(value, abs=1e-9)
+        radial, circumferential = child.expected_strain(k, reference)
+        assert column(table, "radial_strain_percent")[k - 1] == radial
+        assert column(table, "circumferential_strain_percent")[k - 1] == circumferential
+    assert table.GetColumnUnitLabel("LV_ml") == "ml" and table.GetColumnUnitLabel("radial_strain_percent") == "%"
+    assert json.loads(table.GetAttribute("FSDiffReg.function")) == run["outputs"].function
+    assert json.loads(table.GetAttribute("FSDiffReg.metrics"))["seconds"] == 1.25
+
+
+def test_function_table_lists_every_value(run):
+    table = run["outputs"].functionTable
+    rows = list(zip(column(table, "quantity"), column(table, "value"), column(table, "unit")))
+    assert rows == [(q, pytest.approx(v), u) for q, v, u in functionRows(run["outputs"].function)]
+    assert ("LV EF", 58.5, "%") in rows and ("ED frame", float(run["reference"]), "") in rows
+    assert ("Myo mass", 94.5, "g") in rows and ("RV ESV", 41.0, "ml") in rows
+    assert ("strain peak radial", 2.0 * max(run["reference"] - 1, FRAMES - run["reference"]), "%") in rows
+
+
+def test_plot_series_draw_table_columns(run):
+    out = run["outputs"]
+    assert out.chart.GetNumberOfPlotSeriesNodes() == len(out.series) == 5
+    curves = {}
+    for i in range(out.chart.GetNumberOfPlotSeriesNodes()):
+        series = out.chart.GetNthPlotSeriesNode(i)
+        assert series.GetTableNode() is out.table and series.GetXColumnName() == "frame"
+        assert out.table.GetTable().GetColumnByName(series.GetYColumnName()) is not None
+        curves[series.GetName()] = series.GetYColumnName()
+    assert curves == {"RV volume": "RV_ml", "Myo volume": "Myo_ml", "LV volume": "LV_ml",
+                      "radial strain": "radial_strain_percent",
+                      "circumferential strain": "circumferential_strain_percent"}
+
+
+def test_only_the_outputs_and_their_proxies_join_the_scene(run):
+    """New nodes: the outputs, and the browser's proxy nodes with their display and storage nodes
+    (nothing made on the way, e.g. while exporting or importing segments, is left behind)."""
+    scene, out = run["scene"], run["outputs"]
+    outputs = [out.transforms, out.segmentations, out.table, out.functionTable, out.chart, *out.series, out.browser]
+    proxies = [out.browser.GetProxyNode(s) for s in (run["cine"], out.transforms, out.segmentations)]
+    expected = {node.GetID() for node in outputs + proxies}
+    for proxy in proxies:
+        expected |= {proxy.GetNthDisplayNodeID(i) for i in range(proxy.GetNumberOfDisplayNodes())}
+        expected |= {proxy.GetNthStorageNodeID(i) for i in range(proxy.GetNumberOfStorageNodes())}
+    now = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    assert now - {node_id for node_id, *_ in run["before"]} == expected
+    assert out.segmentations.GetName() == f"{run['labels'].GetName()} tracked"
+    assert out.transforms.GetName() == "cine FSDiffReg transforms" and out.browser.GetName() == "cine FSDiffReg"
+
+
+def test_inputs_stay_as_they_were(run):
+    """Every node there before the run keeps its modification time and display nodes."""
+    scene = run["scene"]
+    now = {node_id: state for node_id, *state in scene_state(scene)}
+    for node_id, *state in run["before"]:
+        assert now[node_id] == state, scene.GetNodeByID(node_id).GetClassName()
+
+
+# --- a tracking that fails, or is cancelled ---------------------------------------------------
+
+
+@pytest.fixture
+def cine_scene(tmp_path):
+    scene, logics = new_scene()
+    cinePath, labelsPath = write_cine(tmp_path)
+    cine = load_cine(scene, logics, cinePath)
+    labels = segmentation_of(scene, load_volume(scene, labelsPath, "vtkMRMLLabelMapVolumeNode"), ["RV", "Myo", "LV"])
+    return scene, logics, cine, labels
+
+
+@pytest.mark.parametrize(("mode", "error", "message"), [
+    ("error", TrackingError, "^labels must be integer-valued, got float$"),
+    ("crash", TrackingError, r"^tracking failed \(exit code 1\): MemoryError$"),
+    ("missing-field", OSError, "frame_05.nii.gz"),
+    ("wrong-grid", OSError, "frame 1 of the tracking output labels.nii.gz is not on the cine's voxel grid"),
+])
+def test_a_failing_child_adds_nothing(cine_scene, tmp_path, monkeypatch, mode, error, message):
+    scene, logics, cine, labels = cine_scene
+    before = scene_state(scene)
+    monkeypatch.setenv("FAKE_TRACK", mode)
+    job = TrackingJob(cine, 2, labels, logics["sequences"], RegisterOptions(device="cpu", refineSteps=0),
+                      python=launcher(tmp_path))
+    with pytest.raises(error, match=message):
+        job.wait()
+    assert scene_state(scene) == before and not job.workDir.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to see the process tree")
+def test_cancel_stops_launcher_and_child_and_adds_nothing(cine_scene, tmp_path, monkeypatch):
+    scene, logics, cine, labels = cine_scene
+    before = scene_state(scene)
+    monkeypatch.setenv("FAKE_TRACK", "hang")
+    job = TrackingJob(cine, 1, labels, logics["sequences"], RegisterOptions(device="cpu"), python=launcher(tmp_path))
+    lines, deadline = [], time.monotonic() + 60
+    while not lines:
+        assert time.monotonic() < deadline and not job.finished, "the stand-in never spoke"
+        lines += job.poll()
+        time.sleep(0.01)
+    assert lines == ["fsdiffreg: reading cine"] and job.progress == 5
+    group = job.process.process.pid
+    assert len(live_members(group)) == 2
+    job.cancel()
+    assert survivors(group) == []
+    with pytest.raises(TrackingError, match="^tracking cancelled$"):
+        job.outputs()
+    assert scene_state(scene) == before and not job.workDir.exists()
+
+
+# --- bad inputs ---------------------------------------------------------------------------------
+
+
+def volume_like(frame, spacing=None):
+    """A new volume (in no scene) with ``frame``'s voxels, on its grid or with another spacing."""
+    volume = slicer.vtkMRMLScalarVolumeNode()
+    volume.CopyOrientation(frame)
+    image = vtk.vtkImageData()
+    image.DeepCopy(frame.GetImageData())
+    volume.SetAndObserveImageData(image)
+    if spacing:
+        volume.SetSpacing(spacing)
+    return volume
+
+
+def sequence_of(scene, name: str, items: list):
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    for index, item in enumerate(items):
+        sequence.SetDataNodeAtValue(item, str(index))
+    return sequence
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    cinePath, labelsPath = write_cine(folder)
+    scene, logics = new_scene()
+    cine = load_cine(scene, logics, cinePath)
+    frame = cineFrames(cine)[0]
+    labelmap = load_volume(scene, labelsPath, "vtkMRMLLabelMapVolumeNode")
+    crop = vtk.vtkExtractVOI()
+    crop.SetInputData(labelmap.GetImageData())
+    crop.SetVOI(0, SIZE[0] - 3, 0, SIZE[1] - 1, 0, SIZE[2] - 1)
+    crop.Update()
+    cropped = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "cropped")
+    cropped.CopyOrientation(labelmap)
+    cropped.SetAndObserveImageData(crop.GetOutput())
+    empty = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "zeros")
+    empty.CopyOrientation(labelmap)
+    zeros = vtk.vtkImageData()
+    zeros.DeepCopy(labelmap.GetImageData())
+    zeros.GetPointData().GetScalars().Fill(0)
+    empty.SetAndObserveImageData(zeros)
+    far = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "far away")
+    far.CopyOrientation(labelmap)
+    far.SetOrigin(1000.0, 1000.0, 1000.0)
+    far.SetAndObserveImageData(labelmap.GetImageData())
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shifted = segmentation_of(scene, labelmap, ["RV", "Myo", "LV"])
+    shifted.SetAndObserveTransformNodeID(shift.GetID())
+    other_scene, other_logics = new_scene()
+    elsewhere = load_volume(other_scene, labelsPath, "vtkMRMLLabelMapVolumeNode")
+    transform = slicer.vtkMRMLLinearTransformNode()
+    nodes = {
+        "cine": cine, "labels": labelmap, "segmentation": segmentation_of(scene, labelmap, ["RV", "Myo", "LV"]),
+        "volume": load_volume(scene, labelsPath), "one frame": sequence_of(scene, "one frame", [volume_like(frame)]),
+        "empty sequence": sequence_of(scene, "no frames", []),
+        "transforms": sequence_of(scene, "transforms", [transform, transform]),
+        "label maps": sequence_of(scene, "label maps", [labelmap, labelmap]),
+        "two grids": sequence_of(scene, "two grids", [volume_like(frame), volume_like(frame, (1.0, 1.0, 5.0))]),
+        "cropped": cropped, "zeros": empty, "empty segmentation": scene.AddNewNodeByClass("vtkMRMLSegmentationNode"),
+        "two LVs": segmentation_of(scene, labelmap, ["LV", "Myo", "lv blood pool"]),
+        "outside": segmentation_of(scene, far, ["RV", "Myo", "LV"]), "shifted": shifted, "elsewhere": elsewhere,
+    }
+    return scene, (logics, other_scene, other_logics), nodes
+
+
+BAD_INPUTS = [
+    (None, 1, "labels", "^Select a cine: a volume sequence"),
+    ("volume", 1, "labels", "is not a volume sequence: load the cine as a sequence"),
+    ("one frame", 1, "labels", "^The cine 'one frame' has 1 frame\\(s\\): tracking needs at least 2.$"),
+    ("empty sequence", 1, "labels", "has 0 frame"),
+    ("transforms", 1, "labels", "holds vtkMRMLLinearTransformNode items, not scalar volumes"),
+    ("label maps", 1, "labels", "holds vtkMRMLLabelMapVolumeNode items"),
+    ("two grids", 1, "labels", "^Frame 2 of the cine 'two grids' is not on frame 1's voxel grid"),
+    ("cine", 0, "labels", "^Reference frame 0 is out of range: the cine 'cine' has frames 1 to 5.$"),
+    ("cine", FRAMES + 1, "labels", "^Reference frame 6 is out of range"),
+    ("cine", 1, None, "^Select the labels of the reference frame"),
+    ("cine", 1, "volume", "must be a segmentation or a label map volume"),
+    ("cine", 1, "cine", "must be a segmentation or a label map volume"),
+    ("cine", 1, "cropped", "^The label map 'cropped' is not on the cine's voxel grid"),
+    ("cine", 1, "zeros", "^The label map 'zeros' is empty"),
+    ("cine", 1, "empty segmentation", "has no segments"),
+    ("cine", 1, "two LVs", "'LV' and 'lv blood pool' of .* both name the LV: rename or remove one.$"),
+    ("cine", 1, "shifted", "labels .* is under a transform"),
+    ("cine", 1, "elsewhere", "labels .* is in another scene"),
+    ("cine", 1, "outside", "has no voxel inside the cine's frames"),
+]
+
+
+@pytest.mark.parametrize(("cine", "reference", "labels", "message"), BAD_INPUTS)
+def test_bad_inputs_give_one_line_and_change_nothing(bad, tmp_path, cine, reference, labels, message):
+    scene, (logics, _, _), nodes = bad
+    before = scene_state(scene)
+    folders = set(Path(tempfile.gettempdir()).glob("FSDiffReg-*"))
+    with pytest.raises(InputError, match=message) as error:
+        TrackingJob(nodes.get(cine), reference, nodes.get(labels), logics["sequences"], RegisterOptions(device="cpu"),
+                    python=launcher(tmp_path))
+    assert "\n" not in str(error.value)
+    assert scene_state(scene) == before
+    assert set(Path(tempfile.gettempdir()).glob("FSDiffReg-*")) == folders
+
+
+def test_the_good_inputs_of_the_bad_scene_pass(bad):
+    scene, (logics, _, _), nodes = bad
+    for labels in ("labels", "segmentation"):
+        checkCine(nodes["cine"], FRAMES, nodes[labels])
+
+
+# --- a real cine ----------------------------------------------------------------------------------
+
+SUNNYBROOK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sunnybrook-cine" / "SCD0000101"
+
+
+def test_a_real_cine_is_written_frame_by_frame_in_order(tmp_path):
+    """SCD0000101 (20 phases, ED = frame 19) loaded as Slicer loads a 4D NIfTI: frame N of the files is
+    phase N of the cine, on its grid, and the ED labels keep their value (3, LV only)."""
+    if not SUNNYBROOK.is_dir():
+        pytest.skip(f"Sunnybrook cine not found at {SUNNYBROOK}: this test needs ../shared/data/sunnybrook-cine")
+    scene, logics = new_scene()
+    cine = load_cine(scene, logics, SUNNYBROOK / "SCD0000101_4d.nii.gz")
+    labels = load_volume(scene, SUNNYBROOK / "SCD0000101_frame19_gt.nii.gz", "vtkMRMLLabelMapVolumeNode")
+    checkCine(cine, 19, labels)
+    (tmp_path / "work").mkdir()
+    files = writeCineInputs(tmp_path / "work", cine, 19, labels)
+    assert sorted(p.name for p in files.frames.iterdir()) == [f"frame_{k:02d}.nrrd" for k in range(1, 21)]
+    assert {v: s.name for v, s in files.structures.items()} == {3: "LV"}
+    four_d = sitk.ReadImage(str(SUNNYBROOK / "SCD0000101_4d.nii.gz"))
+    for k in (1, 8, 19, 20):
+        written = sitk.ReadImage(str(files.frames / f"frame_{k:02d}.nrrd"))
+        phase = four_d[:, :, :, k - 1]
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(phase))
+        np.testing.assert_allclose(written.GetOrigin(), phase.GetOrigin(), atol=1e-3)
+        np.testing.assert_allclose(written.GetDirection(), phase.GetDirection(), atol=1e-5)
+    for written, original in ((files.frames / "frame_19.nrrd", "SCD0000101_frame19.nii.gz"),
+                              (files.labels, "SCD0000101_frame19_gt.nii.gz")):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(SUNNYBROOK / original))))

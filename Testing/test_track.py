@@ -1,0 +1,164 @@
+"""``fsdiffreg track`` on real ACDC frames: outputs, labels carried the right way, batching, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from FSDiffRegLib import acdc
+from FSDiffRegLib.cine import Cine, read_cine
+from FSDiffRegLib.cli import main
+from FSDiffRegLib.defaults import RefineOptions
+from FSDiffRegLib.field import apply_field
+from FSDiffRegLib.metrics import heart_dice
+from FSDiffRegLib.refine import refine_flow
+from FSDiffRegLib.track import frames_on_grid, heart_centre, predict_flows, track_frames
+from FSDiffRegLib.weights import load_model
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC"
+pytestmark = pytest.mark.skipif(not (DATA / "training" / "patient091").is_dir(),
+                                reason=f"ACDC data not found at {DATA} (tests read patient 091 from ../shared/data)")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def pair() -> acdc.AcdcPair:
+    return acdc.load_pair(DATA / "training" / "patient091")
+
+
+@pytest.fixture(scope="module")
+def cine_folder(pair: acdc.AcdcPair, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The patient's ED and ES frames as a 2-frame cine folder (frame1 = ED, frame2 = ES)."""
+    folder = tmp_path_factory.mktemp("cine")
+    sitk.WriteImage(sitk.ReadImage(str(pair.fixed)), str(folder / "frame1.nii.gz"))
+    sitk.WriteImage(sitk.ReadImage(str(pair.moving)), str(folder / "frame2.nii.gz"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tracked(pair: acdc.AcdcPair, cine_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert main(["track", str(cine_folder), "--labels", str(pair.fixed_labels), "--out-dir", str(out),
+                 "--refine", "3", "--device", "cpu"]) == 0
+    return out
+
+
+def test_outputs_are_whole_and_agree(tracked: Path):
+    names = sorted(p.name for p in tracked.iterdir())
+    assert names == ["field_01.nii.gz", "field_02.nii.gz", "function.json", "function.png", "labels.nii.gz",
+                     "metrics.json", "volumes.csv"]
+    function = json.loads((tracked / "function.json").read_text())
+    rows = list(csv.DictReader((tracked / "volumes.csv").open()))
+    assert [r["frame"] for r in rows] == ["1", "2"]
+    assert function["ED_frame"] == 1 and function["ES_frame"] == 2
+    lv = function["LV"]
+    assert lv["EDV_ml"] == pytest.approx(float(rows[0]["LV_ml"]), abs=0.01)
+    assert lv["ESV_ml"] == pytest.approx(float(rows[1]["LV_ml"]), abs=0.01)
+    assert 20 < lv["EF_percent"] < 80  # the carried blood pool contracts
+    assert function["strain"]["circumferential_percent"][1] < 0 < function["strain"]["radial_percent"][1]
+    metrics = json.loads((tracked / "metrics.json").read_text())
+    assert metrics["refine"]["steps"] == 3 and metrics["reference_frame"] == 1 and metrics["frames"] == 2
+
+
+def test_reference_field_is_zero_and_labels_follow_the_fields(pair: acdc.AcdcPair, tracked: Path):
+    ed_labels = sitk.ReadImage(str(pair.fixed_labels))
+    labels = sitk.ReadImage(str(tracked / "labels.nii.gz"))
+    assert labels.GetDimension() == 4 and labels.GetSize()[3] == 2
+    frames = [labels[:, :, :, t] for t in range(2)]
+    assert np.array_equal(sitk.GetArrayFromImage(frames[0]), sitk.GetArrayFromImage(ed_labels))
+    assert not np.any(sitk.GetArrayFromImage(sitk.ReadImage(str(tracked / "field_01.nii.gz"))))
+    field = sitk.ReadImage(str(tracked / "field_02.nii.gz"))
+    through = apply_field(ed_labels, field, nearest=True)
+    assert np.array_equal(sitk.GetArrayFromImage(through), sitk.GetArrayFromImage(frames[1]))
+
+
+def test_labels_land_on_the_es_frame(pair: acdc.AcdcPair, tracked: Path):
+    """The propagated ED labels match the manual ES labels far better than the ED labels unmoved."""
+    es = sitk.GetArrayFromImage(sitk.ReadImage(str(pair.moving_labels)))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tracked / "labels.nii.gz")))  # (t, z, y, x)
+    before = heart_dice(labels[0], es)["mean"]
+    after = heart_dice(labels[1], es)["mean"]
+    assert after > before + 0.05, (before, after)
+
+
+def test_a_known_shift_is_recovered_with_its_sign(pair: acdc.AcdcPair):
+    """Frame 2 is frame 1 moved by +6 mm along x (LPS): the field maps frame-2 points back by -6 mm."""
+    ed = sitk.ReadImage(str(pair.fixed))
+    shift = sitk.TranslationTransform(3, (-6.0, 0.0, 0.0))  # resampling at x - 6 moves the content by +6 mm
+    moved = sitk.Resample(ed, ed, shift, sitk.sitkLinear, 0.0)
+    model, _ = load_model(None, CPU)
+    tracking = track_frames(Cine([ed, moved], None), sitk.ReadImage(str(pair.fixed_labels)), 0, model, CPU,
+                            RefineOptions(steps=30))
+    heart = sitk.GetArrayFromImage(tracking.labels[1]) > 0
+    u = sitk.GetArrayFromImage(tracking.fields[1])[heart]
+    assert u[:, 0].mean() == pytest.approx(-6.0, abs=1.5)
+    assert np.abs(u[:, 1:].mean(axis=0)).max() < 1.5
+
+
+def test_batched_frames_match_one_at_a_time(pair: acdc.AcdcPair, monkeypatch: pytest.MonkeyPatch):
+    """Network batches and the all-frame refinement give each frame the flow it gets alone."""
+    from FSDiffRegLib import track
+
+    model, _ = load_model(None, CPU)
+    ed, es = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
+    grid = track.network_grid(track.canonical(ed), heart_centre(sitk.ReadImage(str(pair.fixed_labels))), model.cfg)
+    moving = frames_on_grid([ed], grid)
+    fixed = frames_on_grid([es, ed, es], grid)
+    network = RefineOptions(steps=0)
+    together = predict_flows(model, moving, fixed, network, lambda m: None)
+    monkeypatch.setattr(track, "BATCH_FRAMES", 1)
+    alone = torch.cat([predict_flows(model, moving, fixed[i:i + 1], network, lambda m: None) for i in range(3)])
+    assert torch.allclose(together, alone, atol=2e-3)  # convolution algorithms differ with the batch size
+    with torch.no_grad():
+        score, flow = model(moving.expand(3, -1, -1, -1, -1), fixed, fixed, torch.zeros(3, dtype=torch.long))
+    refine = RefineOptions(steps=6)
+    both = refine_flow(flow, moving.expand(3, -1, -1, -1, -1), fixed, score, model.cfg, refine)
+    each = [refine_flow(flow[i:i + 1], moving, fixed[i:i + 1], score[i:i + 1], model.cfg, refine) for i in range(3)]
+    assert torch.allclose(both, torch.cat(each), atol=1e-5)
+    assert not torch.allclose(both[0], flow[0], atol=0.1)  # the refinement did move the flow
+
+
+@pytest.mark.parametrize("case, message", [
+    ("3d", "is a 3D image, not a cine"),
+    ("one frame", "has one frame"),
+    ("reference", "reference frame 3 is out of range"),
+    ("labels", "labels"),
+])
+def test_bad_input_writes_nothing(case: str, message: str, pair: acdc.AcdcPair, cine_folder: Path,
+                                  tmp_path: Path, capsys: pytest.CaptureFixture):
+    cine, labels, extra = str(cine_folder), str(pair.fixed_labels), []
+    if case == "3d":
+        cine = str(pair.fixed)
+    elif case == "one frame":
+        (tmp_path / "one").mkdir()
+        sitk.WriteImage(sitk.ReadImage(str(pair.fixed)), str(tmp_path / "one" / "frame1.nii.gz"))
+        cine = str(tmp_path / "one")
+    elif case == "reference":
+        extra = ["--reference-frame", "3"]
+    else:
+        small = sitk.ReadImage(str(pair.fixed_labels))[:-2, :, :]
+        labels = str(tmp_path / "small_labels.nii.gz")
+        sitk.WriteImage(small, labels)
+    out = tmp_path / "out"
+    code = main(["track", cine, "--labels", labels, "--out-dir", str(out), "--refine", "0", *extra])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2
+    assert len(errors) == 1 and errors[0].startswith("fsdiffreg: error: ") and message in errors[0], errors
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("one")) == \
+        (["small_labels.nii.gz"] if case == "labels" else [])
+
+
+def test_a_4d_file_reads_as_the_same_cine(cine_folder: Path, tmp_path: Path):
+    from FSDiffRegLib.cine import join_frames
+
+    frames = read_cine(cine_folder).frames
+    sitk.WriteImage(join_frames(frames, None), str(tmp_path / "cine.nii.gz"))
+    again = read_cine(tmp_path / "cine.nii.gz").frames
+    assert all(np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b)) for a, b in zip(frames, again))
