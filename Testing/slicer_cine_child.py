@@ -93,10 +93,10 @@ def record(args: argparse.Namespace, paths: list[Path], frames: list[sitk.Image]
 def write_outputs(out: Path, frames: list[sitk.Image], labels: sitk.Image, reference: int, mode: str) -> None:
     n = len(frames)
     width = max(2, len(str(n)))
-    (out / "fields").mkdir(parents=True)
+    out.mkdir(parents=True)
     for k, frame in enumerate(frames, 1):
         if mode != "missing-field" or k != n:
-            path = out / "fields" / f"frame_{k:0{width}d}.nii.gz"
+            path = out / f"field_{k:0{width}d}.nii.gz"
             sitk.WriteImage(shift_field(frame, float(k - reference)), str(path))
         say(f"writing {k}/{n} frames")
     tracked = [rolled(labels, k - reference) for k in range(1, n + 1)]

@@ -51,12 +51,12 @@ def ed_labels_array() -> np.ndarray:
     return labels
 
 
-def write_cine(folder: Path, oblique: bool = True) -> tuple[Path, Path]:
-    """A 5-frame 4D NIfTI (each frame's mean tells it apart) and its ED labels, on an oblique grid."""
-    direction = (rotation(20.0) if oblique else np.eye(3)).ravel().tolist()
+def write_cine(folder: Path, count: int = FRAMES) -> tuple[Path, Path]:
+    """A 4D NIfTI of ``count`` frames (each frame's mean tells it apart) and its ED labels, on an oblique grid."""
+    direction = rotation(20.0).ravel().tolist()
     base = np.random.default_rng(0).uniform(0, 100, SIZE[::-1]).astype(np.float32)
     frames = []
-    for k in range(1, FRAMES + 1):
+    for k in range(1, count + 1):
         frame = sitk.GetImageFromArray(base + 1000.0 * k)
         frame.SetSpacing(SPACING)
         frame.SetOrigin((-12.0, 30.5, 7.0))
@@ -415,7 +415,7 @@ def cine_scene(tmp_path):
 @pytest.mark.parametrize(("mode", "error", "message"), [
     ("error", TrackingError, "^labels must be integer-valued, got float$"),
     ("crash", TrackingError, r"^tracking failed \(exit code 1\): MemoryError$"),
-    ("missing-field", OSError, "frame_05.nii.gz"),
+    ("missing-field", OSError, "field_05.nii.gz"),
     ("wrong-grid", OSError, "frame 1 of the tracking output labels.nii.gz is not on the cine's voxel grid"),
 ])
 def test_a_failing_child_adds_nothing(cine_scene, tmp_path, monkeypatch, mode, error, message):
@@ -557,6 +557,34 @@ def test_the_good_inputs_of_the_bad_scene_pass(bad):
     scene, (logics, _, _), nodes = bad
     for labels in ("labels", "segmentation"):
         checkCine(nodes["cine"], FRAMES, nodes[labels])
+
+
+# --- the real command line -----------------------------------------------------------------------
+
+
+def test_the_real_track_command_gives_outputs_slicer_loads(tmp_path, untrained_weights):
+    """``python -m FSDiffRegLib.cli track`` itself (untrained weights, network only) on a 3-frame cine:
+    its output folder must load whole (the contract of TRACK-DESIGN.md)."""
+    scene, logics = new_scene()
+    cinePath, labelsPath = write_cine(tmp_path, count=3)
+    cine = load_cine(scene, logics, cinePath)
+    labels = segmentation_of(scene, load_volume(scene, labelsPath, "vtkMRMLLabelMapVolumeNode"), ["RV", "Myo", "LV"])
+    options = RegisterOptions(device="cpu", weights=str(untrained_weights), refineSteps=0)
+    job = TrackingJob(cine, 2, labels, logics["sequences"], options, python=sys.executable)
+    lines: list[str] = []
+    out = job.wait(onLines=lines.extend)
+    assert "fsdiffreg: reading cine" in lines and job.progress == 95
+    assert out.transforms.GetNumberOfDataNodes() == out.segmentations.GetNumberOfDataNodes() == 3
+    out.browser.SetSelectedItemNumber(1)  # the reference frame: no motion, the given labels
+    transform = out.browser.GetProxyNode(out.transforms).GetTransformFromParent()
+    centre = (ijk_to_ras(cineFrames(cine)[0]) @ np.r_[(np.array(SIZE) - 1) / 2.0, 1.0])[:3]
+    np.testing.assert_allclose(transform.TransformPoint(centre), centre, atol=1e-6)
+    tracked = out.browser.GetProxyNode(out.segmentations)
+    given = centroid_ras(labels, labels.GetSegmentation().GetNthSegmentID(2))
+    np.testing.assert_allclose(centroid_ras(tracked, "LV"), given, atol=1e-3)
+    assert column(out.table, "frame") == [1, 2, 3] and out.table.GetTable().GetColumnByName("LV_ml") is not None
+    assert "LV EF" in column(out.functionTable, "quantity") and out.function["ED_frame"] == 2
+    assert not job.workDir.exists()
 
 
 # --- a real cine ----------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """FSDiffReg's MRML layer: everything the Slicer module does to nodes, without Qt.
 
-- ``process``: the ``fsdiffreg register`` command in a child process, and its output;
+- ``process``: the ``fsdiffreg register`` and ``track`` commands in a child process, and its output;
 - ``inputs``: checking input nodes and writing them to files;
 - ``outputs``: turning the library's output files into new MRML nodes;
 - ``display``: Jacobian colours, the deformation grid, slice-view layers;
-- ``job``: one registration of MRML nodes, from inputs to output nodes.
+- ``job``: one registration of MRML nodes, from inputs to output nodes;
+- ``cine_inputs``, ``cine_job``, ``cine_outputs``: the same for tracking a cine (``fsdiffreg track``):
+  a volume sequence and its ED labels in; sequences of transforms and segmentations, the volume and
+  function tables and their plot out.
 
 It lives in a package (not beside ``FSDiffReg.py``) because Slicer takes every ``.py``
 file in a module folder for a module of its own.

@@ -70,7 +70,7 @@ def segmentValues(segmentation) -> dict[str, int]:
     ids = segmentIds(segmentation)
     names = {i: segmentation.GetSegmentation().GetSegment(i).GetName() for i in ids}
     named = {i: structureOf(names[i]) for i in ids}
-    if True:
+    if not any(named.values()):
         return {segmentId: index + 1 for index, segmentId in enumerate(ids)}
     for value in STRUCTURES:
         same = [names[i] for i in ids if named[i] == value]

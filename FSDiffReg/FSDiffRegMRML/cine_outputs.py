@@ -1,6 +1,6 @@
 """The output folder of ``fsdiffreg track`` turned into new MRML nodes, browsed with the cine.
 
-- ``fields/frame_NN.nii.gz`` -> a sequence of grid transforms, read as Register's displacement
+- ``field_NN.nii.gz`` -> a sequence of grid transforms, read as Register's displacement
   field is (``outputs.readTransform``): the transform of frame N maps a point of frame N to the
   reference frame, so the reference frame placed under it lines up with frame N;
 - ``labels.nii.gz`` (4D) -> a sequence of segmentations, one per frame, segments named after
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +55,15 @@ class CineOutputs:
 
 
 def fieldPath(outDir: Path, number: int, frames: int) -> Path:
-    """``fields/frame_01.nii.gz``: 1-based, zero-padded to the width of the frame count, at least 2 digits."""
-    return outDir / "fields" / f"frame_{number:0{max(2, len(str(frames)))}d}.nii.gz"
+    """``field_01.nii.gz``: 1-based, zero-padded to the width of the frame count, at least 2 digits."""
+    return outDir / f"field_{number:0{max(2, len(str(frames)))}d}.nii.gz"
 
 
-def newSequence(cine, itemNodes: list, name: str):
-    """A new sequence (in no scene) of ``itemNodes`` (copied), one per frame, at the cine's index values."""
+def newSequence(cine, itemNodes: Iterable, name: str):
+    """A new sequence (in no scene) of ``itemNodes`` (copied), one per frame, at the cine's index values.
+
+    Given one at a time (a generator), each node is freed once copied: a frame at a time in memory twice.
+    """
     sequence = slicer.vtkMRMLSequenceNode()
     sequence.CopySequenceIndex(cine)
     for number, node in enumerate(itemNodes, 1):
@@ -71,7 +75,7 @@ def newSequence(cine, itemNodes: list, name: str):
 def readTransforms(outDir: Path, cine):
     """The displacement field of every frame, as a sequence of grid transforms."""
     frames = cine.GetNumberOfDataNodes()
-    return newSequence(cine, [readTransform(fieldPath(outDir, n, frames)) for n in range(1, frames + 1)], "transform")
+    return newSequence(cine, (readTransform(fieldPath(outDir, n, frames)) for n in range(1, frames + 1)), "transform")
 
 
 def readLabelFrames(path: Path, frames: list) -> list:
@@ -129,9 +133,9 @@ def readSegmentations(outDir: Path, cine, structures: dict[int, Structure]):
     """The tracked labels of every frame, as a sequence of segmentations."""
     frames = cineFrames(cine)
     scene = slicer.vtkMRMLScene()  # where the segmentations are made (and get display nodes) before being copied
-    segmentations = [labelSegmentation(labelmap, frame, structures, scene)
-                     for labelmap, frame in zip(readLabelFrames(outDir / "labels.nii.gz", frames), frames)]
-    return newSequence(cine, segmentations, "labels")
+    labelmaps = readLabelFrames(outDir / "labels.nii.gz", frames)
+    return newSequence(cine, (labelSegmentation(labelmap, frame, structures, scene)
+                              for labelmap, frame in zip(labelmaps, frames)), "labels")
 
 
 def splitUnit(name: str) -> tuple[str, str]:
