@@ -93,7 +93,7 @@ def acdc_table(rows: dict[str, list[dict[str, float]]]) -> str:
               "RV EF abs err (pp)", "LV ESV abs err (ml)", "s/pair"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in rows.items():
-        def mean(key: str, f: Callable[[float], float] = float) -> float:
+        def mean(key: str, f: Callable[[float], float] = float, r: list[dict[str, float]] = r) -> float:
             return float(np.mean([f(x[key]) for x in r]))
 
         cells = [f"{mean(k):.3f}" for k in ("LV", "Myo", "RV", "mean")]

@@ -148,7 +148,8 @@ def foreign(folder: Path, out_name: str) -> str | None:
     if not folder.is_dir():
         return None
     entries = [e for e in os.scandir(folder) if not ours(e.name, out_name)]
-    others = sorted(e.name for e in entries if not OUTPUT_NAME.fullmatch(e.name) or not e.is_file(follow_symlinks=False))
+    others = sorted(e.name for e in entries
+                    if not OUTPUT_NAME.fullmatch(e.name) or not e.is_file(follow_symlinks=False))
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         return f"holds {shown}, which fsdiffreg did not write"
