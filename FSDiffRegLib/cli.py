@@ -42,18 +42,19 @@ def refine_options(args: argparse.Namespace) -> RefineOptions:
 
 
 def _register(args: argparse.Namespace) -> None:
-    from .register import register_files
+    from .register import RegisterRequest, register_files
 
-    result = register_files(args.fixed, args.moving, args.out_dir, args.weights, args.device,
-                            args.moving_labels, refine_options(args), log=_say)
+    request = RegisterRequest(args.fixed, args.moving, args.out_dir, args.moving_labels, args.weights, args.device,
+                              refine_options(args))
+    result = register_files(request, log=_say)
     print(f"{_summary(result.metrics)}\noutputs in {Path(args.out_dir).resolve()}")
 
 
 def _track(args: argparse.Namespace) -> None:
     from .track import TrackRequest, track_files
 
-    request = TrackRequest(Path(args.cine), Path(args.labels), Path(args.out_dir), args.reference_frame,
-                           Path(args.weights) if args.weights else None, args.device, refine_options(args))
+    request = TrackRequest(args.cine, args.labels, args.out_dir, args.reference_frame, args.weights, args.device,
+                           refine_options(args))
     tracking = track_files(request, log=_say)
     print(f"{function_summary(tracking.function)}; {tracking.metrics['seconds']:.1f} s on "
           f"{tracking.metrics['device']}\noutputs in {Path(args.out_dir).resolve()}")
@@ -87,7 +88,7 @@ def _demo(args: argparse.Namespace) -> None:
     import SimpleITK as sitk
 
     from .figure import save_figure
-    from .register import register_files
+    from .register import RegisterRequest, register_files
 
     sample = sample_pair()
     fixed, moving = sample["fixed"], sample["moving"]
@@ -95,8 +96,8 @@ def _demo(args: argparse.Namespace) -> None:
     def figure(result, folder: Path) -> None:
         save_figure(sitk.ReadImage(str(fixed)), sitk.ReadImage(str(moving)), result, folder / "figure.png")
 
-    result = register_files(fixed, moving, args.out_dir, args.weights, args.device, sample["moving_labels"],
-                            log=_say, also=figure)
+    request = RegisterRequest(fixed, moving, args.out_dir, sample["moving_labels"], args.weights, args.device)
+    result = register_files(request, log=_say, also=figure)
     out = Path(args.out_dir).resolve()
     print(f"registered the bundled ACDC sample (patient 091, ES -> ED): {_summary(result.metrics)}")
     print(f"outputs in {out}: displacement.nii.gz warped.nii.gz jacobian.nii.gz warped_labels.nii.gz "

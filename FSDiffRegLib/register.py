@@ -132,40 +132,39 @@ def write_outputs(result: Registration, out_dir: str | Path) -> Path:
     return Path(out_dir)
 
 
-def register_paths(
-    fixed_path: str | Path,
-    moving_path: str | Path,
-    weights: str | Path | None = None,
-    device: str = "auto",
-    moving_labels: str | Path | None = None,
-    refine: RefineOptions = DEFAULT_REFINE,
-    log: Callable[[str], None] = lambda message: None,
-) -> Registration:
-    """Read, check and register the files; the metrics name the inputs. Writes nothing."""
-    torch_device = pick_device(device)
+@dataclass(frozen=True)
+class RegisterRequest:
+    """What ``fsdiffreg register`` is asked: the images (and moving labels), where to write, how to register."""
+
+    fixed: str | Path
+    moving: str | Path
+    out_dir: str | Path
+    moving_labels: str | Path | None = None
+    weights: str | Path | None = None
+    device: str = "auto"
+    refine: RefineOptions = DEFAULT_REFINE
+
+
+def register_paths(request: RegisterRequest, log: Callable[[str], None] = lambda message: None) -> Registration:
+    """Read, check and register the request's files; the metrics name the inputs. Writes nothing."""
+    torch_device = pick_device(request.device)
     log("reading images")
-    fixed = read_image(fixed_path, "fixed")
-    moving = read_image(moving_path, "moving")
-    labels = read_image(moving_labels, "moving labels") if moving_labels else None
-    inputs = {"fixed": describe(fixed_path), "moving": describe(moving_path)}
-    if moving_labels:
-        inputs["moving_labels"] = describe(moving_labels)
+    fixed = read_image(request.fixed, "fixed")
+    moving = read_image(request.moving, "moving")
+    labels = read_image(request.moving_labels, "moving labels") if request.moving_labels else None
+    inputs = {"fixed": describe(request.fixed), "moving": describe(request.moving)}
+    if request.moving_labels:
+        inputs["moving_labels"] = describe(request.moving_labels)
     log(f"loading weights on {torch_device}")
-    model, about = load_model(weights, torch_device)
+    model, about = load_model(request.weights, torch_device)
     log("registering")
-    result = register_images(fixed, moving, model, torch_device, labels, refine, log)
+    result = register_images(fixed, moving, model, torch_device, labels, request.refine, log)
     result.metrics.update({"inputs": inputs, "weights": about["name"], "weights_sha256": about["sha256"]})
     return result
 
 
 def register_files(
-    fixed_path: str | Path,
-    moving_path: str | Path,
-    out_dir: str | Path,
-    weights: str | Path | None = None,
-    device: str = "auto",
-    moving_labels: str | Path | None = None,
-    refine: RefineOptions = DEFAULT_REFINE,
+    request: RegisterRequest,
     log: Callable[[str], None] = lambda message: None,
     also: Callable[[Registration, Path], None] | None = None,
 ) -> Registration:
@@ -173,10 +172,10 @@ def register_files(
 
     ``also(result, folder)`` writes more files into the set (the demo's figure).
     """
-    inputs = {"fixed image": fixed_path, "moving image": moving_path, "moving labels": moving_labels,
-              "weights": weights}
-    with output_folder(out_dir, inputs) as staging:
-        result = register_paths(fixed_path, moving_path, weights, device, moving_labels, refine, log)
+    inputs = {"fixed image": request.fixed, "moving image": request.moving, "moving labels": request.moving_labels,
+              "weights": request.weights}
+    with output_folder(request.out_dir, inputs) as staging:
+        result = register_paths(request, log)
         log("writing outputs")
         write_files(result, staging)
         if also is not None:

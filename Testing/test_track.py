@@ -111,8 +111,9 @@ def test_batched_frames_match_one_at_a_time(pair: acdc.AcdcPair, monkeypatch: py
     moving = frames_on_grid([ed], grid)
     fixed = frames_on_grid([es, ed, es], grid)
     network = RefineOptions(steps=0)
+    monkeypatch.setitem(track.NETWORK_BATCH, "cpu", 4)
     together = predict_flows(model, moving, fixed, network, lambda m: None)
-    monkeypatch.setattr(track, "BATCH_FRAMES", 1)
+    monkeypatch.setitem(track.NETWORK_BATCH, "cpu", 1)
     alone = torch.cat([predict_flows(model, moving, fixed[i:i + 1], network, lambda m: None) for i in range(3)])
     assert torch.allclose(together, alone, atol=2e-3)  # convolution algorithms differ with the batch size
     with torch.no_grad():
