@@ -54,7 +54,7 @@ def main() -> None:
     data = Path(args.data)
     common = ["--refine", args.refine, "--device", args.device]
     pair = acdc.load_pair(data / "ACDC" / "training" / "patient091")
-    print(f"| case | frames | s/cine | s/frame | peak MB |\n|---|---|---|---|---|")
+    print("| case | frames | s/cine | s/frame | peak MB |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cases = []
