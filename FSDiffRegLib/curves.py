@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .function import structure_names  # noqa: E402
 
@@ -51,6 +52,7 @@ def save_curves(volumes: list[dict[str, float]], function: dict, times_ms: list[
     for ax in axes.ravel():
         _mark_frames(ax, x, function)
         ax.set_xlabel("frame" if times_ms is None else "time (ms)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=times_ms is None))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(_title(function))

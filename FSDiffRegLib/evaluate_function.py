@@ -26,23 +26,26 @@ import torch
 from . import acdc
 from .baselines import BASELINES, missing
 from .cine import Cine, read_cine
+from .config import Config
 from .defaults import RefineOptions
 from .device import pick_device
 from .field import apply_field
 from .function import structure_volumes
 from .metrics import heart_dice
 from .network import FSDiffRegNet
-from .track import track_frames
+from .preprocess import canonical, network_grid
+from .register import field_metrics
+from .track import heart_centre, track_frames
 from .weights import load_model
 
-Propagate = Callable[[sitk.Image, sitk.Image, sitk.Image], sitk.Image]  # (ED, ES, ED labels) -> labels on ES
+Propagate = Callable[[sitk.Image, sitk.Image, sitk.Image], sitk.Image]  # (ED, ES, ED labels) -> field on ES
 METHOD_NAMES = {"elastix": "elastix B-spline (default)", "ants": "ANTs SyN (SyNOnly)"}
 NETWORK_ONLY = RefineOptions(steps=0)
 
 
 @dataclass
 class Method:
-    """A row: its name and how it carries the ED labels onto the ES frame."""
+    """A row: its name and its field from the ES frame to the ED frame (which carries the ED labels onto ES)."""
 
     name: str
     propagate: Propagate
@@ -56,15 +59,15 @@ def ejection_fraction(edv: float, esv: float) -> float:
 def model_method(name: str, model: FSDiffRegNet, device: torch.device, refine: RefineOptions) -> Method:
     """FSDiffReg as ``track`` runs it, on the cine (ED, ES) with the ED frame as reference."""
     def propagate(ed: sitk.Image, es: sitk.Image, ed_labels: sitk.Image) -> sitk.Image:
-        return track_frames(Cine([ed, es], None), ed_labels, 0, model, device, refine).labels[1]
+        return track_frames(Cine([ed, es], None), ed_labels, 0, model, device, refine).fields[1]
 
     return Method(name, propagate)
 
 
 def baseline_method(key: str) -> Method:
-    """elastix or ANTs registering ES (fixed) to ED (moving); the ED labels warped through its field."""
+    """elastix or ANTs registering ES (fixed) to ED (moving)."""
     def propagate(ed: sitk.Image, es: sitk.Image, ed_labels: sitk.Image) -> sitk.Image:
-        return apply_field(ed_labels, BASELINES[key](es, ed), nearest=True)
+        return BASELINES[key](es, ed)
 
     return Method(METHOD_NAMES[key], propagate)
 
@@ -74,9 +77,11 @@ def pair_row(method: Method, pair: acdc.AcdcPair) -> dict[str, float]:
     ed, es = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
     ed_labels, es_labels = sitk.ReadImage(str(pair.fixed_labels)), sitk.ReadImage(str(pair.moving_labels))
     start = time.perf_counter()
-    propagated = method.propagate(ed, es, ed_labels)
+    field = method.propagate(ed, es, ed_labels)
     seconds = time.perf_counter() - start
+    propagated = apply_field(ed_labels, field, nearest=True)
     row = heart_dice(sitk.GetArrayFromImage(propagated), sitk.GetArrayFromImage(es_labels))
+    row.update(field_metrics(field, network_grid(canonical(es), heart_centre(ed_labels), Config())))
     ed_ml, es_ml, tracked_ml = (structure_volumes(x) for x in (ed_labels, es_labels, propagated))
     for name in ("LV", "RV"):
         manual = ejection_fraction(ed_ml[name], es_ml[name])
@@ -90,7 +95,7 @@ def pair_row(method: Method, pair: acdc.AcdcPair) -> dict[str, float]:
 def acdc_table(rows: dict[str, list[dict[str, float]]]) -> str:
     """Markdown: Dice, mean absolute (and mean signed) EF and ESV errors, seconds per pair."""
     header = ["method", "Dice LV", "Dice Myo", "Dice RV", "Dice mean", "LV EF abs err (pp)", "LV EF bias (pp)",
-              "RV EF abs err (pp)", "LV ESV abs err (ml)", "s/pair"]
+              "RV EF abs err (pp)", "LV ESV abs err (ml)", "abs(J)<=0 %", "SD abs(J)", "s/pair"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in rows.items():
         def mean(key: str, f: Callable[[float], float] = float, r: list[dict[str, float]] = r) -> float:
@@ -98,7 +103,8 @@ def acdc_table(rows: dict[str, list[dict[str, float]]]) -> str:
 
         cells = [f"{mean(k):.3f}" for k in ("LV", "Myo", "RV", "mean")]
         cells += [f"{mean('LV_EF_error', abs):.1f}", f"{mean('LV_EF_error'):+.1f}", f"{mean('RV_EF_error', abs):.1f}",
-                  f"{mean('LV_ESV_error', abs):.1f}", f"{np.median([x['seconds'] for x in r]):.1f}"]
+                  f"{mean('LV_ESV_error', abs):.1f}", f"{mean('folding_percent'):.4f}", f"{mean('sd_jacobian'):.3f}",
+                  f"{np.median([x['seconds'] for x in r]):.1f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

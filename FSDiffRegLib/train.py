@@ -1,10 +1,16 @@
-"""Training FSDiffReg on ACDC: resumable, logged, validated by Dice on the network grid."""
+"""Training FSDiffReg on ACDC: resumable, logged, validated by Dice on the network grid.
+
+Under torchrun each process (rank) trains its share of every global batch of
+``batch_size`` x world size samples in DistributedDataParallel; rank 0 alone logs,
+validates and writes checkpoints.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, replace
@@ -12,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import acdc
+from . import acdc, distributed
 from .config import Config
 from .dataset import GridPair, load_grid_pairs, training_sample
 from .diffusion import NoiseSchedule
+from .errors import InputError
 from .losses import diffusion_loss, one_hot, score_weights, sdg_ncc_loss, smoothness_loss, soft_dice_loss
 from .metrics import heart_dice
 from .network import FSDiffRegNet, parameter_count
@@ -47,8 +55,8 @@ def seed_everything(seed: int) -> None:
 
 
 def training_loss(
-    model: FSDiffRegNet, schedule: NoiseSchedule, moving: torch.Tensor, fixed: torch.Tensor,
-    labels: tuple[torch.Tensor, torch.Tensor] | None = None,
+    model: FSDiffRegNet | DistributedDataParallel, schedule: NoiseSchedule, moving: torch.Tensor,
+    fixed: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor] | None = None, rank: int = 0, ranks: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Eq. 5: diffusion loss + lam * SDG-weighted NCC + lam_phi * smoothness (+ lam_dice * Dice loss).
 
@@ -56,10 +64,15 @@ def training_loss(
     lower itself by inflating the score. With ``lam_dice`` > 0 and ``labels`` (moving, fixed),
     the soft Dice of the moving labels warped by the flow is added: weak supervision at
     training time only; registering never needs labels.
+
+    The batch is share ``rank`` of a global batch of ``ranks`` equal shares: times and noise
+    are drawn for the global batch and this share kept, so no sample's depends on its rank.
     """
-    cfg = model.cfg
-    t = schedule.sample_t(moving.shape[0]).to(moving.device)
-    noise = torch.randn_like(fixed)
+    cfg = getattr(model, "module", model).cfg
+    n = moving.shape[0]
+    share = slice(rank * n, (rank + 1) * n)
+    t = schedule.sample_t(n * ranks)[share].to(moving.device)
+    noise = torch.randn((n * ranks, *fixed.shape[1:]), dtype=fixed.dtype, device=fixed.device)[share]
     score, flow = model(moving, fixed, schedule.perturb(fixed, t, noise), t)
     weights = score_weights(score.detach(), cfg.gamma) if cfg.sdg else None
     parts = {
@@ -131,6 +144,35 @@ def _log(run_dir: Path, message: str) -> None:
         handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
+def global_batches(order: np.ndarray, per_rank: int, ranks: int) -> list[np.ndarray]:
+    """An epoch's global batches of ``per_rank`` x ``ranks`` samples, each rank taking an equal share.
+
+    With several ranks the order wraps around to a multiple of ``ranks``, so that the last
+    batch too gives every rank a share (of fewer samples).
+    """
+    order = np.resize(order, len(order) + -len(order) % ranks)
+    size = per_rank * ranks
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def _load_items(
+    data_dir: Path, run_dir: Path, cfg: Config, train_limit: int | None, val_limit: int | None,
+) -> tuple[list[GridPair], list[GridPair]]:
+    """Training and validation pairs on the grid. Rank 0 fills the cache first; the other ranks
+    then read it (or preprocess in memory where they do not see it) and need no validation pairs."""
+    train_pairs = acdc.split(data_dir, "train")[:train_limit]
+    cache = run_dir / "cache"
+    if distributed.is_main():
+        val_pairs = acdc.split(data_dir, "validation")[:val_limit]
+        items = (load_grid_pairs(train_pairs, cfg, cache / "train.npz"),
+                 load_grid_pairs(val_pairs, cfg, cache / "validation.npz"))
+    distributed.barrier()
+    if not distributed.is_main():
+        seen = cache / "train.npz"
+        items = (load_grid_pairs(train_pairs, cfg, seen if seen.is_file() else None), [])
+    return items
+
+
 def train(
     data_dir: Path,
     run_dir: Path,
@@ -144,60 +186,94 @@ def train(
     """Train (or resume) in ``run_dir``: last.pt each epoch, best weights by validation Dice.
 
     A new run starts from ``init_weights`` when given (fine-tuning: the network must match ``cfg``).
+    Under torchrun the processes train together (module docstring); each returns rank 0's state.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    device = distributed.init(device)
+    try:
+        return _train(data_dir, run_dir, cfg, device, max_minutes, train_limit, val_limit, init_weights)
+    finally:
+        distributed.cleanup()
+
+
+def _train(
+    data_dir: Path, run_dir: Path, cfg: Config, device: torch.device, max_minutes: float | None,
+    train_limit: int | None, val_limit: int | None, init_weights: Path | None,
+) -> TrainState:
+    main, rank, ranks = distributed.is_main(), distributed.rank(), distributed.world_size()
     last = run_dir / "last.pt"
-    if last.is_file():  # a resumed run keeps its configuration but for the epoch budget and lr schedule
+    resuming = last.is_file()
+    if distributed.from_main(resuming) != resuming:
+        raise InputError(f"rank {rank} does not see the run folder {run_dir} as rank 0 does: "
+                         "every node needs it on a shared filesystem")
+    if resuming:  # a resumed run keeps its configuration but for the epoch budget and lr schedule
         stored = Config.from_dict(torch.load(last, map_location="cpu", weights_only=False)["config"])
         cfg = replace(stored, epochs=cfg.epochs, lr_schedule=cfg.lr_schedule)
-    (run_dir / "config.json").write_text(cfg.to_json())
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(cfg.to_json())
     seed_everything(cfg.seed)
-    train_pairs = acdc.split(data_dir, "train")[:train_limit]
-    val_pairs = acdc.split(data_dir, "validation")[:val_limit]
-    train_items = load_grid_pairs(train_pairs, cfg, run_dir / "cache" / "train.npz")
-    val_items = load_grid_pairs(val_pairs, cfg, run_dir / "cache" / "validation.npz")
+    train_items, val_items = _load_items(data_dir, run_dir, cfg, train_limit, val_limit)
     model = FSDiffRegNet(cfg).to(device, memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    state = _resume(last, model, optimizer) if last.is_file() else TrainState()
-    if init_weights is not None and not last.is_file():
+    state = _resume(last, model, optimizer) if resuming else TrainState()
+    if init_weights is not None and not resuming:
         model.load_state_dict(torch.load(init_weights, map_location="cpu", weights_only=True)["state_dict"])
-        _log(run_dir, f"initialised from {init_weights}")
-    _drop_steps_after(run_dir / "log.csv", state.step)
-    _log(run_dir, f"start epoch {state.epoch} step {state.step}; {parameter_count(model)} parameters; "
-         f"{len(train_items)} train / {len(val_items)} validation pairs; device {device}")
+        if main:
+            _log(run_dir, f"initialised from {init_weights}")
+    if main:
+        _drop_steps_after(run_dir / "log.csv", state.step)
+        _log(run_dir, f"start epoch {state.epoch} step {state.step}; {parameter_count(model)} parameters; "
+             f"{len(train_items)} train / {len(val_items)} validation pairs; device {device}"
+             + (f"; {ranks} processes (DDP)" if ranks > 1 else ""))
+    # DDP averages the gradients over the ranks; checkpoints hold the plain model's weights
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if ranks > 1 else model
     schedule = NoiseSchedule(cfg)
     deadline = time.time() + 60 * max_minutes if max_minutes else None
-    new_log = not (run_dir / "log.csv").is_file()
-    with open(run_dir / "log.csv", "a", newline="") as handle:
+    log_csv = run_dir / "log.csv" if main else Path(os.devnull)  # the other ranks log nowhere
+    new_log = main and not log_csv.is_file()
+    with open(log_csv, "a", newline="") as handle:
         writer = csv.DictWriter(handle, LOG_FIELDS)
         if new_log:
             writer.writeheader()
         model.train()
-        while state.epoch < cfg.epochs and (deadline is None or time.time() < deadline):
+        while distributed.from_main(state.epoch < cfg.epochs and (deadline is None or time.time() < deadline)):
             rng = np.random.default_rng(cfg.seed + state.epoch)
-            order = rng.permutation(len(train_items))
-            batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            batches = global_batches(rng.permutation(len(train_items)), cfg.batch_size, ranks)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, state.epoch)
-            for batch in tqdm(batches, desc=f"epoch {state.epoch + 1}/{cfg.epochs}"):
+            for batch in tqdm(batches, desc=f"epoch {state.epoch + 1}/{cfg.epochs}", disable=not main):
                 start = time.time()
+                # every rank draws every sample of the batch: a sample's crop does not depend on its rank
                 samples = [training_sample(train_items[i], cfg, rng) for i in batch]
-                moving, fixed, moving_labels, fixed_labels = (to_device(torch.cat(x), device) for x in zip(*samples))
-                parts = training_loss(model, schedule, moving, fixed, (moving_labels, fixed_labels))
+                share = len(batch) // ranks
+                mine = samples[rank * share:(rank + 1) * share]
+                moving, fixed, moving_labels, fixed_labels = (to_device(torch.cat(x), device) for x in zip(*mine))
+                parts = training_loss(net, schedule, moving, fixed, (moving_labels, fixed_labels), rank, ranks)
                 optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 optimizer.step()
                 state.step += 1
+                means = distributed.average(torch.stack([v.detach() for v in parts.values()])).tolist()
                 writer.writerow({"epoch": state.epoch + 1, "step": state.step, "seconds": round(time.time() - start, 3),
-                                 **{k: round(v.item(), 5) for k, v in parts.items()}})
+                                 **{k: round(v, 5) for k, v in zip(parts, means)}})
                 handle.flush()
             state.epoch += 1
-            if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
-                scores = validate(model, val_items, device)
-                _log(run_dir, f"epoch {state.epoch} validation " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-                if scores["mean"] > state.best_dice:
-                    state.best_dice = scores["mean"]
-                    save_weights(model, run_dir / "best.pt", {"epoch": state.epoch, "validation_dice": scores})
-            _save_checkpoint(last, model, optimizer, state)
-            _log(run_dir, f"epoch {state.epoch} done, step {state.step}, lr {optimizer.param_groups[0]['lr']:.2e}")
-    return state
+            if main:
+                _end_epoch(run_dir, model, optimizer, state, val_items, device)
+    return distributed.from_main(state)
+
+
+def _end_epoch(
+    run_dir: Path, model: FSDiffRegNet, optimizer: torch.optim.Optimizer, state: TrainState,
+    val_items: list[GridPair], device: torch.device,
+) -> None:
+    """Rank 0 after each epoch: validate when due (best weights), write last.pt, log."""
+    cfg = model.cfg
+    if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+        scores = validate(model, val_items, device)
+        _log(run_dir, f"epoch {state.epoch} validation " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if scores["mean"] > state.best_dice:
+            state.best_dice = scores["mean"]
+            save_weights(model, run_dir / "best.pt", {"epoch": state.epoch, "validation_dice": scores})
+    _save_checkpoint(run_dir / "last.pt", model, optimizer, state)
+    _log(run_dir, f"epoch {state.epoch} done, step {state.step}, lr {optimizer.param_groups[0]['lr']:.2e}")
