@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def training_loss(
     training time only; registering never needs labels.
 
     The batch is share ``rank`` of a global batch of ``ranks`` equal shares: times and noise
-    are drawn for the global batch and this share kept, so no sample's depends on its rank.
+    are drawn for the whole global batch and this share kept, so a sample's noise is the same
+    whichever rank trains it.
     """
     cfg = getattr(model, "module", model).cfg
     n = moving.shape[0]
@@ -227,6 +229,8 @@ def _train(
              + (f"; {ranks} processes (DDP)" if ranks > 1 else ""))
     # DDP averages the gradients over the ranks; checkpoints hold the plain model's weights
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if ranks > 1 else model
+    # 1x1x1 kernels: channels-last weights, gradients of another (equivalent) stride; a copy, not an error
+    warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
     schedule = NoiseSchedule(cfg)
     deadline = time.time() + 60 * max_minutes if max_minutes else None
     log_csv = run_dir / "log.csv" if main else Path(os.devnull)  # the other ranks log nowhere

@@ -21,10 +21,10 @@ from FSDiffRegLib.train import global_batches
 from FSDiffRegLib.weights import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
-# a tiny network on a coarse grid; 2 training pairs and 2 ranks of batch 1: one step an epoch, the same pairs
+# a tiny network on a coarse grid; 2 training pairs and 2 ranks of batch 1: one step an epoch (random crops, flips)
 TINY = dict(base_width=4, norm_groups=2, channel_mults=(1, 2), grid_size=(32, 32, 8), grid_spacing=(6.0, 6.0, 12.0),
-            train_crop=(32, 32, 8), ncc_window=3, batch_size=1, val_every=1, lr=2e-3, augment=False)
-EPOCHS = 6
+            train_crop=(24, 24, 8), ncc_window=3, batch_size=1, val_every=1, lr=2e-3)
+EPOCHS = 8
 
 needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this torch has no torch.distributed with the gloo backend")
@@ -66,8 +66,9 @@ def test_two_processes_learn_log_once_and_resume(ddp_run: Path):
     assert [int(r["step"]) for r in rows] == list(range(1, EPOCHS + 1))  # rank 0 alone writes the log
     log = (ddp_run / "train.log").read_text()
     assert log.count("start epoch 0 step 0") == 1 and log.count("start epoch 1 step 1") == 1  # resumed once
-    assert log.count(" validation ") == EPOCHS and log.count(f"epoch {EPOCHS} done") == 1
-    losses = [float(r["loss"]) for r in rows]
+    assert log.count("validation RV") == EPOCHS and log.count(f"epoch {EPOCHS} done") == 1
+    # the denoising term, learnt from scratch, falls within steps (the NCC term takes many more)
+    losses = [float(r["diffusion"]) for r in rows]
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.05, losses
     model, info = load_model(ddp_run / "best.pt")  # plain weights: no DDP 'module.' prefixes
     assert isinstance(model, FSDiffRegNet) and info["info"]["epoch"] >= 1
@@ -84,13 +85,19 @@ def test_one_step_on_two_processes_equals_one_process_on_the_same_global_batch(d
     one = torch.load(single / "last.pt", weights_only=False)
     two = torch.load(ddp_run.parent / "one_step.pt", weights_only=False)
     assert one["state"]["step"] == two["state"]["step"] == 1
-    torch.manual_seed(TINY.get("seed", 0))
-    start = FSDiffRegNet(Config(**TINY)).state_dict()
-    for name, value in one["model"].items():
-        moved = (value - start[name]).abs().max().item()
-        differ = (value - two["model"][name]).abs().max().item()
-        assert differ <= 1e-3 * TINY["lr"], (name, differ, moved)  # Adam moves each weight by about lr
-    assert max((one["model"][k] - start[k]).abs().max().item() for k in start) > 0.5 * TINY["lr"]
+    torch.manual_seed(0)
+    start = FSDiffRegNet(Config(**TINY))
+    moved, differ = [], []
+    for i, (name, weight) in enumerate(start.named_parameters()):
+        gradient = one["optimizer"]["state"][i]["exp_avg"]  # Adam's first moment: 0.1 x the (averaged) gradient
+        assert torch.allclose(two["optimizer"]["state"][i]["exp_avg"], gradient, rtol=0,
+                              atol=1e-4 * gradient.abs().max().item()), name
+        moved.append((one["model"][name] - weight.detach()).abs().flatten())
+        differ.append((one["model"][name] - two["model"][name]).abs().flatten())
+    moved, differ = torch.cat(moved) / TINY["lr"], torch.cat(differ) / TINY["lr"]
+    assert moved.mean() > 0.5  # Adam's first step moves each weight by lr * g / (|g| + 1e-8): about lr
+    # the same weights; only the rare gradients near Adam's 1e-8 turn rounding into a visible part of lr
+    assert differ.mean() < 1e-4 and differ.max() < 0.25, (differ.mean(), differ.max())
 
 
 def test_global_batches_are_shared_equally_by_the_ranks():
