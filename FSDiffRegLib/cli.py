@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from .defaults import DEFAULT_STEPS, MAX_STEPS, REFINE_SMOOTHNESS, RefineOptions, checked_smoothness, checked_steps
+from .defaults import DEFAULT_REFINE, MAX_STEPS, TRACK_REFINE, RefineOptions, checked_smoothness, checked_steps
 from .errors import DeviceError, InputError, WeightsError
 from .outputs import OutputError
 from .parent import exit_with_parent_if_asked
@@ -192,15 +192,16 @@ def smoothness(text: str) -> float:
     return checked_smoothness(number(text))
 
 
-def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
-    """--refine, --smoothness, --diffeomorphic: the RefineOptions of register, evaluate and benchmark."""
-    parser.add_argument("--refine", type=steps, default=DEFAULT_STEPS, metavar="N",
-                        help=f"instance-refinement steps, 0 to {MAX_STEPS} (default {DEFAULT_STEPS}; 0: network only)")
-    parser.add_argument("--smoothness", type=smoothness, default=REFINE_SMOOTHNESS, metavar="S",
+def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOptions = DEFAULT_REFINE) -> None:
+    """--refine, --smoothness, --[no-]diffeomorphic: the RefineOptions of a sub-command, ``defaults`` unless given."""
+    parser.add_argument("--refine", type=steps, default=defaults.steps, metavar="N",
+                        help=f"instance-refinement steps, 0 to {MAX_STEPS} (default {defaults.steps}; 0: network only)")
+    parser.add_argument("--smoothness", type=smoothness, default=defaults.smoothness, metavar="S",
                         help=f"smoothness weight of the refinement, finite and at least 0 "
-                             f"(default {REFINE_SMOOTHNESS:g})")
-    parser.add_argument("--diffeomorphic", action="store_true",
-                        help="refine a stationary velocity field (scaling and squaring) instead of the displacement")
+                             f"(default {defaults.smoothness:g})")
+    parser.add_argument("--diffeomorphic", action=argparse.BooleanOptionalAction, default=defaults.diffeomorphic,
+                        help="refine a stationary velocity field (scaling and squaring) instead of the displacement "
+                             f"(default: {'on' if defaults.diffeomorphic else 'off'})")
 
 
 def methods_from(names: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the frame the labels belong to, counted from 1 (default 1)")
     p.add_argument("--weights", help="weights file (default: the bundled ACDC model)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    add_refine_arguments(p)
+    add_refine_arguments(p, TRACK_REFINE)
     p.set_defaults(func=_track)
 
     p = sub.add_parser("evaluate", help="Table 1 (Dice, folding, SD|J|, time) on the validation split")
@@ -304,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cines", help="also: track each cine in this folder (Sunnybrook layout) and check EF and ES")
     p.add_argument("--weights", help="weights file (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    add_refine_arguments(p)
+    add_refine_arguments(p, TRACK_REFINE)
     p.set_defaults(func=_evaluate_function)
 
     p = sub.add_parser("demo", help="register the bundled sample pair and draw a figure")

@@ -29,6 +29,7 @@ from .cine import Cine, read_cine
 from .config import Config
 from .defaults import RefineOptions
 from .device import pick_device
+from .evaluate import row_name
 from .field import apply_field
 from .function import structure_volumes
 from .metrics import heart_dice
@@ -163,7 +164,7 @@ def build_methods(args: argparse.Namespace, model: FSDiffRegNet, device: torch.d
     if "network" in args.methods:
         methods.append(model_method("FSDiffReg (network)", model, device, NETWORK_ONLY))
     if "refine" in args.methods and refine.steps > 0:
-        methods.append(model_method(f"FSDiffReg (+refine {refine.steps})", model, device, refine))
+        methods.append(model_method(row_name(refine), model, device, refine))
     return methods, skipped
 
 

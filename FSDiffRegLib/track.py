@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .cine import Cine, check_cine_labels, join_frames, read_cine, reference_index
 from .curves import save_curves
-from .defaults import DEFAULT_REFINE, RefineOptions
+from .defaults import TRACK_REFINE, RefineOptions
 from .device import pick_device
 from .field import apply_field, flow_to_field, resample_field
 from .function import cardiac_function, myocardial_strain, structure_volumes, volumes_csv
@@ -49,7 +49,7 @@ class TrackRequest:
     reference_frame: int = 1
     weights: str | Path | None = None
     device: str = "auto"
-    refine: RefineOptions = DEFAULT_REFINE
+    refine: RefineOptions = TRACK_REFINE
 
 
 @dataclass
@@ -107,7 +107,7 @@ def track_frames(
     reference: int,
     model: FSDiffRegNet,
     device: torch.device,
-    refine: RefineOptions = DEFAULT_REFINE,
+    refine: RefineOptions = TRACK_REFINE,
     log: Callable[[str], None] = lambda message: None,
 ) -> Tracking:
     """Register every frame of ``cine`` to frame index ``reference`` (0-based) whose labels are ``labels``."""
