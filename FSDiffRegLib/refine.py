@@ -31,6 +31,7 @@ from .spatial import integrate_velocity, upsample_flow, warp
 LEVEL_FACTORS = ((2, 8, 8), (1, 4, 4), (1, 2, 2))  # (D, H, W) shrink of each level, coarse to fine
 REFINE_LR = 0.2  # coarse voxels per step, Adam
 PROGRESS_SECONDS = 10.0  # longest wait between two progress lines
+SQUARINGS = 4  # scaling and squaring: a velocity of up to 8 coarse voxels moves under half a voxel a squaring
 
 
 def level_sizes(size: tuple[int, ...], window: int) -> list[tuple[int, ...]]:
@@ -109,7 +110,7 @@ def refine_flow(
         variable = torch.zeros_like(base, requires_grad=True)
         optimizer = torch.optim.Adam([variable], lr=REFINE_LR)
         for _ in range(steps):
-            field = compose(base, integrate_velocity(variable)) if options.diffeomorphic else base + variable
+            field = compose(base, integrate_velocity(variable, SQUARINGS)) if options.diffeomorphic else base + variable
             similarity = sdg_ncc_loss(warp(m, field), f, w, options.window)
             # times the batch: each image's gradient is then the one it gets alone (Adam's eps sees its scale)
             loss = field.shape[0] * (cfg.lam * similarity + options.smoothness * smoothness_loss(field))
@@ -119,7 +120,7 @@ def refine_flow(
             progress.step()
         with torch.no_grad():
             if options.diffeomorphic:
-                flow = compose(flow, upsample_flow(integrate_velocity(variable), size))
+                flow = compose(flow, upsample_flow(integrate_velocity(variable, SQUARINGS), size))
             else:
                 flow = flow + upsample_flow(variable, size)
     return flow
