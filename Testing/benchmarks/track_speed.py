@@ -1,6 +1,7 @@
 """Seconds and peak memory of ``fsdiffreg track`` as the user runs it, beside ``register`` on one pair.
 
 Usage: .venv/bin/python Testing/benchmarks/track_speed.py [--data ../shared/data] [--refine N] [--device cpu]
+(each command with its own default refinement unless --refine is given)
 Runs each command as its own process (start to outputs written, importing torch included) and
 prints seconds per cine, seconds per frame and the process's peak resident memory (wait4). Cases:
 the Sunnybrook cines (20 frames, 256 x 256 x 12-13), an ACDC-sized 30-frame cine built from
@@ -48,11 +49,11 @@ def acdc_cine(pair: acdc.AcdcPair, frames: int, folder: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="../shared/data")
-    parser.add_argument("--refine", default="60")
+    parser.add_argument("--refine", help="refinement steps (default: each command's own)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     data = Path(args.data)
-    common = ["--refine", args.refine, "--device", args.device]
+    common = ["--device", args.device] + (["--refine", args.refine] if args.refine else [])
     pair = acdc.load_pair(data / "ACDC" / "training" / "patient091")
     print("| case | frames | s/cine | s/frame | peak MB |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
