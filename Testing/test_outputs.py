@@ -171,11 +171,17 @@ def test_a_writable_out_dir_inside_a_read_only_parent_works(tmp_path, fast):
     assert json.loads((out / "metrics.json").read_text())["inputs"]["fixed"]["path"] == str(MOVING.resolve())
 
 
+def interruptible() -> None:
+    """Ctrl-C's default disposition in the child, as a terminal gives it: a shell's background job (CI run with
+    ``&`` or nohup) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_long_run(out: Path, weights: Path) -> subprocess.Popen:
     """A register with a long refinement, returned once it is refining."""
     child = subprocess.Popen(cli(*register(FIXED, MOVING, out, "--weights", str(weights), "--refine", "3000",
                                            "--device", "cpu")),
-                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=interruptible)
     for line in child.stderr:
         if line.startswith("fsdiffreg: refining"):
             return child
