@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 Baseline = Callable[[sitk.Image, sitk.Image], sitk.Image]
 REQUIRES = {"identity": None, "elastix": "itk-elastix", "ants": "antspyx"}
+BASELINE_NAMES = {"identity": "Identity", "elastix": "elastix B-spline (default)", "ants": "ANTs SyN (SyNOnly)"}
 
 
 def missing(name: str) -> str | None:
@@ -30,6 +31,13 @@ def missing(name: str) -> str | None:
     except importlib.metadata.PackageNotFoundError:
         return f"{package} is not installed (pip install .[bench])"
     return None
+
+
+def runnable(chosen: list[str]) -> tuple[list[str], list[str]]:
+    """The baselines among ``chosen`` that can run here (in table order), and a note for each one that cannot."""
+    keys = [key for key in BASELINE_NAMES if key in chosen]
+    return ([key for key in keys if not missing(key)],
+            [f"{BASELINE_NAMES[key]}: {missing(key)}" for key in keys if missing(key)])
 
 
 def vector_field(array: np.ndarray, reference: sitk.Image) -> sitk.Image:

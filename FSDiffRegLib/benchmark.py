@@ -35,10 +35,10 @@ import SimpleITK as sitk
 import torch
 
 from . import acdc
-from .baselines import BASELINES, Baseline, missing
+from .baselines import BASELINE_NAMES, BASELINES, Baseline, runnable
 from .cli import refine_options
 from .config import Config
-from .defaults import RefineOptions
+from .defaults import NETWORK_ONLY, RefineOptions
 from .device import pick_device
 from .errors import InputError
 from .evaluate import markdown_table, row_name, score_field, summarize
@@ -51,9 +51,7 @@ ABLATIONS = {
     "FDG-off": BUNDLED_WEIGHTS.with_name("fsdiffreg_acdc_cpu_fdg_off.pt"),
     "SDG-off": BUNDLED_WEIGHTS.with_name("fsdiffreg_acdc_cpu_sdg_off.pt"),
 }
-BASELINE_NAMES = {"identity": "Identity", "elastix": "elastix B-spline (default)", "ants": "ANTs SyN (SyNOnly)"}
 VERSIONS = ("torch", "SimpleITK", "itk-elastix", "antspyx")
-NETWORK_ONLY = RefineOptions(steps=0)
 
 
 @dataclass
@@ -107,14 +105,9 @@ def build_methods(args: argparse.Namespace, device: torch.device) -> tuple[list[
 
     An ablation whose default weights are absent is skipped; one given explicitly must load.
     """
-    methods, skipped = [], []
     refine = refine_options(args)
-    for key in [m for m in BASELINE_NAMES if m in args.methods]:
-        reason = missing(key)
-        if reason:
-            skipped.append(f"{BASELINE_NAMES[key]}: {reason}")
-        else:
-            methods.append(Method(BASELINE_NAMES[key], BASELINES[key]))
+    keys, skipped = runnable(args.methods)
+    methods = [Method(BASELINE_NAMES[key], BASELINES[key]) for key in keys]
     if "network" in args.methods:
         methods.append(model_method("FSDiffReg (network)", args.weights, device))
     if "refine" in args.methods and refine.steps > 0:

@@ -156,22 +156,24 @@ def number(text: str) -> float:
         raise InputError(f"expected a number, got {text!r}") from None
 
 
+def from_one(text: str, refusal: str) -> int:
+    """A whole number, at least 1; below 1 it is refused with ``refusal`` and the value."""
+    value = whole_number(text)
+    if value < 1:
+        raise InputError(f"{refusal}, got {value}")
+    return value
+
+
 @option
 def count(text: str) -> int:
     """``--limit`` and the like: a whole number, at least 1."""
-    value = whole_number(text)
-    if value < 1:
-        raise InputError(f"must be at least 1, got {value}")
-    return value
+    return from_one(text, "must be at least 1")
 
 
 @option
 def frame_number(text: str) -> int:
     """A frame number, counted from 1."""
-    value = whole_number(text)
-    if value < 1:
-        raise InputError(f"frames are counted from 1, got {value}")
-    return value
+    return from_one(text, "frames are counted from 1")
 
 
 @option

@@ -62,6 +62,7 @@ def checked_smoothness(smoothness: object) -> float:
 
 
 DEFAULT_REFINE = RefineOptions()
+NETWORK_ONLY = RefineOptions(steps=0)
 TRACK_REFINE = RefineOptions(steps=20, smoothness=4.0, diffeomorphic=True)
 """``track``'s refinement: a later frame fixed and ED moving, the field must contract the heart, which the
 training's smoothness holds back (LV EF 9 points too low on validation); chosen on validation (README)."""

@@ -24,10 +24,10 @@ import SimpleITK as sitk
 import torch
 
 from . import acdc
-from .baselines import BASELINES, missing
+from .baselines import BASELINE_NAMES, BASELINES, runnable
 from .cine import Cine, read_cine
 from .config import Config
-from .defaults import RefineOptions
+from .defaults import NETWORK_ONLY, RefineOptions
 from .device import pick_device
 from .evaluate import row_name
 from .field import apply_field
@@ -40,8 +40,6 @@ from .track import heart_centre, track_frames
 from .weights import load_model
 
 Propagate = Callable[[sitk.Image, sitk.Image, sitk.Image], sitk.Image]  # (ED, ES, ED labels) -> field on ES
-METHOD_NAMES = {"elastix": "elastix B-spline (default)", "ants": "ANTs SyN (SyNOnly)"}
-NETWORK_ONLY = RefineOptions(steps=0)
 
 
 @dataclass
@@ -70,7 +68,7 @@ def baseline_method(key: str) -> Method:
     def propagate(ed: sitk.Image, es: sitk.Image, ed_labels: sitk.Image) -> sitk.Image:
         return BASELINES[key](es, ed)
 
-    return Method(METHOD_NAMES[key], propagate)
+    return Method(BASELINE_NAMES[key], propagate)
 
 
 def pair_row(method: Method, pair: acdc.AcdcPair) -> dict[str, float]:
@@ -154,13 +152,8 @@ def cine_rows(folder: Path, model: FSDiffRegNet, device: torch.device, refine: R
 def build_methods(args: argparse.Namespace, model: FSDiffRegNet, device: torch.device,
                   refine: RefineOptions) -> tuple[list[Method], list[str]]:
     """The methods asked for, and why any cannot run here."""
-    methods, skipped = [], []
-    for key in [k for k in METHOD_NAMES if k in args.methods]:
-        reason = missing(key)
-        if reason:
-            skipped.append(f"{METHOD_NAMES[key]}: {reason}")
-        else:
-            methods.append(baseline_method(key))
+    keys, skipped = runnable(args.methods)
+    methods = [baseline_method(key) for key in keys]
     if "network" in args.methods:
         methods.append(model_method("FSDiffReg (network)", model, device, NETWORK_ONLY))
     if "refine" in args.methods and refine.steps > 0:

@@ -112,14 +112,19 @@ def describe(path: str | Path) -> dict:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
+def refuse_non_finite(images: dict[str, sitk.Image]) -> None:
+    """OutputError naming the first output (by file name) that holds NaN or infinite values."""
+    for name, image in images.items():
+        if not np.all(np.isfinite(sitk.GetArrayViewFromImage(image))):
+            raise OutputError(f"the registration gave NaN or infinite values in {name}; nothing written")
+
+
 def write_files(result: Registration, folder: Path) -> None:
     """The set's files into ``folder``, metrics.json last; a non-finite image is refused."""
     images = {"displacement.nii.gz": result.field, "warped.nii.gz": result.warped, "jacobian.nii.gz": result.jacobian,
               "warped_labels.nii.gz": result.warped_labels}
     images = {name: image for name, image in images.items() if image is not None}
-    for name, image in images.items():
-        if not np.all(np.isfinite(sitk.GetArrayViewFromImage(image))):
-            raise OutputError(f"the registration gave NaN or infinite values in {name}; nothing written")
+    refuse_non_finite(images)
     for name, image in images.items():
         sitk.WriteImage(image, str(folder / name))
     write_metrics(folder, result.metrics)

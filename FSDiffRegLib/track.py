@@ -20,7 +20,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import __version__
 from .cine import Cine, check_cine_labels, join_frames, read_cine, reference_index
 from .curves import save_curves
 from .defaults import TRACK_REFINE, RefineOptions
@@ -29,10 +28,10 @@ from .field import apply_field, flow_to_field, resample_field
 from .function import cardiac_function, myocardial_strain, structure_volumes, volumes_csv
 from .imageio import read_image
 from .network import FSDiffRegNet
-from .outputs import OutputError, output_folder, write_json, write_metrics
+from .outputs import output_folder, write_json, write_metrics
 from .preprocess import canonical, network_grid, normalized, resample_to
 from .refine import refine_flow
-from .register import describe, field_metrics
+from .register import describe, field_metrics, refuse_non_finite
 from .weights import load_model
 
 NETWORK_BATCH = {"cpu": 1, "cuda": 8}  # frames per network pass (2-core CPU: 1.12 s a frame alone, 1.44 in fours)
@@ -118,14 +117,14 @@ def track_frames(
     grid = network_grid(canonical(frames[reference]), heart_centre(labels), model.cfg)
     moving = frames_on_grid([frames[reference]], grid).to(device)
     fixed = frames_on_grid([frames[i] for i in others], grid).to(device)
-    flows = predict_flows(model, moving, fixed, refine, log).numpy()
+    flows = dict(zip(others, predict_flows(model, moving, fixed, refine, log).numpy()))
     fields, warped = [], []
     for i, frame in enumerate(frames):
         if i == reference:
             fields.append(zero_field(frame))
             warped.append(labels)
         else:
-            fields.append(resample_field(flow_to_field(flows[others.index(i)], grid), frame))
+            fields.append(resample_field(flow_to_field(flows[i], grid), frame))
             warped.append(apply_field(labels, fields[-1], nearest=True))
     volumes = [structure_volumes(w) for w in warped]
     function = cardiac_function(volumes, reference + 1, myocardial_strain(fields, warped, labels))
@@ -157,10 +156,8 @@ def field_name(frame: int, frames: int) -> str:
 def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[str], None]) -> None:
     """The output set into ``folder`` (field_NN.nii.gz per frame, labels.nii.gz, volumes.csv, function.json,
     function.png), metrics.json last."""
-    for image in tracking.fields:
-        if not np.all(np.isfinite(sitk.GetArrayViewFromImage(image))):
-            raise OutputError("the registration gave NaN or infinite displacements; nothing written")
     n = len(tracking.fields)
+    refuse_non_finite({field_name(k, n): image for k, image in enumerate(tracking.fields, start=1)})
     for k, image in enumerate(tracking.fields, start=1):
         sitk.WriteImage(image, str(folder / field_name(k, n)), useCompression=True, compressionLevel=1)
         log(f"writing {k}/{n} frames")
@@ -180,12 +177,10 @@ def track_files(request: TrackRequest, log: Callable[[str], None] = lambda messa
         cine = read_cine(request.cine)
         reference = reference_index(cine, request.reference_frame)
         labels = read_image(request.labels, "labels")
-        check_cine_labels(labels, cine)
         log(f"loading weights on {torch_device}")
         model, about = load_model(request.weights, torch_device)
         tracking = track_frames(cine, labels, reference, model, torch_device, request.refine, log)
         tracking.metrics.update({
-            "version": __version__,
             "inputs": {"cine": describe(request.cine), "labels": describe(request.labels)},
             "weights": about["name"], "weights_sha256": about["sha256"],
         })
