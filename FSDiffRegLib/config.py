@@ -54,9 +54,14 @@ class Config:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         self.check_grid()
 
+    @property
+    def grid_multiple(self) -> int:
+        """The UNet's downsampling: every side of a grid the network sees is a multiple of it."""
+        return 2 ** (len(self.channel_mults) - 1)
+
     def check_grid(self) -> None:
         """Grid and crop sizes: multiples of the UNet's downsampling within bounds; spacings within bounds."""
-        step = 2 ** (len(self.channel_mults) - 1)
+        step = self.grid_multiple
         for name in ("grid_size", "train_crop"):
             size = getattr(self, name)
             if not (isinstance(size, tuple) and len(size) == 3

@@ -19,7 +19,10 @@ from FSDiffRegLib.defaults import TRACK_REFINE, RefineOptions
 from FSDiffRegLib.field import apply_field
 from FSDiffRegLib.metrics import heart_dice
 from FSDiffRegLib.refine import refine_flow
-from FSDiffRegLib.track import frames_on_grid, heart_centre, predict_flows, track_frames
+from FSDiffRegLib.preprocess import canonical, network_grid, resample_to
+from FSDiffRegLib.track import (
+    HEART_MARGIN_MM, TAPER_MM, frames_on_grid, heart_centre, heart_region, predict_flows, taper, track_frames,
+)
 from FSDiffRegLib.weights import load_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC"
@@ -66,6 +69,40 @@ def test_outputs_are_whole_and_agree(tracked: Path):
     metrics = json.loads((tracked / "metrics.json").read_text())
     assert metrics["refine"] == asdict(replace(TRACK_REFINE, steps=3))  # track's own refinement defaults
     assert metrics["reference_frame"] == 1 and metrics["frames"] == 2
+    assert metrics["network_grid"][2] == 32 and all(n % 8 == 0 and n < 128 for n in metrics["network_grid"][:2])
+
+
+def test_the_region_holds_the_heart_with_its_margin(pair: acdc.AcdcPair):
+    """The registered box: every labelled voxel HEART_MARGIN_MM inside it (where the grid allows), sides that
+    the network takes, far smaller than the whole grid; the field's weight is 1 on the heart, 0 at the box's
+    sides inside the grid and unchanged at the grid's own sides."""
+    labels = sitk.ReadImage(str(pair.fixed_labels))
+    whole = network_grid(canonical(sitk.ReadImage(str(pair.fixed))), heart_centre(labels), load_model(None)[0].cfg)
+    region = heart_region(labels, whole, 8)
+    inside = np.argwhere(sitk.GetArrayFromImage(resample_to(labels, whole, 0, nearest=True)) > 0)
+    size, spacing = whole.GetSize()[::-1], whole.GetSpacing()[::-1]
+    for axis, r in enumerate(region):
+        assert (r.stop - r.start) % 8 == 0
+        margin = HEART_MARGIN_MM / spacing[axis]
+        assert r.start == 0 or inside[:, axis].min() - r.start >= margin
+        assert r.stop == size[axis] or r.stop - inside[:, axis].max() - 1 >= margin
+    assert np.prod([r.stop - r.start for r in region]) < 0.7 * np.prod(size)
+    weights = taper(region, whole)[0, 0]
+    local = inside - [r.start for r in region]
+    assert torch.all(weights[tuple(local.T)] == 1)
+    band = round(TAPER_MM / spacing[1])
+    assert region[1].start > 0 and torch.all(weights[:, 0] == 0) and torch.all(weights[:, band, band:-band] > 0)
+    assert region[0] == slice(0, size[0]) and torch.all(weights[[0, -1]][:, band:-band, band:-band] == 1)
+
+
+def test_the_field_fades_to_zero_beyond_the_region(pair: acdc.AcdcPair, tracked: Path):
+    field = sitk.GetArrayFromImage(sitk.ReadImage(str(tracked / "field_02.nii.gz")))  # (z, y, x, 3)
+    moving = np.linalg.norm(field, axis=-1).max(axis=0) > 0  # in-plane footprint of the field
+    first, last = np.argwhere(moving).min(axis=0), np.argwhere(moving).max(axis=0)
+    extent_mm = (last - first + 1) * np.array(sitk.ReadImage(str(pair.fixed)).GetSpacing()[1::-1])
+    assert np.all(extent_mm < 0.8 * 128 * 1.5)  # a box around the heart (96 voxels here), not the 192 mm grid
+    heart = sitk.GetArrayFromImage(sitk.ReadImage(str(pair.fixed_labels))) > 0
+    assert np.linalg.norm(field[heart], axis=-1).mean() > 1.0  # the heart itself moves
 
 
 def test_reference_field_is_zero_and_labels_follow_the_fields(pair: acdc.AcdcPair, tracked: Path):
@@ -132,6 +169,8 @@ def test_batched_frames_match_one_at_a_time(pair: acdc.AcdcPair, monkeypatch: py
     ("one frame", "has one frame"),
     ("reference", "reference frame 3 is out of range"),
     ("labels", "labels"),
+    ("empty", "labels image is empty"),
+    ("scattered", "from their centre: is it one heart?"),
 ])
 def test_bad_input_writes_nothing(case: str, message: str, pair: acdc.AcdcPair, cine_folder: Path,
                                   tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -145,9 +184,12 @@ def test_bad_input_writes_nothing(case: str, message: str, pair: acdc.AcdcPair, 
     elif case == "reference":
         extra = ["--reference-frame", "3"]
     else:
-        small = sitk.ReadImage(str(pair.fixed_labels))[:-2, :, :]
-        labels = str(tmp_path / "small_labels.nii.gz")
-        sitk.WriteImage(small, labels)
+        bad = sitk.ReadImage(str(pair.fixed_labels))
+        bad = bad[:-2, :, :] if case == "labels" else bad * 0
+        if case == "scattered":  # two voxels 300 mm apart: the grid around their centre holds neither
+            bad[0, 0, 0] = bad[bad.GetWidth() - 1, bad.GetHeight() - 1, bad.GetDepth() - 1] = 3
+        labels = str(tmp_path / "bad_labels.nii.gz")
+        sitk.WriteImage(bad, labels)
     out = tmp_path / "out"
     code = main(["track", cine, "--labels", labels, "--out-dir", str(out), "--refine", "0", *extra])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
@@ -155,7 +197,7 @@ def test_bad_input_writes_nothing(case: str, message: str, pair: acdc.AcdcPair, 
     assert len(errors) == 1 and errors[0].startswith("fsdiffreg: error: ") and message in errors[0], errors
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("one")) == \
-        (["small_labels.nii.gz"] if case == "labels" else [])
+        (["bad_labels.nii.gz"] if case in ("labels", "empty", "scattered") else [])
 
 
 def test_a_4d_file_reads_as_the_same_cine(cine_folder: Path, tmp_path: Path):
