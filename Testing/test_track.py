@@ -18,10 +18,17 @@ from FSDiffRegLib.cli import main
 from FSDiffRegLib.defaults import TRACK_REFINE, RefineOptions
 from FSDiffRegLib.field import apply_field
 from FSDiffRegLib.metrics import heart_dice
-from FSDiffRegLib.refine import refine_flow
 from FSDiffRegLib.preprocess import canonical, network_grid, resample_to
+from FSDiffRegLib.refine import refine_flow
 from FSDiffRegLib.track import (
-    HEART_MARGIN_MM, TAPER_MM, frames_on_grid, heart_centre, heart_region, predict_flows, taper, track_frames,
+    HEART_MARGIN_MM,
+    TAPER_MM,
+    frames_on_grid,
+    heart_centre,
+    heart_region,
+    predict_flows,
+    taper,
+    track_frames,
 )
 from FSDiffRegLib.weights import load_model
 
