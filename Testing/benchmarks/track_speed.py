@@ -4,9 +4,10 @@ Usage: .venv/bin/python Testing/benchmarks/track_speed.py [--data ../shared/data
 (each command with its own default refinement unless --refine is given)
 Runs each command as its own process (start to outputs written, importing torch included) and
 prints seconds per cine, seconds per frame and the process's peak resident memory (wait4). Cases:
-the Sunnybrook cines (20 frames, 256 x 256 x 12-13), an ACDC-sized 30-frame cine built from
-patient 091's ED and ES frames (cross-faded over a cycle: the motion is not real, the cost is), and
-``register`` of that patient's ES frame to its ED frame for the per-frame comparison.
+the Sunnybrook cines (20 frames, 256 x 256 x 12-13), ACDC-sized 30-frame cines built from the ED and ES
+frames of patient 091 (a heart of median size: track registers 56 % of the network grid) and 093 (the
+largest validation heart: 76 %), cross-faded over a cycle (the motion is not real, the cost is), and
+``register`` of patient 091's ES frame to its ED frame for the per-frame comparison.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     data = Path(args.data)
     common = ["--device", args.device] + (["--refine", args.refine] if args.refine else [])
     pair = acdc.load_pair(data / "ACDC" / "training" / "patient091")
+    largest = acdc.load_pair(data / "ACDC" / "training" / "patient093")
     print("| case | frames | s/cine | s/frame | peak MB |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -64,9 +66,10 @@ def main() -> None:
             cases.append((subject.name, 20, [str(subject / f"{subject.name}_4d.nii.gz"), "--labels",
                                              str(subject / f"{subject.name}_frame{ed:02d}_gt.nii.gz"),
                                              "--reference-frame", str(ed)]))
-        (tmp / "acdc").mkdir()
-        cases.append(("ACDC 091, 30 frames (cross-faded)", 30,
-                      [str(acdc_cine(pair, 30, tmp / "acdc")), "--labels", str(pair.fixed_labels)]))
+        for patient in (pair, largest):
+            (tmp / patient.patient).mkdir()
+            cases.append((f"ACDC {patient.patient[-3:]}, 30 frames (cross-faded)", 30,
+                          [str(acdc_cine(patient, 30, tmp / patient.patient)), "--labels", str(patient.fixed_labels)]))
         for name, frames, cine in cases:
             seconds, mb = run(["track", *cine, "--out-dir", str(tmp / "out"), *common])
             print(f"| track {name} | {frames} | {seconds:.1f} | {seconds / frames:.2f} | {mb:.0f} |", flush=True)
