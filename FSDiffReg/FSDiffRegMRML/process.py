@@ -72,12 +72,17 @@ class RegisterOptions:
     smoothness: float | None = None
 
 
-def optionArguments(options: RegisterOptions) -> list[str]:
-    """The command-line options of ``register`` and ``track`` that ``options`` sets."""
+def modelArguments(options: RegisterOptions) -> list[str]:
+    """The command-line options of ``register`` and ``track`` that choose the device and the weights."""
     args = ["--device", options.device]
     if options.weights:
         args += ["--weights", str(options.weights)]
-    args += ["--refine", str(options.refineSteps)]
+    return args
+
+
+def refineArguments(options: RegisterOptions) -> list[str]:
+    """The command-line options of ``register`` that set its refinement."""
+    args = ["--refine", str(options.refineSteps)]
     if options.refineSteps > 0 and options.smoothness is not None:
         args += ["--smoothness", repr(float(options.smoothness))]
     return args
@@ -89,15 +94,16 @@ def registerCommand(python: str, fixed: Path, moving: Path, outDir: Path, option
     args = [python, "-m", "FSDiffRegLib.cli", "register", str(fixed), str(moving), "--out-dir", str(outDir)]
     if movingLabels is not None:
         args += ["--moving-labels", str(movingLabels)]
-    return args + optionArguments(options)
+    return args + modelArguments(options) + refineArguments(options)
 
 
 def trackCommand(python: str, frames: Path, labels: Path, outDir: Path, referenceFrame: int,
                  options: RegisterOptions) -> list[str]:
     """The command line that tracks the cine in folder ``frames`` (one 3D file per frame) into ``outDir``;
-    ``labels`` belong to frame ``referenceFrame`` (1-based)."""
+    ``labels`` belong to frame ``referenceFrame`` (1-based). The device and weights are ``options``'; the
+    refinement is ``track``'s own default (validated for tracking), not ``register``'s steps."""
     return [python, "-m", "FSDiffRegLib.cli", "track", str(frames), "--labels", str(labels),
-            "--out-dir", str(outDir), "--reference-frame", str(referenceFrame), *optionArguments(options)]
+            "--out-dir", str(outDir), "--reference-frame", str(referenceFrame), *modelArguments(options)]
 
 
 def launch(args: list[str], cwd: Path, workDir: Path | None = None) -> subprocess.Popen:
