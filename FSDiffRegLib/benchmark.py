@@ -1,4 +1,4 @@
-"""``fsdiffreg benchmark``: every method side by side on the ACDC validation pairs, scored alike.
+"""``fsdiffreg benchmark``: every method side by side on ACDC pairs (validation, or training), scored alike.
 
 Methods: identity; elastix B-spline (default parameter map); ANTs SyN (``SyNOnly``);
 FSDiffReg without and with instance refinement; the FDG-off and SDG-off ablations where
@@ -195,7 +195,7 @@ def report(rows: dict[str, list[dict[str, float]]], pairs: list[acdc.AcdcPair], 
            args: argparse.Namespace, device: torch.device) -> str:
     """The Markdown report: what ran, where, the table and what was skipped."""
     lines = [
-        "# FSDiffReg benchmark on the ACDC validation split",
+        f"# FSDiffReg benchmark on the ACDC {args.split} split",
         "",
         f"Pairs: {len(pairs)} ({pairs[0].patient} to {pairs[-1].patient}; ED fixed, ES moving), "
         f"run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
@@ -230,7 +230,7 @@ def report_path(text: str) -> Path:
 def main_benchmark(args: argparse.Namespace) -> None:
     """Run the benchmark, print the report and write it to ``args.out``."""
     out = report_path(args.out)
-    pairs = acdc.split(args.data, "validation")[: args.limit]
+    pairs = acdc.split(args.data, args.split)[: args.limit]
     device = pick_device(args.device)
     methods, skipped = build_methods(args, device)
     rows = benchmark(pairs, methods, log=lambda message: print(f"fsdiffreg: {message}", file=sys.stderr, flush=True))

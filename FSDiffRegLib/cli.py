@@ -230,7 +230,10 @@ def ablation_item(text: str) -> tuple[str, Path]:
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="ACDC folder (holding training/patientNNN)")
-    parser.add_argument("--limit", type=count, metavar="N", help="only the first N validation pairs")
+    parser.add_argument("--split", choices=("validation", "train"), default="validation",
+                        help="ACDC patients 091-100 (default) or 001-090 (seen in training: a check against "
+                             "choosing settings on validation alone)")
+    parser.add_argument("--limit", type=count, metavar="N", help="only the first N pairs of the split")
     parser.add_argument("--methods", type=methods_from(METHODS), default=list(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)} (default: all)")
     add_refine_arguments(parser)

@@ -128,3 +128,15 @@ def test_benchmark_on_one_validation_pair(data_dir, bundled_weights, tmp_path, c
     assert dice(network)[3] > dice(identity)[3]  # the mean Dice improves
     assert 0 <= float(network[5]) < 5 and 0 < float(network[6]) < 1
     assert float(network[7]) > 0 and float(network[9]) > 0
+
+
+def test_benchmark_on_a_training_pair(data_dir, tmp_path):
+    """``--split train``: the first training patient, named as such in the report."""
+    parser = argparse.ArgumentParser()
+    add_benchmark_arguments(parser)
+    out = tmp_path / "results.md"
+    benchmark.main_benchmark(parser.parse_args(["--data", str(data_dir), "--split", "train", "--limit", "1",
+                                                "--methods", "identity", "--out", str(out)]))
+    text = out.read_text()
+    assert text.startswith("# FSDiffReg benchmark on the ACDC train split")
+    assert "Pairs: 1 (patient001 to patient001;" in text and "--split train" in text
