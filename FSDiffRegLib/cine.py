@@ -8,15 +8,13 @@ from numbers import Integral
 from pathlib import Path
 
 import nibabel
-import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .imageio import check_image, check_labels, read_file
+from .imageio import check_image, check_labels, grid_difference, read_file
 
 PLAUSIBLE_INTERVAL_MS = (5.0, 200.0)  # a header's frame interval outside this is a placeholder (Sunnybrook: 1 s)
 MS_PER_TIME_UNIT = {"sec": 1000.0, "msec": 1.0, "usec": 0.001}  # nibabel's names of NIfTI's time units
-GRID_TOLERANCE = 1e-3  # as imageio.check_labels: spacing, origin (mm) and direction cosines
 ONE_FRAME = "cine {} has one frame: tracking needs at least 2"
 
 
@@ -113,26 +111,6 @@ def natural_key(path: Path) -> list[str | int]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def grid_difference(image: sitk.Image, grid: sitk.Image) -> str | None:
-    """What differs between two 3D images' grids ("size ... vs ..."; spacing, origin, direction within tolerance)."""
-    if image.GetSize() != grid.GetSize():
-        return f"size {image.GetSize()} vs {grid.GetSize()}"
-    differences = [
-        f"{name} {format_numbers(mine)} vs {format_numbers(theirs)}"
-        for name, mine, theirs in (
-            ("spacing", image.GetSpacing(), grid.GetSpacing()),
-            ("origin", image.GetOrigin(), grid.GetOrigin()),
-            ("direction", image.GetDirection(), grid.GetDirection()),
-        )
-        if not np.allclose(mine, theirs, rtol=0, atol=GRID_TOLERANCE)
-    ]
-    return "; ".join(differences) or None
-
-
-def format_numbers(values: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
-
-
 def reference_index(cine: Cine, frame: int) -> int:
     """The 0-based index of 1-based frame number ``frame``, or InputError if the cine has no such frame."""
     count = len(cine.frames)
@@ -143,12 +121,7 @@ def reference_index(cine: Cine, frame: int) -> int:
 
 def check_cine_labels(labels: sitk.Image, cine: Cine) -> None:
     """The reference frame's labels: a 3D image of whole numbers on the frames' grid, else InputError."""
-    frame = cine.frames[0]
-    if labels.GetDimension() == 3:
-        difference = grid_difference(labels, frame)
-        if difference:
-            raise InputError(f"ED labels are not on the cine's frame grid: {difference}")
-    check_labels(labels, frame, "ED")
+    check_labels(labels, cine.frames[0], "ED")
 
 
 def join_frames(images: list[sitk.Image], times_ms: list[float] | None) -> sitk.Image:

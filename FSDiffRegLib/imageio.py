@@ -15,6 +15,7 @@ sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ACDC's sform notes are harm
 
 MIN_VOXELS = 4  # ITK's recursive Gaussian (the heart locator's smoothing) needs 4 voxels along each axis
 POSITION = "0020|0032"  # DICOM Image Position (Patient)
+GRID_TOLERANCE = 1e-3  # spacing, origin (mm) and direction cosines of two grids that are the same
 
 
 def read_image(path: str | Path, role: str) -> sitk.Image:
@@ -115,10 +116,26 @@ def check_labels(labels: sitk.Image, image: sitk.Image, role: str) -> None:
     if fractional.size:
         raise InputError(f"{role} labels hold values that are not integers (e.g. {float(fractional[0]):g}): "
                          "a label image holds whole numbers")
-    same = labels.GetSize() == image.GetSize() and np.allclose(
-        labels.GetOrigin() + labels.GetSpacing() + labels.GetDirection(),
-        image.GetOrigin() + image.GetSpacing() + image.GetDirection(),
-        atol=1e-3,
-    )
-    if not same:
-        raise InputError(f"{role} labels are not on the {role} image's grid")
+    difference = grid_difference(labels, image)
+    if difference:
+        raise InputError(f"{role} labels are not on the {role} image's grid: {difference}")
+
+
+def grid_difference(image: sitk.Image, grid: sitk.Image) -> str | None:
+    """What differs between two 3D images' grids ("size ... vs ..."; spacing, origin, direction within tolerance)."""
+    if image.GetSize() != grid.GetSize():
+        return f"size {image.GetSize()} vs {grid.GetSize()}"
+    differences = [
+        f"{name} {format_numbers(mine)} vs {format_numbers(theirs)}"
+        for name, mine, theirs in (
+            ("spacing", image.GetSpacing(), grid.GetSpacing()),
+            ("origin", image.GetOrigin(), grid.GetOrigin()),
+            ("direction", image.GetDirection(), grid.GetDirection()),
+        )
+        if not np.allclose(mine, theirs, rtol=0, atol=GRID_TOLERANCE)
+    ]
+    return "; ".join(differences) or None
+
+
+def format_numbers(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
