@@ -44,12 +44,12 @@ from .errors import InputError
 from .evaluate import markdown_table, row_name, score_field, summarize
 from .preprocess import locate_heart, network_grid
 from .register import register_images
-from .resources import BUNDLED_WEIGHTS
+from .resources import WEIGHTS
 from .weights import load_model
 
 ABLATIONS = {
-    "FDG-off": BUNDLED_WEIGHTS.with_name("fsdiffreg_acdc_cpu_fdg_off.pt"),
-    "SDG-off": BUNDLED_WEIGHTS.with_name("fsdiffreg_acdc_cpu_sdg_off.pt"),
+    "FDG-off": WEIGHTS / "fsdiffreg_acdc_cpu_fdg_off.pt",
+    "SDG-off": WEIGHTS / "fsdiffreg_acdc_cpu_sdg_off.pt",
 }
 VERSIONS = ("torch", "SimpleITK", "itk-elastix", "antspyx")
 

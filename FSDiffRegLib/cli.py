@@ -22,6 +22,7 @@ from .parent import exit_with_parent_if_asked
 from .resources import sample_pair
 
 DEFAULT_DATA = Path("../shared/data/ACDC")
+WEIGHTS_HELP = "weights file, or a bundled name: weaksup (the default) or paper (the paper's unsupervised losses)"
 BENCHMARK_OUT = Path(__file__).resolve().parent.parent / "Testing" / "benchmarks" / "results.md"
 METHODS = ("identity", "elastix", "ants", "network", "refine", "ablations")
 FUNCTION_METHODS = ("elastix", "ants", "network", "refine")
@@ -237,7 +238,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", type=methods_from(METHODS), default=list(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)} (default: all)")
     add_refine_arguments(parser)
-    parser.add_argument("--weights", help="FSDiffReg weights (default: bundled)")
+    parser.add_argument("--weights", help=WEIGHTS_HELP)
     parser.add_argument("--ablation-weights", type=ablation_item, action="append", default=[], metavar="NAME=PATH",
                         help="weights of an ablation row (defaults: FDG-off and SDG-off under "
                              "FSDiffRegLib/assets/weights)")
@@ -272,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("moving", help="moving image")
     p.add_argument("--out-dir", required=True,
                    help="folder for the outputs: new, empty or a previous run's; its contents are replaced whole")
-    p.add_argument("--weights", help="weights file (default: the bundled ACDC model)")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--moving-labels", help="label map of the moving image to warp too")
     add_refine_arguments(p)
@@ -285,14 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for the outputs: new, empty or a previous run's; its contents are replaced whole")
     p.add_argument("--reference-frame", type=frame_number, default=1, metavar="N",
                    help="the frame the labels belong to, counted from 1 (default 1)")
-    p.add_argument("--weights", help="weights file (default: the bundled ACDC model)")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_refine_arguments(p, TRACK_REFINE)
     p.set_defaults(func=_track)
 
     p = sub.add_parser("evaluate", help="Table 1 (Dice, folding, SD|J|, time) on the validation split")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="ACDC folder")
-    p.add_argument("--weights", help="weights file (default: bundled)")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--limit", type=count, metavar="N", help="only the first N validation pairs")
     add_refine_arguments(p)
@@ -308,14 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strain-groups", action="store_true",
                    help="also: strain at ES of all 100 ACDC patients, per diagnostic group (refined)")
     p.add_argument("--cines", help="also: track each cine in this folder (Sunnybrook layout) and check EF and ES")
-    p.add_argument("--weights", help="weights file (default: bundled)")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_refine_arguments(p, TRACK_REFINE)
     p.set_defaults(func=_evaluate_function)
 
     p = sub.add_parser("demo", help="register the bundled sample pair and draw a figure")
     p.add_argument("--out-dir", default="fsdiffreg-demo", help="output folder (as register's)")
-    p.add_argument("--weights", help="weights file (default: bundled)")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=_demo)
 

@@ -13,12 +13,26 @@ ASSETS = PACKAGE / "assets"
 CONFIGS = PACKAGE / "configs"
 WEIGHTS = ASSETS / "weights"
 SAMPLE = ASSETS / "sample"
-BUNDLED_WEIGHTS = WEIGHTS / "fsdiffreg_acdc_cpu.pt"
+NAMED_WEIGHTS = {
+    "weaksup": WEIGHTS / "fsdiffreg_acdc_cpu_weaksup.pt",  # the paper's losses + Dice of warped training labels
+    "paper": WEIGHTS / "fsdiffreg_acdc_cpu.pt",  # the paper's unsupervised losses only
+}
+BUNDLED_WEIGHTS = NAMED_WEIGHTS["weaksup"]  # the default (model card: validation decides)
 
 
 def bundled_weights() -> Path:
     """The weights the library uses when none are named."""
     return BUNDLED_WEIGHTS
+
+
+def weights_path(name_or_path: str | Path | None) -> Path:
+    """None: the default weights; a bundled name (``weaksup``, ``paper``) unless a file of that name exists;
+    else the path itself."""
+    if name_or_path is None:
+        return BUNDLED_WEIGHTS
+    if str(name_or_path) in NAMED_WEIGHTS and not Path(name_or_path).exists():
+        return NAMED_WEIGHTS[str(name_or_path)]
+    return Path(name_or_path)
 
 
 def config_path(name: str) -> Path:

@@ -14,7 +14,7 @@ import torch
 from .config import Config
 from .errors import WeightsError
 from .network import FSDiffRegNet
-from .resources import BUNDLED_WEIGHTS
+from .resources import weights_path
 
 
 def sha256(path: Path) -> str:
@@ -102,7 +102,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     ``weights_only=True`` so a weights file can never run code. Returns the model and
     a description {name, sha256, info}.
     """
-    path = Path(path) if path is not None else BUNDLED_WEIGHTS
+    path = weights_path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     digest = sha256(path)

@@ -35,7 +35,7 @@ def test_outputs_are_written(registered):
     assert names == {"displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "warped_labels.nii.gz",
                      "metrics.json"}
     metrics = json.loads((registered / "metrics.json").read_text())
-    assert metrics["device"] == "cpu" and metrics["weights"] == "fsdiffreg_acdc_cpu.pt"
+    assert metrics["device"] == "cpu" and metrics["weights"] == "fsdiffreg_acdc_cpu_weaksup.pt"
     assert len(metrics["weights_sha256"]) == 64 and metrics["seconds"] > 0
     assert metrics["ncc_after"] > metrics["ncc_before"]
 
@@ -49,7 +49,7 @@ def test_metrics_name_the_inputs_options_and_version(registered, validation_pair
         assert metrics["inputs"][role] == {"path": str(path.resolve()), "bytes": len(data),
                                            "sha256": hashlib.sha256(data).hexdigest()}
     assert metrics["refine"] == {"steps": DEFAULT_STEPS, "smoothness": REFINE_SMOOTHNESS, "window": REFINE_WINDOW,
-                                 "diffeomorphic": False}
+                                 "diffeomorphic": True}
 
 
 def test_displacement_reproduces_the_warped_image(registered, validation_pair):

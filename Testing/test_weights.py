@@ -125,3 +125,18 @@ def test_files_that_are_not_fsdiffreg_weights(tmp_path):
     one_line_refusal(tmp_path / "junk.pt", "not a PyTorch weights file")
     torch.save([1, 2], tmp_path / "list.pt")
     one_line_refusal(tmp_path / "list.pt", "not FSDiffReg weights")
+
+
+def test_bundled_weights_by_name(tmp_path, monkeypatch):
+    """``weaksup`` is the default and ``paper`` the paper's unsupervised model; a file of that name wins."""
+    from FSDiffRegLib.resources import NAMED_WEIGHTS
+
+    if not all(path.is_file() for path in NAMED_WEIGHTS.values()):
+        pytest.skip("bundled weights missing")
+    assert load_model(None)[1]["name"] == "fsdiffreg_acdc_cpu_weaksup.pt"
+    assert load_model("paper")[1]["name"] == "fsdiffreg_acdc_cpu.pt"
+    assert load_model("weaksup")[1]["sha256"] == load_model(None)[1]["sha256"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "paper").write_bytes(b"not weights")
+    with pytest.raises(WeightsError, match="paper"):
+        load_model("paper")

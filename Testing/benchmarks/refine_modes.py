@@ -94,7 +94,8 @@ def modes(model: FSDiffRegNet) -> dict[str, tuple[str, int, Callable[[Inputs], t
                                   lambda x, n=n: full_resolution_refine(model, x, n, True))
     for n in (20, 40, 60, 80, 160):
         table[f"c2f{n}"] = (f"coarse-to-fine refinement, {n} steps", n,
-                            lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg, RefineOptions(n)))
+                            lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg,
+                                                       RefineOptions(n, diffeomorphic=False)))
         table[f"diffeo{n}"] = (f"coarse-to-fine diffeomorphic, {n} steps", n,
                                lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg,
                                                                     RefineOptions(n, diffeomorphic=True)))
