@@ -53,8 +53,8 @@ def save_figure(fixed: sitk.Image, moving: sitk.Image, result, path: Path) -> Pa
     ax.set_title("deformation grid (fixed -> moving)")
     ax = axes.ravel()[7]
     ax.axis("off")
-    text = "\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.metrics.items()
-                     if k != "weights_sha256")
+    shown = {k: v for k, v in result.metrics.items() if k != "weights_sha256" and not isinstance(v, dict)}
+    text = "\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in shown.items())
     ax.text(0, 1, text, va="top", family="monospace", fontsize=10)
     for ax in axes.ravel()[:7]:
         ax.set_xticks([])

@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -198,3 +199,11 @@ def test_devices_without_torch_is_a_one_line_error():
                      "sys.exit(main(['devices']))")
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("fsdiffreg: error: torch cannot be imported: ")
+
+
+def test_demo_writes_its_figure_without_warnings(tmp_path):
+    """The figure's text panel fits (the inputs' paths and the refinement options stay in metrics.json)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    assert (tmp_path / "demo" / "figure.png").stat().st_size > 10_000
