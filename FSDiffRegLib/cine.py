@@ -10,10 +10,10 @@ from pathlib import Path
 import nibabel
 import SimpleITK as sitk
 
+from .defaults import PLAUSIBLE_INTERVAL_MS
 from .errors import InputError
 from .imageio import check_image, check_labels, grid_difference, read_file
 
-PLAUSIBLE_INTERVAL_MS = (5.0, 200.0)  # a header's frame interval outside this is a placeholder (Sunnybrook: 1 s)
 MS_PER_TIME_UNIT = {"sec": 1000.0, "msec": 1.0, "usec": 0.001}  # nibabel's names of NIfTI's time units
 ONE_FRAME = "cine {} has one frame: tracking needs at least 2"
 
@@ -109,6 +109,13 @@ def read_frames_folder(folder: Path) -> Cine:
 def natural_key(path: Path) -> list[str | int]:
     """Sort key reading the runs of digits in a name as numbers: frame2 before frame10."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def with_times(cine: Cine, times_ms: tuple[float, ...]) -> Cine:
+    """``cine`` with the given frame times, or InputError when there are not as many as frames."""
+    if len(times_ms) != len(cine.frames):
+        raise InputError(f"{len(times_ms)} frame times given for a cine of {len(cine.frames)} frames")
+    return Cine(cine.frames, [float(t) for t in times_ms])
 
 
 def reference_index(cine: Cine, frame: int) -> int:

@@ -55,7 +55,7 @@ def _track(args: argparse.Namespace) -> None:
     from .track import TrackRequest, track_files
 
     request = TrackRequest(args.cine, args.labels, args.out_dir, args.reference_frame, args.weights, args.device,
-                           refine_options(args))
+                           refine_options(args), args.frame_times_ms)
     tracking = track_files(request, log=_say)
     print(f"{function_summary(tracking.function)}; {tracking.metrics['seconds']:.1f} s on "
           f"{tracking.metrics['device']}\noutputs in {Path(args.out_dir).resolve()}")
@@ -178,6 +178,15 @@ def frame_number(text: str) -> int:
 
 
 @option
+def times_ms(text: str) -> tuple[float, ...]:
+    """``--frame-times-ms``: comma-separated finite times in ms, each later than the one before."""
+    values = tuple(number(part) for part in text.split(","))
+    if not all(math.isfinite(v) for v in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise InputError(f"must be finite times in ms, each later than the one before, got {text}")
+    return values
+
+
+@option
 def minutes(text: str) -> float:
     value = number(text)
     if not math.isfinite(value) or value <= 0:
@@ -286,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for the outputs: new, empty or a previous run's; its contents are replaced whole")
     p.add_argument("--reference-frame", type=frame_number, default=1, metavar="N",
                    help="the frame the labels belong to, counted from 1 (default 1)")
+    p.add_argument("--frame-times-ms", type=times_ms, metavar="T1,T2,...",
+                   help="the time of each frame in ms (default: from a 4D NIfTI's header where plausible)")
     p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_refine_arguments(p, TRACK_REFINE)

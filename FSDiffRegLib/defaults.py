@@ -1,4 +1,5 @@
-"""The refinement's options, their defaults and limits; importable without torch (the Slicer GUI uses it)."""
+"""The refinement's options, their defaults and limits, and the plausible frame interval of a cine; importable
+without torch (the Slicer GUI uses it)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ DEFAULT_STEPS = 60  # refinement steps `register` runs unless told otherwise (Te
 MAX_STEPS = 5000  # about half an hour on 2 CPU cores (0.3 s a step); more is a typo, not a wish
 REFINE_SMOOTHNESS = 12.0  # smoothness weight of the refinement unless told otherwise
 REFINE_WINDOW = 13  # NCC window of the refinement, voxels of each level
+PLAUSIBLE_INTERVAL_MS = (5.0, 200.0)  # a cine's frame interval outside this is a placeholder (a NIfTI's 1 s)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .cine import Cine, check_cine_labels, join_frames, read_cine, reference_index
+from .cine import Cine, check_cine_labels, join_frames, read_cine, reference_index, with_times
 from .curves import save_curves
 from .defaults import TRACK_REFINE, RefineOptions
 from .device import pick_device
@@ -54,6 +54,7 @@ class TrackRequest:
     weights: str | Path | None = None
     device: str = "auto"
     refine: RefineOptions = TRACK_REFINE
+    frame_times_ms: tuple[float, ...] | None = None  # instead of the file's
 
 
 @dataclass
@@ -222,6 +223,8 @@ def track_files(request: TrackRequest, log: Callable[[str], None] = lambda messa
         torch_device = pick_device(request.device)
         log("reading cine")
         cine = read_cine(request.cine)
+        if request.frame_times_ms is not None:
+            cine = with_times(cine, request.frame_times_ms)
         reference = reference_index(cine, request.reference_frame)
         labels = read_image(request.labels, "labels")
         log(f"loading weights on {torch_device}")

@@ -6,8 +6,8 @@ its labels are the given labels rolled by (k - reference) voxels along i; volume
 function.json hold the values ``expected_volumes`` and ``expected_function`` give. What the child
 was given is recorded as JSON where ``FAKE_TRACK_RECORD`` says. ``FAKE_TRACK`` picks a behaviour:
 ``ok`` (default), ``error`` (the CLI's error line), ``crash`` (a traceback), ``hang`` (says one line,
-then waits), ``missing-field`` and ``wrong-grid`` (broken outputs, exit 0). ``FAKE_TRACK_TIMES=1``
-adds a time_ms column.
+then waits), ``missing-field`` and ``wrong-grid`` (broken outputs, exit 0). ``--frame-times-ms``, as
+the CLI takes it, adds a time_ms column.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from FSDiffRegLib.parent import exit_with_parent_if_asked  # noqa: E402
 
 NAMES = {1: "RV", 2: "Myo", 3: "LV"}
-FRAME_MS = 40.0
 
 
 def say(message: str) -> None:
@@ -90,7 +89,8 @@ def record(args: argparse.Namespace, paths: list[Path], frames: list[sitk.Image]
         "geometry": geometry, "means": [float(sitk.GetArrayViewFromImage(f).mean()) for f in frames]}))
 
 
-def write_outputs(out: Path, frames: list[sitk.Image], labels: sitk.Image, reference: int, mode: str) -> None:
+def write_outputs(out: Path, frames: list[sitk.Image], labels: sitk.Image, reference: int, mode: str,
+                  times: list[float] | None) -> None:
     n = len(frames)
     width = max(2, len(str(n)))
     out.mkdir(parents=True)
@@ -108,9 +108,9 @@ def write_outputs(out: Path, frames: list[sitk.Image], labels: sitk.Image, refer
     rows = []
     for k in range(1, n + 1):
         volumes = expected_volumes(k, values)
-        time_ms = [f"{(k - 1) * FRAME_MS:.3f}"] if os.environ.get("FAKE_TRACK_TIMES") else []
+        time_ms = [f"{times[k - 1]:.3f}"] if times else []
         rows.append(",".join([str(k), *time_ms, *(f"{v:.3f}" for v in volumes.values())]))
-    header = ["frame", *(["time_ms"] if os.environ.get("FAKE_TRACK_TIMES") else []), *expected_volumes(1, values)]
+    header = ["frame", *(["time_ms"] if times else []), *expected_volumes(1, values)]
     (out / "volumes.csv").write_text("\n".join([",".join(header), *rows]) + "\n")
     (out / "function.json").write_text(json.dumps(expected_function(n, reference, values)))
     (out / "metrics.json").write_text(json.dumps({"version": "stand-in", "device": "cpu", "seconds": 1.25,
@@ -126,8 +126,9 @@ def main() -> None:
     parser.add_argument("--reference-frame", type=int, default=1)
     parser.add_argument("--weights")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--refine", type=int, default=60)
+    parser.add_argument("--refine", type=int, default=20)
     parser.add_argument("--smoothness", type=float)
+    parser.add_argument("--frame-times-ms", type=lambda text: [float(t) for t in text.split(",")])
     args = parser.parse_args()
     mode = os.environ.get("FAKE_TRACK", "ok")
     say("reading cine")
@@ -148,7 +149,7 @@ def main() -> None:
         say(f"network {min(k, len(frames))}/{len(frames)} frames")
     for step in range(1, args.refine + 1):
         say(f"refining {100 * step // args.refine} % ({step}/{args.refine} steps), 0 s left")
-    write_outputs(Path(args.out_dir), frames, labels, args.reference_frame, mode)
+    write_outputs(Path(args.out_dir), frames, labels, args.reference_frame, mode, args.frame_times_ms)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,9 @@ BAD_NUMBERS = [
     ("benchmark", "--refine", "ten", "whole number"),
     ("train", "--max-minutes", "nan", "finite"),
     ("train", "--train-limit", "0", "at least 1"),
+    ("track", "--frame-times-ms", "0,40,30", "each later than the one before"),
+    ("track", "--frame-times-ms", "0,nan", "finite"),
+    ("track", "--frame-times-ms", "4o", "expected a number"),
 ]
 
 
@@ -150,7 +153,8 @@ def test_bad_numbers_are_refused_with_one_line_when_parsed(tmp_path, capsys, com
     out = tmp_path / "out"
     args = {"register": ["register", str(FIXED), str(MOVING), "--out-dir", str(out)],
             "evaluate": ["evaluate", "--data", str(tmp_path)], "benchmark": ["benchmark", "--data", str(tmp_path)],
-            "train": ["train", "--data", str(tmp_path), "--out", str(out)]}[command]
+            "train": ["train", "--data", str(tmp_path), "--out", str(out)],
+            "track": ["track", str(tmp_path), "--labels", str(FIXED), "--out-dir", str(out)]}[command]
     with pytest.raises(SystemExit) as stop:
         main([*args, f"{option}={value}"])  # "=": argparse takes "-inf" for an option otherwise
     assert stop.value.code == 2

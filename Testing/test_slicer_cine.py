@@ -24,6 +24,7 @@ from FSDiffRegMRML.cine_inputs import (  # noqa: E402
     InputError,
     checkCine,
     cineFrames,
+    frameTimesMs,
     segmentValues,
     structureOf,
     writeCineInputs,
@@ -35,6 +36,7 @@ from test_slicer_outputs import ijk_to_ras, load_volume, rotation, voxels
 from test_slicer_process import drain, live_members, scene_state, survivors
 
 FRAMES = 5
+FRAME_MS = 40.0  # the frame interval of the cines written with times
 SIZE = (20, 18, 6)  # x, y, z voxels
 SPACING = (1.5, 1.4, 8.0)
 #: Boxes (i, j, k ranges) of each ACDC label in the ED labels: RV, Myo ring around the LV.
@@ -51,8 +53,9 @@ def ed_labels_array() -> np.ndarray:
     return labels
 
 
-def write_cine(folder: Path, count: int = FRAMES) -> tuple[Path, Path]:
-    """A 4D NIfTI of ``count`` frames (each frame's mean tells it apart) and its ED labels, on an oblique grid."""
+def write_cine(folder: Path, count: int = FRAMES, interval_s: float = 1.0) -> tuple[Path, Path]:
+    """A 4D NIfTI of ``count`` frames (each frame's mean tells it apart) ``interval_s`` apart (1 s: the placeholder
+    of a file without frame times) and its ED labels, on an oblique grid."""
     direction = rotation(20.0).ravel().tolist()
     base = np.random.default_rng(0).uniform(0, 100, SIZE[::-1]).astype(np.float32)
     frames = []
@@ -65,7 +68,7 @@ def write_cine(folder: Path, count: int = FRAMES) -> tuple[Path, Path]:
     labels = sitk.GetImageFromArray(ed_labels_array())
     labels.CopyInformation(frames[0])
     paths = folder / "cine.nii.gz", folder / "ed_labels.nii.gz"
-    sitk.WriteImage(sitk.JoinSeries(frames), str(paths[0]))
+    sitk.WriteImage(sitk.JoinSeries(frames, 0.0, interval_s), str(paths[0]))
     sitk.WriteImage(labels, str(paths[1]))
     return paths
 
@@ -130,6 +133,30 @@ def test_track_command_carries_the_model_and_tracks_with_its_own_refinement():
         "--weights": "/w/model.pt"}
     plain = trackCommand("py", Path("f"), Path("l"), Path("o"), 1, RegisterOptions())
     assert "--weights" not in plain and plain[-2:] == ["--device", "auto"]
+
+
+def test_frame_times_come_from_a_time_index_in_seconds_or_milliseconds():
+    scene, _ = new_scene()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def sequence(name: str, unit: str, values: list[str]):
+        node = scene.AddNewNodeByClass("vtkMRMLSequenceNode")
+        node.SetIndexName(name)
+        node.SetIndexUnit(unit)
+        for value in values:
+            node.SetDataNodeAtValue(volume, value)
+        return node
+
+    assert frameTimesMs(sequence("time", "ms", ["0", "33.5", "67"])) == [0.0, 33.5, 67.0]
+    assert frameTimesMs(sequence("time", "s", ["0.5", "0.55"])) == pytest.approx([500.0, 550.0])
+    assert frameTimesMs(sequence("time", "s", ["0", "1", "2"])) is None  # a NIfTI's placeholder interval
+    assert frameTimesMs(sequence("frame", "", ["0", "1"])) is None
+    assert frameTimesMs(sequence("time", "ms", ["0", "late"])) is None
+
+
+def test_track_command_passes_the_frame_times():
+    args = trackCommand("py", Path("f"), Path("l"), Path("o"), 1, RegisterOptions(), [0.0, 33.5])
+    assert args[-2:] == ["--frame-times-ms", "0.0,33.5"]
 
 
 def test_progress_moves_frame_by_frame():
@@ -206,7 +233,7 @@ CASES = {  # labels as the user picks them, reference frame, time column in volu
 def run(request, tmp_path_factory):
     kind, reference, times = CASES[request.param]
     folder = tmp_path_factory.mktemp("cine")
-    cinePath, labelsPath = write_cine(folder)
+    cinePath, labelsPath = write_cine(folder, interval_s=FRAME_MS / 1000 if times else 1.0)
     scene, logics = new_scene()
     cine = load_cine(scene, logics, cinePath)
     labelmap = load_volume(scene, labelsPath, "vtkMRMLLabelMapVolumeNode")
@@ -226,8 +253,6 @@ def run(request, tmp_path_factory):
     record = folder / "record.json"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FAKE_TRACK_RECORD", str(record))
-        if times:
-            patch.setenv("FAKE_TRACK_TIMES", "1")
         job = TrackingJob(cine, reference, labels, logics["sequences"],
                           RegisterOptions(device="cpu", refineSteps=4), python=launcher(folder))
         lines: list[str] = []
@@ -242,6 +267,7 @@ def test_the_child_gets_every_frame_and_the_labels_with_acdc_values(run):
     assert record["frames"] == [f"frame_{k:02d}.nrrd" for k in range(1, FRAMES + 1)]
     assert record["reference"] == run["reference"]
     assert record["arguments"][record["arguments"].index("--reference-frame") + 1] == str(run["reference"])
+    assert ("--frame-times-ms" in record["arguments"]) == run["times"]  # a 1 s interval is a placeholder
     cine = sitk.ReadImage(str(run["cinePath"]))
     for k, (size, origin, spacing, direction) in enumerate(record["geometry"]):
         frame = cine[:, :, :, k]
@@ -342,7 +368,7 @@ def test_table_holds_the_volumes_and_strain_of_every_frame(run):
                      "circumferential_strain_percent"]
     assert column(table, "frame") == list(range(1, FRAMES + 1))
     if run["times"]:
-        assert column(table, "time_ms") == [child.FRAME_MS * k for k in range(FRAMES)]
+        assert column(table, "time_ms") == pytest.approx([FRAME_MS * k for k in range(FRAMES)])
     for k in range(1, FRAMES + 1):
         for name, value in child.expected_volumes(k, [1, 2, 3]).items():
             assert column(table, name)[k - 1] == pytest.approx(value, abs=1e-9)
@@ -366,10 +392,12 @@ def test_function_table_lists_every_value(run):
 def test_plot_series_draw_table_columns(run):
     out = run["outputs"]
     assert out.chart.GetNumberOfPlotSeriesNodes() == len(out.series) == 5
+    x = "time_ms" if run["times"] else "frame"  # the frames' time where the sequence gives it
+    assert out.chart.GetXAxisTitle() == ("time (ms)" if run["times"] else "frame")
     curves = {}
     for i in range(out.chart.GetNumberOfPlotSeriesNodes()):
         series = out.chart.GetNthPlotSeriesNode(i)
-        assert series.GetTableNode() is out.table and series.GetXColumnName() == "frame"
+        assert series.GetTableNode() is out.table and series.GetXColumnName() == x
         assert out.table.GetTable().GetColumnByName(series.GetYColumnName()) is not None
         curves[series.GetName()] = series.GetYColumnName()
     assert curves == {"RV volume": "RV_ml", "Myo volume": "Myo_ml", "LV volume": "LV_ml",

@@ -178,6 +178,7 @@ def test_batched_frames_match_one_at_a_time(pair: acdc.AcdcPair, monkeypatch: py
     ("labels", "labels"),
     ("empty", "labels image is empty"),
     ("scattered", "from their centre: is it one heart?"),
+    ("times", "3 frame times given for a cine of 2 frames"),
 ])
 def test_bad_input_writes_nothing(case: str, message: str, pair: acdc.AcdcPair, cine_folder: Path,
                                   tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -190,6 +191,8 @@ def test_bad_input_writes_nothing(case: str, message: str, pair: acdc.AcdcPair, 
         cine = str(tmp_path / "one")
     elif case == "reference":
         extra = ["--reference-frame", "3"]
+    elif case == "times":
+        extra = ["--frame-times-ms", "0,40,80"]
     else:
         bad = sitk.ReadImage(str(pair.fixed_labels))
         bad = bad[:-2, :, :] if case == "labels" else bad * 0
@@ -205,6 +208,17 @@ def test_bad_input_writes_nothing(case: str, message: str, pair: acdc.AcdcPair, 
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("one")) == \
         (["bad_labels.nii.gz"] if case in ("labels", "empty", "scattered") else [])
+
+
+def test_given_frame_times_reach_the_outputs(pair: acdc.AcdcPair, cine_folder: Path, tmp_path: Path):
+    """A folder of frames has no times; ``--frame-times-ms`` gives them (as Slicer passes a sequence's)."""
+    out = tmp_path / "out"
+    assert main(["track", str(cine_folder), "--labels", str(pair.fixed_labels), "--out-dir", str(out),
+                 "--refine", "0", "--frame-times-ms", "12.5,362.5"]) == 0
+    rows = list(csv.DictReader((out / "volumes.csv").open()))
+    assert [float(r["time_ms"]) for r in rows] == [12.5, 362.5]
+    labels = sitk.ReadImage(str(out / "labels.nii.gz"))
+    assert labels.GetSpacing()[3] == pytest.approx(0.35) and labels.GetOrigin()[3] == pytest.approx(0.0125)
 
 
 def test_a_4d_file_reads_as_the_same_cine(cine_folder: Path, tmp_path: Path):

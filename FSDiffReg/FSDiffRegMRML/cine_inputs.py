@@ -20,10 +20,14 @@ from pathlib import Path
 import numpy as np
 from vtk.util import numpy_support
 
+from FSDiffRegLib.defaults import PLAUSIBLE_INTERVAL_MS
+
 from .inputs import InputError, checkPlace, checkVolume, labelmapOnGrid, sameGeometry, segmentIds, writeVolume
 
 #: ACDC's label values (as FSDiffRegLib.function.STRUCTURES, which loads SimpleITK: not imported here).
 STRUCTURES = {1: "RV", 2: "Myo", 3: "LV"}
+#: Milliseconds per unit of a sequence's time index (Slicer reads a 4D NIfTI's or a DICOM cine's times so).
+MS_PER_INDEX_UNIT = {"s": 1000.0, "ms": 1.0}
 #: Colours of the structures where the labels give none (label maps): RV blue, Myo green, LV red.
 STRUCTURE_COLORS = {1: (0.25, 0.45, 0.9), 2: (0.35, 0.75, 0.35), 3: (0.9, 0.3, 0.25)}
 #: Segment names (lower case, words split by single spaces) taken for each structure.
@@ -52,6 +56,22 @@ class CineFiles:
     frames: Path
     labels: Path
     structures: dict[int, Structure]
+    timesMs: list[float] | None  # of the frames, where the sequence gives plausible ones
+
+
+def frameTimesMs(cine) -> list[float] | None:
+    """The frames' times in ms from the sequence's time index (in s or ms), or None where it gives none or only
+    a placeholder (frames 1 s apart, as a NIfTI without a real frame interval)."""
+    scale = MS_PER_INDEX_UNIT.get(cine.GetIndexUnit())
+    if cine.GetIndexName() != "time" or scale is None:
+        return None
+    try:
+        times = [float(cine.GetNthIndexValue(i)) * scale for i in range(cine.GetNumberOfDataNodes())]
+    except ValueError:
+        return None
+    low, high = PLAUSIBLE_INTERVAL_MS
+    intervals = np.diff(times)
+    return times if len(intervals) and all(low <= d <= high for d in intervals) else None
 
 
 def cineFrames(cine) -> list:
@@ -173,4 +193,5 @@ def writeCineInputs(folder: Path, cine, referenceFrame: int, labels) -> CineFile
     labelmap = labels
     if labels.IsA("vtkMRMLSegmentationNode"):
         labelmap = labelmapWithValues(labels, frames[referenceFrame - 1], segmentValues(labels))
-    return CineFiles(framesFolder, writeVolume(labelmap, folder / "labels.nrrd"), structures(labels))
+    return CineFiles(framesFolder, writeVolume(labelmap, folder / "labels.nrrd"), structures(labels),
+                     frameTimesMs(cine))

@@ -38,7 +38,7 @@ class TrackingJob(RegistrationJob):
         try:
             self.files = writeCineInputs(self.workDir, cine, referenceFrame, labels)
             command = trackCommand(python, self.files.frames, self.files.labels, self.outDir, referenceFrame,
-                                   options or RegisterOptions())
+                                   options or RegisterOptions(), self.files.timesMs)
             self.process = TrackingProcess(launch(command, libraryRoot(), self.workDir))
         except BaseException:
             self._clean()

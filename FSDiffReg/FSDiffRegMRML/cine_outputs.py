@@ -194,8 +194,10 @@ def functionTable(function: dict):
 
 
 def curves(table, structures: dict[int, Structure]) -> list:
-    """New plot series (in no scene) of each volume and strain column of ``table`` against the frame number."""
-    columns = {table.GetTable().GetColumnName(c) for c in range(table.GetNumberOfColumns())}
+    """New plot series (in no scene) of each volume and strain column of ``table`` against the frames' time
+    where the table has it, else their number."""
+    columns = tableColumns(table)
+    x = xColumn(columns)
     wanted = [(f"{segmentId(v)}_ml", f"{s.name} volume", s.color, False) for v, s in structures.items()]
     wanted += [(column, column.replace("_percent", "").replace("_", " "), color, True)
                for column, color in STRAIN_COLORS.items()]
@@ -205,7 +207,7 @@ def curves(table, structures: dict[int, Structure]) -> list:
             continue
         curve = slicer.vtkMRMLPlotSeriesNode()
         curve.SetName(name)
-        curve.SetXColumnName("frame")
+        curve.SetXColumnName(x)
         curve.SetYColumnName(column)
         curve.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
         curve.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash if dashed
@@ -217,10 +219,20 @@ def curves(table, structures: dict[int, Structure]) -> list:
     return series
 
 
-def chart():
-    """A new plot chart (in no scene) with its axes named."""
+def tableColumns(table) -> set[str]:
+    """The column names of a table node."""
+    return {table.GetTable().GetColumnName(c) for c in range(table.GetNumberOfColumns())}
+
+
+def xColumn(columns: set[str]) -> str:
+    """The curves' x: the frames' time (ms) where the table has it, else the frame number."""
+    return "time_ms" if "time_ms" in columns else "frame"
+
+
+def chart(x: str):
+    """A new plot chart (in no scene) with its axes named; ``x`` is the curves' x column."""
     node = slicer.vtkMRMLPlotChartNode()
-    node.SetXAxisTitle("frame")
+    node.SetXAxisTitle("time (ms)" if x == "time_ms" else "frame")
     node.SetYAxisTitle("volume (ml), strain (%)")
     node.SetLegendVisibility(True)
     return node
@@ -235,7 +247,7 @@ def readCineOutputs(outDir: Path, cine, structures: dict[int, Structure]) -> Cin
     table.SetAttribute("FSDiffReg.function", json.dumps(function))
     table.SetAttribute("FSDiffReg.metrics", json.dumps(metrics))
     return CineOutputs(readTransforms(outDir, cine), readSegmentations(outDir, cine, structures), table,
-                       functionTable(function), chart(), curves(table, structures),
+                       functionTable(function), chart(xColumn(tableColumns(table))), curves(table, structures),
                        slicer.vtkMRMLSequenceBrowserNode(), function, metrics)
 
 

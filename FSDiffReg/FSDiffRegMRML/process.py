@@ -98,12 +98,16 @@ def registerCommand(python: str, fixed: Path, moving: Path, outDir: Path, option
 
 
 def trackCommand(python: str, frames: Path, labels: Path, outDir: Path, referenceFrame: int,
-                 options: RegisterOptions) -> list[str]:
+                 options: RegisterOptions, timesMs: list[float] | None = None) -> list[str]:
     """The command line that tracks the cine in folder ``frames`` (one 3D file per frame) into ``outDir``;
     ``labels`` belong to frame ``referenceFrame`` (1-based). The device and weights are ``options``'; the
-    refinement is ``track``'s own default (validated for tracking), not ``register``'s steps."""
-    return [python, "-m", "FSDiffRegLib.cli", "track", str(frames), "--labels", str(labels),
+    refinement is ``track``'s own default (validated for tracking), not ``register``'s steps. ``timesMs``:
+    the frames' times (the frame files carry none)."""
+    args = [python, "-m", "FSDiffRegLib.cli", "track", str(frames), "--labels", str(labels),
             "--out-dir", str(outDir), "--reference-frame", str(referenceFrame), *modelArguments(options)]
+    if timesMs:
+        args += ["--frame-times-ms", ",".join(repr(float(t)) for t in timesMs)]
+    return args
 
 
 def launch(args: list[str], cwd: Path, workDir: Path | None = None) -> subprocess.Popen:
