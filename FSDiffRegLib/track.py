@@ -81,8 +81,8 @@ def heart_region(labels: sitk.Image, grid: sitk.Image, multiple: int) -> tuple[s
     ``multiple`` voxels (or the grid's side), centred on the heart where the grid allows."""
     inside = np.argwhere(sitk.GetArrayFromImage(resample_to(labels, grid, 0, nearest=True)) > 0)
     if not len(inside):
-        raise InputError(f"ED labels lie more than {max(grid.GetSize()) * max(grid.GetSpacing()) / 2:.0f} mm "
-                         "from their centre: is it one heart?")
+        box = " x ".join(f"{n * mm:.0f}" for n, mm in zip(grid.GetSize(), grid.GetSpacing()))
+        raise InputError(f"ED labels have no voxel within the {box} mm box around their centre: is it one heart?")
     size = np.array(grid.GetSize()[::-1])
     margin = np.ceil(HEART_MARGIN_MM / np.array(grid.GetSpacing()[::-1])).astype(int)
     low, high = inside.min(axis=0) - margin, inside.max(axis=0) + 1 + margin
