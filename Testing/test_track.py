@@ -177,7 +177,7 @@ def test_batched_frames_match_one_at_a_time(pair: acdc.AcdcPair, monkeypatch: py
     ("reference", "reference frame 3 is out of range"),
     ("labels", "labels"),
     ("empty", "labels image is empty"),
-    ("scattered", "from their centre: is it one heart?"),
+    ("scattered", "no voxel within the 192 x 192 x 101 mm box around their centre: is it one heart?"),
     ("times", "3 frame times given for a cine of 2 frames"),
 ])
 def test_bad_input_writes_nothing(case: str, message: str, pair: acdc.AcdcPair, cine_folder: Path,
