@@ -53,7 +53,7 @@ from FSDiffRegMRML.display import showDeformation
 from FSDiffRegMRML.inputs import InputError, checkInputs
 from FSDiffRegMRML.job import RegistrationJob
 from FSDiffRegMRML.outputs import RegistrationOutputs, summary
-from FSDiffRegMRML.process import DeviceQuery, RegisterOptions, pythonSlicerExecutable
+from FSDiffRegMRML.process import DeviceQuery, RegisterOptions, Worker, pythonSlicerExecutable
 
 DEVICES = ["Auto", "CPU", "CUDA"]
 DEFORMATION_MODES = ["Grid", "Glyph", "Contour"]
@@ -196,6 +196,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._deviceQuery is not None:
             self._deviceQuery.cancel()
             self._deviceQuery = None
+        self.logic.stopWorker()
         self.setParameterNode(None)
         self.removeObservers()
 
@@ -246,12 +247,13 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def startDeviceQuery(self) -> None:
-        """Ask a child process which devices torch can use (the GUI never imports torch)."""
+        """Ask the worker which devices torch can use (the GUI never imports torch); it then stays,
+        torch imported, for the first Register."""
         if installedVersion("torch") is None:
             self.setDevices(["cpu"])
             return
         try:
-            self._deviceQuery = DeviceQuery(pythonSlicerExecutable())
+            self._deviceQuery = DeviceQuery(self.logic.worker())
         except (OSError, RuntimeError) as error:
             logging.warning(f"FSDiffReg: cannot ask PyTorch for its devices: {error}")
             self.setDevices(["cpu"])
@@ -414,7 +416,27 @@ def ensureTorch() -> None:
 
 
 class FSDiffRegLogic(ScriptedLoadableModuleLogic):
-    """Starts registrations and keeps the parameter node's outputs; usable without the GUI."""
+    """Starts registrations and keeps the parameter node's outputs; usable without the GUI.
+
+    Its commands run in one worker process kept between runs (torch imported once); ``stopWorker()``
+    ends it, and the next run starts a new one.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._worker = None
+
+    def worker(self) -> Worker:
+        """The worker process that runs the commands (started by its first command)."""
+        if self._worker is None:
+            self._worker = Worker(pythonSlicerExecutable())
+        return self._worker
+
+    def stopWorker(self) -> None:
+        """End the worker process (a running command is cancelled)."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
 
     def getParameterNode(self) -> FSDiffRegParameterNode:
         return FSDiffRegParameterNode(super().getParameterNode())
@@ -435,8 +457,11 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
                                refineSteps=parameters.refineSteps, smoothness=parameters.smoothness or None)
 
     def ensureDependencies(self) -> None:
-        """torch through the PyTorch extension, other packages through pip; asks before installing."""
-        ensureTorch()
+        """torch through the PyTorch extension, other packages through pip; asks before installing.
+        A torch installed or updated here ends the worker, which may hold the one replaced."""
+        if installedTorchStatus() != "ok":
+            ensureTorch()
+            self.stopWorker()
         ensurePythonPackages(REQUIREMENTS)
 
     def startRegistration(self, parameters: FSDiffRegParameterNode) -> RegistrationJob:
@@ -445,7 +470,7 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         options = self.options(parameters)
         self.ensureDependencies()
         return RegistrationJob(parameters.fixedVolume, parameters.movingVolume, parameters.movingLabels,
-                               options, pythonSlicerExecutable())
+                               options, self.worker())
 
     def finishRegistration(self, job: RegistrationJob, parameters: FSDiffRegParameterNode) -> RegistrationOutputs:
         """Load a finished job's outputs as new nodes and remember them in the parameter node."""
@@ -463,7 +488,7 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         options = self.options(parameters)
         self.ensureDependencies()
         return TrackingJob(parameters.cineVolumes, parameters.referenceFrame, parameters.cineLabels,
-                           slicer.modules.sequences.logic(), options, pythonSlicerExecutable())
+                           slicer.modules.sequences.logic(), options, self.worker())
 
     def finishTracking(self, job: TrackingJob, parameters: FSDiffRegParameterNode) -> CineOutputs:
         """Load a finished tracking's outputs as new nodes and remember them in the parameter node."""
@@ -481,7 +506,7 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         """Register and wait (scripts, self-test), keeping the application responsive."""
         checkInputs(fixed, moving, labels)
         self.ensureDependencies()
-        job = RegistrationJob(fixed, moving, labels, options, pythonSlicerExecutable())
+        job = RegistrationJob(fixed, moving, labels, options, self.worker())
         return job.wait(idle=lambda: (slicer.app.processEvents(), time.sleep(0.05)))
 
     def updateDeformationDisplay(self, parameters: FSDiffRegParameterNode) -> None:

@@ -1,13 +1,14 @@
-"""A stand-in for ``python -m FSDiffRegLib.cli track`` in Testing/test_slicer_cine.py: the same
-arguments, log lines and output folder as /work/notes/TRACK-DESIGN.md fixes, with known contents.
+"""A stand-in for the worker running ``fsdiffreg track`` in Testing/test_slicer_cine.py: the real worker
+loop (FSDiffRegLib.worker) with the same arguments, log lines and output folder as ``track``'s, with
+known contents.
 
 Frame k's field is a uniform shift of (k - reference) mm along LPS x (zero at the reference frame);
 its labels are the given labels rolled by (k - reference) voxels along i; volumes.csv and
 function.json hold the values ``expected_volumes`` and ``expected_function`` give. What the child
 was given is recorded as JSON where ``FAKE_TRACK_RECORD`` says. ``FAKE_TRACK`` picks a behaviour:
-``ok`` (default), ``error`` (the CLI's error line), ``crash`` (a traceback), ``hang`` (says one line,
-then waits), ``missing-field`` and ``wrong-grid`` (broken outputs, exit 0). ``--frame-times-ms``, as
-the CLI takes it, adds a time_ms column.
+``ok`` (default), ``error`` (the CLI's error line), ``crash`` (an exception that ends the worker),
+``hang`` (says one line, then waits), ``missing-field`` and ``wrong-grid`` (broken outputs, exit 0).
+``--frame-times-ms``, as the CLI takes it, adds a time_ms column.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from FSDiffRegLib.parent import exit_with_parent_if_asked  # noqa: E402
+from FSDiffRegLib import worker  # noqa: E402
 
 NAMES = {1: "RV", 2: "Myo", 3: "LV"}
 
@@ -75,14 +76,15 @@ def rolled(labels: sitk.Image, voxels: int) -> sitk.Image:
     return image
 
 
-def record(args: argparse.Namespace, paths: list[Path], frames: list[sitk.Image], labels: sitk.Image) -> None:
+def record(argv: list[str], args: argparse.Namespace, paths: list[Path], frames: list[sitk.Image],
+           labels: sitk.Image) -> None:
     """What the child was given, for the test to check."""
     where = os.environ.get("FAKE_TRACK_RECORD")
     if not where:
         return
     geometry = [(f.GetSize(), f.GetOrigin(), f.GetSpacing(), f.GetDirection()) for f in frames]
     Path(where).write_text(json.dumps({
-        "arguments": sys.argv[1:], "frames": [p.name for p in paths], "reference": args.reference_frame,
+        "arguments": argv, "frames": [p.name for p in paths], "reference": args.reference_frame,
         "labels_counts": {str(int(v)): int(n) for v, n in zip(*np.unique(sitk.GetArrayViewFromImage(labels),
                                                                              return_counts=True)) if v > 0},
         "labels_geometry": [labels.GetSize(), labels.GetOrigin(), labels.GetSpacing(), labels.GetDirection()],
@@ -117,9 +119,10 @@ def write_outputs(out: Path, frames: list[sitk.Image], labels: sitk.Image, refer
                                                   "frames": [{"folding_percent": 0.0}] * n}))
 
 
-def main() -> None:
-    exit_with_parent_if_asked()
-    parser = argparse.ArgumentParser(prog="fsdiffreg track")
+def track(argv: list[str]) -> int:
+    """``fsdiffreg track``'s stand-in: its exit status."""
+    parser = argparse.ArgumentParser(prog="fsdiffreg")
+    parser.add_argument("command", choices=["track"])
     parser.add_argument("cine")
     parser.add_argument("--labels", required=True)
     parser.add_argument("--out-dir", required=True)
@@ -129,28 +132,29 @@ def main() -> None:
     parser.add_argument("--refine", type=int, default=20)
     parser.add_argument("--smoothness", type=float)
     parser.add_argument("--frame-times-ms", type=lambda text: [float(t) for t in text.split(",")])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     mode = os.environ.get("FAKE_TRACK", "ok")
     say("reading cine")
     if mode == "hang":
         time.sleep(300)
     if mode == "error":
         say("error: labels must be integer-valued, got float")
-        sys.exit(2)
+        return 2
     if mode == "crash":
-        print("Traceback (most recent call last):\nMemoryError", file=sys.stderr, flush=True)
-        sys.exit(1)
+        raise MemoryError
     paths = sorted(Path(args.cine).iterdir())
     frames = [sitk.ReadImage(str(p)) for p in paths]
     labels = sitk.ReadImage(args.labels)
-    record(args, paths, frames, labels)
+    record(argv, args, paths, frames, labels)
     say(f"loading weights on {args.device}")
     for k in range(2, len(frames) + 2, 2):
         say(f"network {min(k, len(frames))}/{len(frames)} frames")
     for step in range(1, args.refine + 1):
         say(f"refining {100 * step // args.refine} % ({step}/{args.refine} steps), 0 s left")
     write_outputs(Path(args.out_dir), frames, labels, args.reference_frame, mode, args.frame_times_ms)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    worker.run = track
+    worker.Worker().serve()

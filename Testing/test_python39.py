@@ -1,4 +1,4 @@
-"""The code runs on Python 3.9, as in Slicer 5.8 and its child process (``PythonSlicer -m FSDiffRegLib.cli``).
+"""The code runs on Python 3.9, as in Slicer 5.8 and its child process (``PythonSlicer -m FSDiffRegLib.worker``).
 
 Imports every module under the pyenv 3.9.18 interpreter (Testing/python39_imports.py says how),
 in ``.venv/py39`` where ``make venv`` made it (real NumPy, SimpleITK, matplotlib and tqdm; torch
@@ -59,3 +59,18 @@ def test_no_standard_library_use_newer_than_python39():
     run = subprocess.run([str(vermin), "--target=3.9-", "--violations", "--no-tips", "FSDiffRegLib", "FSDiffReg",
                           "Testing"], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_worker_serves_commands_on_python39(python39):
+    """The worker loop as Slicer 5.8's PythonSlicer runs it: a refused command, then the next one."""
+    worker = subprocess.Popen([str(python39), "-m", "FSDiffRegLib.worker"], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(2):
+            worker.stdin.write(json.dumps({"args": ["register", "only-one-image"]}) + "\n")
+            worker.stdin.flush()
+            lines = [worker.stdout.readline().strip() for _ in range(2)]
+            assert "the following arguments are required" in lines[0] and lines[1] == "fsdiffreg: finished 2"
+    finally:
+        worker.stdin.close()
+        assert worker.wait(timeout=30) == 0

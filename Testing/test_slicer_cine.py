@@ -31,9 +31,9 @@ from FSDiffRegMRML.cine_inputs import (  # noqa: E402
 )
 from FSDiffRegMRML.cine_job import TrackingError, TrackingJob  # noqa: E402
 from FSDiffRegMRML.cine_outputs import cineSummary, functionRows  # noqa: E402
-from FSDiffRegMRML.process import RegisterOptions, TrackingProcess, launch, trackCommand  # noqa: E402
+from FSDiffRegMRML.process import RegisterOptions, TrackingProcess, Worker, trackCommand  # noqa: E402
 from test_slicer_outputs import ijk_to_ras, load_volume, rotation, voxels
-from test_slicer_process import drain, live_members, scene_state, survivors
+from test_slicer_process import drain, live_members, printing, scene_state, stand_in_worker, survivors
 
 FRAMES = 5
 FRAME_MS = 40.0  # the frame interval of the cines written with times
@@ -106,12 +106,11 @@ def segmentation_of(scene, labelmap, names: list[str] | None = None):
 
 
 def launcher(folder: Path) -> str:
-    """A PythonSlicer-like launcher: checks it is asked for ``-m FSDiffRegLib.cli track``, then runs the stand-in
-    in a child Python of its own (two processes, as PythonSlicer and the real Python)."""
+    """A PythonSlicer-like launcher: checks it is asked for ``-m FSDiffRegLib.worker``, then runs the stand-in
+    worker in a child Python of its own (two processes, as PythonSlicer and the real Python)."""
     path = folder / "PythonLauncher"
-    path.write_text('#!/bin/sh\n[ "$1 $2 $3" = "-m FSDiffRegLib.cli track" ] || '
-                    '{ echo "bad arguments: $*" >&2; exit 3; }\nshift 3\n'
-                    f'"{sys.executable}" "{child.__file__}" "$@"\nexit $?\n')
+    path.write_text('#!/bin/sh\n[ "$*" = "-m FSDiffRegLib.worker" ] || { echo "bad arguments: $*" >&2; exit 3; }\n'
+                    f'"{sys.executable}" "{child.__file__}"\nexit $?\n')
     path.chmod(0o755)
     return str(path)
 
@@ -126,12 +125,12 @@ def label_counts(array: np.ndarray) -> dict[str, int]:
 def test_track_command_carries_the_model_and_tracks_with_its_own_refinement():
     """Device and weights come from the panel; register's refinement steps (60) would triple the time."""
     options = RegisterOptions(device="cuda", weights="/w/model.pt", refineSteps=25, smoothness=2.5)
-    args = trackCommand("py", Path("frames"), Path("labels.nrrd"), Path("out"), 19, options)
-    assert args[:5] == ["py", "-m", "FSDiffRegLib.cli", "track", "frames"]
-    assert dict(zip(args[5::2], args[6::2])) == {
+    args = trackCommand(Path("frames"), Path("labels.nrrd"), Path("out"), 19, options)
+    assert args[:2] == ["track", "frames"]
+    assert dict(zip(args[2::2], args[3::2])) == {
         "--labels": "labels.nrrd", "--out-dir": "out", "--reference-frame": "19", "--device": "cuda",
         "--weights": "/w/model.pt"}
-    plain = trackCommand("py", Path("f"), Path("l"), Path("o"), 1, RegisterOptions())
+    plain = trackCommand(Path("f"), Path("l"), Path("o"), 1, RegisterOptions())
     assert "--weights" not in plain and plain[-2:] == ["--device", "auto"]
 
 
@@ -155,28 +154,26 @@ def test_frame_times_come_from_a_time_index_in_seconds_or_milliseconds():
 
 
 def test_track_command_passes_the_frame_times():
-    args = trackCommand("py", Path("f"), Path("l"), Path("o"), 1, RegisterOptions(), [0.0, 33.5])
+    args = trackCommand(Path("f"), Path("l"), Path("o"), 1, RegisterOptions(), [0.0, 33.5])
     assert args[-2:] == ["--frame-times-ms", "0.0,33.5"]
 
 
-def test_progress_moves_frame_by_frame():
+def test_progress_moves_frame_by_frame(tmp_path):
     lines = ["fsdiffreg: reading cine", "fsdiffreg: loading weights on cpu", "fsdiffreg: network 2/4 frames",
              "fsdiffreg: network 4/4 frames", "fsdiffreg: refining 50 % (30/60 steps), 3 s left",
              "fsdiffreg: refining 100 % (60/60 steps), 0 s left", "fsdiffreg: writing 1/4 frames",
              "fsdiffreg: writing 4/4 frames"]
     assert [TrackingProcess.stageProgress(line.split(": ", 1)[1]) for line in lines] == [5, 10, 30, 50, 68, 85, 87, 95]
-    script = "import sys\n" + "".join(f"print({line!r}, file=sys.stderr, flush=True)\n" for line in lines)
-    process = TrackingProcess(launch([sys.executable, "-c", script], Path.cwd()))
+    process = TrackingProcess(stand_in_worker(tmp_path, printing(lines)).run(["track"]))
     assert drain(process) == lines and process.progress == 95 and process.succeeded
 
 
-def test_failure_and_crash_are_one_line_about_tracking():
-    error = TrackingProcess(launch([sys.executable, "-c", "import sys; print('fsdiffreg track: error: reference "
-                                    "frame 30 is out of range', file=sys.stderr); sys.exit(2)"], Path.cwd()))
+def test_failure_and_crash_are_one_line_about_tracking(tmp_path):
+    refusal = printing(["fsdiffreg track: error: reference frame 30 is out of range"], "return 2")
+    error = TrackingProcess(stand_in_worker(tmp_path, refusal).run(["track"]))
     drain(error)
     assert error.failure() == "reference frame 30 is out of range"
-    crash = TrackingProcess(launch([sys.executable, "-c", "import sys; print('MemoryError'); sys.exit(1)"],
-                                   Path.cwd()))
+    crash = TrackingProcess(stand_in_worker(tmp_path, printing([], "raise MemoryError")).run(["track"]))
     drain(crash)
     assert crash.failure() == "tracking failed (exit code 1): MemoryError"
 
@@ -254,7 +251,7 @@ def run(request, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FAKE_TRACK_RECORD", str(record))
         job = TrackingJob(cine, reference, labels, logics["sequences"],
-                          RegisterOptions(device="cpu", refineSteps=4), python=launcher(folder))
+                          RegisterOptions(device="cpu", refineSteps=4), Worker(launcher(folder)))
         lines: list[str] = []
         outputs = job.wait(onLines=lines.extend)
     return {"name": request.param, "scene": scene, "logics": logics, "cine": cine, "labels": labels,
@@ -452,7 +449,7 @@ def test_a_failing_child_adds_nothing(cine_scene, tmp_path, monkeypatch, mode, e
     before = scene_state(scene)
     monkeypatch.setenv("FAKE_TRACK", mode)
     job = TrackingJob(cine, 2, labels, logics["sequences"], RegisterOptions(device="cpu", refineSteps=0),
-                      python=launcher(tmp_path))
+                      Worker(launcher(tmp_path)))
     with pytest.raises(error, match=message):
         job.wait()
     assert scene_state(scene) == before and not job.workDir.exists()
@@ -463,14 +460,14 @@ def test_cancel_stops_launcher_and_child_and_adds_nothing(cine_scene, tmp_path, 
     scene, logics, cine, labels = cine_scene
     before = scene_state(scene)
     monkeypatch.setenv("FAKE_TRACK", "hang")
-    job = TrackingJob(cine, 1, labels, logics["sequences"], RegisterOptions(device="cpu"), python=launcher(tmp_path))
+    job = TrackingJob(cine, 1, labels, logics["sequences"], RegisterOptions(device="cpu"), Worker(launcher(tmp_path)))
     lines, deadline = [], time.monotonic() + 60
     while not lines:
         assert time.monotonic() < deadline and not job.finished, "the stand-in never spoke"
         lines += job.poll()
         time.sleep(0.01)
     assert lines == ["fsdiffreg: reading cine"] and job.progress == 5
-    group = job.process.process.pid
+    group = job.worker.pid
     assert len(live_members(group)) == 2
     job.cancel()
     assert survivors(group) == []
@@ -576,7 +573,7 @@ def test_bad_inputs_give_one_line_and_change_nothing(bad, tmp_path, cine, refere
     folders = set(Path(tempfile.gettempdir()).glob("FSDiffReg-*"))
     with pytest.raises(InputError, match=message) as error:
         TrackingJob(nodes.get(cine), reference, nodes.get(labels), logics["sequences"], RegisterOptions(device="cpu"),
-                    python=launcher(tmp_path))
+                    Worker(launcher(tmp_path)))
     assert "\n" not in str(error.value)
     assert scene_state(scene) == before
     assert set(Path(tempfile.gettempdir()).glob("FSDiffReg-*")) == folders
@@ -599,7 +596,7 @@ def test_the_real_track_command_gives_outputs_slicer_loads(tmp_path, untrained_w
     cine = load_cine(scene, logics, cinePath)
     labels = segmentation_of(scene, load_volume(scene, labelsPath, "vtkMRMLLabelMapVolumeNode"), ["RV", "Myo", "LV"])
     options = RegisterOptions(device="cpu", weights=str(untrained_weights), refineSteps=0)
-    job = TrackingJob(cine, 2, labels, logics["sequences"], options, python=sys.executable)
+    job = TrackingJob(cine, 2, labels, logics["sequences"], options, Worker(sys.executable))
     lines: list[str] = []
     out = job.wait(onLines=lines.extend)
     assert "fsdiffreg: reading cine" in lines and job.progress == 95

@@ -19,6 +19,7 @@ import pytest
 import slicer
 
 import slicer_standins as standins
+from FSDiffRegLib.parent import process_exists
 from FSDiffRegLib.resources import SAMPLE
 
 UI = standins.MODULE_FILE.parent / "Resources" / "UI" / "FSDiffReg.ui"
@@ -426,6 +427,39 @@ def test_torch_is_installed_or_updated_through_pytorchutils(module, monkeypatch,
             module.ensureTorch()
     assert utils.calls == calls
     assert bool(asked.questions) == (status == "old") and all("2.2.0" in q for q in asked.questions)
+
+
+class FakeWorker:
+    """process.Worker's interface: records whether it was stopped."""
+
+    def __init__(self, python):
+        self.stopped = False
+
+    def stop(self):
+        self.stopped = True
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+@pytest.mark.parametrize(("status", "restarted"), [("ok", False), ("missing", True), ("old", True)])
+def test_a_torch_installed_or_updated_ends_the_worker_that_may_hold_the_old_one(module, monkeypatch, status,
+                                                                               restarted):
+    monkeypatch.setattr(module, "Worker", FakeWorker)
+    monkeypatch.setattr(module, "pythonSlicerExecutable", lambda: sys.executable)
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: status)
+    monkeypatch.setattr(module, "ensureTorch", lambda: None)
+    monkeypatch.setattr(module, "ensurePythonPackages", lambda requirements: None)
+    logic = module.FSDiffRegLogic()
+    worker = logic.worker()
+    logic.ensureDependencies()
+    assert worker.stopped == restarted and (logic.worker() is worker) != restarted
+
+
+def test_closing_the_module_ends_its_worker(widget):
+    worker = widget.logic.worker()
+    worker.run(["devices"])
+    pid = worker.pid
+    widget.cleanup()
+    assert worker.pid is None and not process_exists(pid)
 
 
 @pytest.mark.parametrize("module", ["5.12.3"], indirect=True)

@@ -18,40 +18,60 @@ import slicer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 from FSDiffRegLib.defaults import DEFAULT_STEPS
+from FSDiffRegLib.parent import process_exists
 from FSDiffRegLib.resources import sample_pair
 from FSDiffRegMRML import process as child  # noqa: E402
 from FSDiffRegMRML.job import RegistrationError, RegistrationJob  # noqa: E402
-from FSDiffRegMRML.process import RegisterOptions, RegistrationProcess, launch, registerCommand  # noqa: E402
+from FSDiffRegMRML.process import RegisterOptions, RegistrationProcess, Worker, registerCommand  # noqa: E402
 from test_slicer_outputs import load_volume, new_scene
 
 #: How long a test waits for a child that should end at once before calling it hung.
 PATIENCE = 60.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_command_line_carries_every_option():
     options = RegisterOptions(device="cuda", weights="/w/model.pt", refineSteps=25, smoothness=2.5)
-    args = registerCommand("py", Path("f.nrrd"), Path("m.nrrd"), Path("out"), options, Path("l.nrrd"))
-    assert args[:6] == ["py", "-m", "FSDiffRegLib.cli", "register", "f.nrrd", "m.nrrd"]
-    flags = dict(zip(args[6::2], args[7::2]))
+    args = registerCommand(Path("f.nrrd"), Path("m.nrrd"), Path("out"), options, Path("l.nrrd"))
+    assert args[:3] == ["register", "f.nrrd", "m.nrrd"]
+    flags = dict(zip(args[3::2], args[4::2]))
     assert flags == {"--out-dir": "out", "--device": "cuda", "--weights": "/w/model.pt",
                      "--moving-labels": "l.nrrd", "--refine": "25", "--smoothness": "2.5"}
 
 
 def test_command_line_leaves_library_defaults_alone():
-    args = registerCommand("py", Path("f"), Path("m"), Path("o"), RegisterOptions(refineSteps=0, smoothness=3.0))
+    args = registerCommand(Path("f"), Path("m"), Path("o"), RegisterOptions(refineSteps=0, smoothness=3.0))
     assert "--weights" not in args and "--moving-labels" not in args and "--smoothness" not in args
     assert args[-2:] == ["--refine", "0"]  # the network alone, said explicitly
 
 
 def test_the_module_refines_as_the_command_line_does_by_default():
     assert RegisterOptions().refineSteps == DEFAULT_STEPS
-    assert registerCommand("py", Path("f"), Path("m"), Path("o"), RegisterOptions())[-2:] == ["--refine", "60"]
+    assert registerCommand(Path("f"), Path("m"), Path("o"), RegisterOptions())[-2:] == ["--refine", "60"]
 
 
-def scripted(lines: list[str], code: int = 0) -> RegistrationProcess:
-    """A real child process printing ``lines`` like the CLI does, then exiting with ``code``."""
-    script = "import sys\n" + "".join(f"print({line!r}, file=sys.stderr, flush=True)\n" for line in lines)
-    return RegistrationProcess(launch([sys.executable, "-c", script + f"sys.exit({code})"], Path.cwd()))
+def stand_in_worker(folder: Path, command: str) -> Worker:
+    """A worker whose launcher (as PythonSlicer) runs the real worker loop (FSDiffRegLib.worker) with
+    ``command`` (Python source defining ``run(args) -> exit status``) in place of the command line."""
+    script = folder / "stand_in_worker.py"
+    script.write_text(f"import os, sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom FSDiffRegLib import worker\n"
+                      f"{command}\nworker.run = run\nworker.Worker().serve()\n")
+    launcher = folder / "PythonLauncher"
+    launcher.write_text('#!/bin/sh\n[ "$*" = "-m FSDiffRegLib.worker" ] || { echo "bad arguments: $*" >&2; exit 3; }\n'
+                        f'"{sys.executable}" "{script}"\nexit $?\n')
+    launcher.chmod(0o755)
+    return Worker(str(launcher))
+
+
+def printing(lines: list[str], ending: str = "return 0") -> str:
+    """A stand-in command that prints ``lines`` on stderr as the CLI does, then runs ``ending``."""
+    prints = "".join(f"    print({line!r}, file=sys.stderr, flush=True)\n" for line in lines)
+    return f"def run(args):\n{prints}    {ending}\n"
+
+
+def scripted(folder: Path, lines: list[str], ending: str = "return 0") -> RegistrationProcess:
+    """A registration in a stand-in worker whose command prints ``lines``, then runs ``ending``."""
+    return RegistrationProcess(stand_in_worker(folder, printing(lines, ending)).run(["register"]))
 
 
 def drain(process: RegistrationProcess) -> list[str]:
@@ -64,35 +84,40 @@ def drain(process: RegistrationProcess) -> list[str]:
     return seen
 
 
-def test_progress_follows_the_stage_lines():
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="the stand-in launchers are shell scripts")
+
+
+def test_progress_follows_the_stage_lines(tmp_path):
     stages = ["fsdiffreg: reading images", "fsdiffreg: loading weights on cpu", "fsdiffreg: registering",
               "fsdiffreg: refining (25 steps)", "fsdiffreg: writing outputs"]
-    process = scripted(stages)
+    process = scripted(tmp_path, stages)
     assert drain(process) == stages
     assert process.progress == 90 and process.succeeded and process.error is None
 
 
-def test_error_line_becomes_the_failure_message():
-    process = scripted(["fsdiffreg: reading images", "fsdiffreg: error: moving image must be 3D, got 4D"], code=2)
+def test_error_line_becomes_the_failure_message(tmp_path):
+    process = scripted(tmp_path, ["fsdiffreg: reading images", "fsdiffreg: error: moving image must be 3D, got 4D"],
+                       "return 2")
     drain(process)
     assert not process.succeeded and process.failure() == "moving image must be 3D, got 4D"
 
 
-def test_crash_without_error_line_reports_exit_code_and_last_line():
-    process = scripted(["Traceback (most recent call last):", "MemoryError"], code=1)
+def test_crash_without_error_line_reports_exit_code_and_last_line(tmp_path):
+    """An exception no handler expects ends the worker (status 1, the traceback's last line)."""
+    process = scripted(tmp_path, ["fsdiffreg: reading images"], "raise MemoryError")
     drain(process)
     assert process.failure() == "registration failed (exit code 1): MemoryError"
 
 
-def test_undecodable_output_is_replaced_not_fatal():
+def test_undecodable_output_is_replaced_not_fatal(tmp_path):
     """One byte that is not UTF-8 (a Windows code page path, a library's binary noise) must not kill
-    the reader: the child's end is still seen, its lines still reported."""
-    script = ("import sys\n"
-              "sys.stderr.buffer.write(b'fsdiffreg: reading images from caf\\xe9 \\xff\\xfe\\n')\n"
-              "sys.stderr.flush()\n"
-              "print('fsdiffreg: error: weights file not found', file=sys.stderr)\n"
-              "sys.exit(2)\n")
-    process = RegistrationProcess(launch([sys.executable, "-c", script], Path.cwd()))
+    the reader: the command's end is still seen, its lines still reported."""
+    command = ("def run(args):\n"
+               "    sys.stderr.buffer.write(b'fsdiffreg: reading images from caf\\xe9 \\xff\\xfe\\n')\n"
+               "    sys.stderr.flush()\n"
+               "    print('fsdiffreg: error: weights file not found', file=sys.stderr, flush=True)\n"
+               "    return 2\n")
+    process = RegistrationProcess(stand_in_worker(tmp_path, command).run(["register"]))
     lines = drain(process)
     assert lines[0].startswith("fsdiffreg: reading images from caf\ufffd")
     assert process.progress == 10 and process.failure() == "weights file not found"
@@ -172,13 +197,13 @@ def test_cancel_kills_launcher_and_child_and_changes_nothing(sample_scene, tmp_p
     launcher.chmod(0o755)
     before, inputs = scene_state(scene), [input_state(node) for node in (fixed, moving, labels) if node]
     job = RegistrationJob(fixed, moving, labels, RegisterOptions(device="cpu", weights=str(untrained_weights)),
-                          python=str(launcher))
+                          Worker(str(launcher)))
     lines = []
     while not lines and not job.finished:
         lines += job.poll()
         time.sleep(0.01)
     assert lines[0] == "fsdiffreg: reading images" and not job.finished
-    group = job.process.process.pid
+    group = job.worker.pid
     assert len(live_members(group)) == 2  # the launcher and the Python it started
     job.cancel()
     assert survivors(group) == []
@@ -241,13 +266,11 @@ def test_plain_python_runs_the_child_itself(tmp_path, monkeypatch, name):
 # --- asking the child which devices torch can use ----------------------------------------
 
 
-def stand_in(tmp_path: Path, body: str) -> str:
-    """A Python stand-in that answers only ``-m FSDiffRegLib.cli devices`` and then runs ``body`` (sh)."""
-    path = tmp_path / "PythonStandIn"
-    path.write_text('#!/bin/sh\n[ "$*" = "-m FSDiffRegLib.cli devices" ] || { echo "bad arguments: $*" >&2; exit 3; }\n'
-                    + body)
-    path.chmod(0o755)
-    return str(path)
+def devices_stand_in(folder: Path, body: str) -> Worker:
+    """A stand-in worker answering only ``devices``: its command runs ``body`` (Python lines)."""
+    command = ("def run(args):\n    if args != ['devices']:\n        print('bad arguments', args, file=sys.stderr)\n"
+               "        return 3\n" + "".join(f"    {line}\n" for line in body.splitlines()))
+    return stand_in_worker(folder, command)
 
 
 def answer(query) -> dict:
@@ -263,21 +286,23 @@ def answer(query) -> dict:
 @pytest.mark.skipif(os.name == "nt", reason="stand-ins are shell scripts")
 def test_device_query_reads_the_json_line_among_other_output(tmp_path):
     reply = {"torch": "2.4.1", "cuda": True, "devices": ["cpu", "cuda"], "cuda_names": ["RTX"]}
-    query = child.DeviceQuery(stand_in(tmp_path, f"echo 'UserWarning: something' >&2\necho '{json.dumps(reply)}'\n"))
+    body = f"print('UserWarning: something', file=sys.stderr)\nprint({json.dumps(reply)!r})\nreturn 0"
+    query = child.DeviceQuery(devices_stand_in(tmp_path, body))
     assert answer(query) == {"torch": "2.4.1", "devices": ["cpu", "cuda"], "error": None}
     assert query.poll() == answer(query)  # the answer stays
 
 
 @pytest.mark.skipif(os.name == "nt", reason="stand-ins are shell scripts")
 def test_device_query_reports_the_cli_error_line(tmp_path):
-    body = "echo \"fsdiffreg: error: torch cannot be imported: No module named 'torch'\" >&2\nexit 2\n"
-    result = answer(child.DeviceQuery(stand_in(tmp_path, body)))
+    body = "print(\"fsdiffreg: error: torch cannot be imported: No module named 'torch'\", file=sys.stderr)\nreturn 2"
+    result = answer(child.DeviceQuery(devices_stand_in(tmp_path, body)))
     assert result == {"torch": None, "devices": [], "error": "torch cannot be imported: No module named 'torch'"}
 
 
 @pytest.mark.skipif(os.name == "nt", reason="stand-ins are shell scripts")
 def test_device_query_reports_a_crash_in_one_line(tmp_path):
-    result = answer(child.DeviceQuery(stand_in(tmp_path, "echo 'Fatal Python error: Aborted' >&2\nexit 134\n")))
+    body = "print('Fatal Python error: Aborted', file=sys.stderr, flush=True)\nos._exit(134)"
+    result = answer(child.DeviceQuery(devices_stand_in(tmp_path, body)))
     assert result["torch"] is None and result["devices"] == []
     assert "134" in result["error"] and "Fatal Python error: Aborted" in result["error"]
     assert "\n" not in result["error"]
@@ -285,9 +310,10 @@ def test_device_query_reports_a_crash_in_one_line(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to see the process tree")
 def test_device_query_is_none_while_running_and_cancel_stops_it(tmp_path):
-    query = child.DeviceQuery(stand_in(tmp_path, "sleep 60\n"))
+    worker = devices_stand_in(tmp_path, "time.sleep(60)")
+    query = child.DeviceQuery(worker)
     assert query.poll() is None
-    group = query.child.process.pid
+    group = worker.pid
     assert live_members(group)
     query.cancel()
     assert survivors(group) == []
@@ -295,9 +321,59 @@ def test_device_query_is_none_while_running_and_cancel_stops_it(tmp_path):
 
 
 def test_device_query_asks_the_real_command_line():
-    result = answer(child.DeviceQuery(sys.executable))
+    result = answer(child.DeviceQuery(Worker(sys.executable)))
     assert result["error"] is None
     assert result["torch"] == importlib.metadata.version("torch") and "cpu" in result["devices"]
+
+
+# --- one worker kept between runs -----------------------------------------------------------
+
+
+def test_the_device_query_and_registrations_share_one_worker(untrained_weights):
+    """As in the module: the device query starts the worker, a registration given meanwhile waits its
+    turn, the next registration finds the same process (torch imported once)."""
+    scene, _ = new_scene()
+    sample = sample_pair()
+    fixed, moving = load_volume(scene, sample["fixed"]), load_volume(scene, sample["moving"])
+    options = RegisterOptions(device="cpu", weights=str(untrained_weights), refineSteps=0)
+    worker = Worker(sys.executable)
+    try:
+        query = child.DeviceQuery(worker)
+        first = RegistrationJob(fixed, moving, None, options, worker)
+        pid = worker.pid
+        assert answer(query)["error"] is None
+        outputs = [first.wait(), RegistrationJob(fixed, moving, None, options, worker).wait()]
+        assert worker.pid == pid
+        assert outputs[0].metrics["ncc_after"] == outputs[1].metrics["ncc_after"]  # the same model, the same run
+    finally:
+        worker.stop()
+    assert worker.pid is None and not process_exists(pid)
+
+
+def test_commands_wait_their_turn_and_a_cancelled_waiting_one_never_runs(tmp_path):
+    command = "def run(args):\n    time.sleep(0.2)\n    print('fsdiffreg: ran', *args, file=sys.stderr)\n    return 0\n"
+    worker = stand_in_worker(tmp_path, command)
+    first, second, third = (worker.run([name]) for name in ("first", "second", "third"))
+    pid = worker.pid
+    second.cancel()
+    assert drain(third) == ["fsdiffreg: ran third"] and drain(first) == ["fsdiffreg: ran first"]
+    assert first.returncode == third.returncode == 0 and second.cancelled and second.finished
+    assert worker.pid == pid
+    worker.stop()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to see the process tree")
+def test_after_a_cancel_the_next_command_starts_a_new_worker(tmp_path):
+    command = ("def run(args):\n    if args == ['hang']:\n        time.sleep(60)\n"
+               "    print('fsdiffreg: ran', *args, file=sys.stderr)\n    return 0\n")
+    worker = stand_in_worker(tmp_path, command)
+    hung = worker.run(["hang"])
+    group = worker.pid
+    hung.cancel()
+    assert survivors(group) == [] and hung.finished
+    after = worker.run(["next"])
+    assert drain(after) == ["fsdiffreg: ran next"] and after.returncode == 0 and worker.pid != group
+    worker.stop()
 
 
 # --- a Slicer that dies mid-run ------------------------------------------------------------
@@ -309,6 +385,7 @@ import sys, time
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/FSDiffReg"]
 import slicer
 from FSDiffRegMRML.job import RegistrationJob
+from FSDiffRegMRML.process import Worker
 
 def load(scene, path):
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
@@ -318,19 +395,20 @@ def load(scene, path):
     return node
 
 scene = slicer.vtkMRMLScene()
-job = RegistrationJob(load(scene, sys.argv[2]), load(scene, sys.argv[3]), python=sys.argv[4])
+job = RegistrationJob(load(scene, sys.argv[2]), load(scene, sys.argv[3]), worker=Worker(sys.argv[4]))
 deadline = time.monotonic() + 60
 while not job.poll():
     assert time.monotonic() < deadline, "the child never spoke"
     time.sleep(0.01)
-print(job.process.process.pid, job.workDir, flush=True)
+print(job.worker.pid, job.workDir, flush=True)
 time.sleep(300)
 """
 
-#: The child, as the command line starts (FSDiffRegLib.cli's main asks to end with its parent),
-#: then busy for minutes without a word (so no write to a closed pipe ends it).
-QUIET_CHILD = ("from FSDiffRegLib.parent import exit_with_parent_if_asked; exit_with_parent_if_asked(); "
-               "import time; print('fsdiffreg: reading images', flush=True); time.sleep(300)")
+#: The real worker loop, whose command says one line and is then busy for minutes without a word
+#: (so no write to a closed pipe ends it).
+QUIET_CHILD = ("import time; from FSDiffRegLib import worker; "
+               "worker.run = lambda args: (print('fsdiffreg: reading images', flush=True), time.sleep(300)); "
+               "worker.Worker().serve()")
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to see the process tree")

@@ -8,7 +8,7 @@ from FSDiffRegLib.parent import new_work_folder
 from .cine_inputs import checkCine, writeCineInputs
 from .cine_outputs import CineOutputs, loadCineOutputs
 from .job import RegistrationError, RegistrationJob
-from .process import RegisterOptions, TrackingProcess, launch, libraryRoot, pythonSlicerExecutable, trackCommand
+from .process import RegisterOptions, TrackingProcess, Worker, pythonSlicerExecutable, trackCommand
 
 
 class TrackingError(RegistrationError):
@@ -26,20 +26,20 @@ class TrackingJob(RegistrationJob):
     """
 
     def __init__(self, cine, referenceFrame: int, labels, sequencesLogic, options: RegisterOptions | None = None,
-                 python: str | None = None):
-        """``referenceFrame``: the frame (1-based) ``labels`` belong to; ``python`` runs the child:
-        ``pythonSlicerExecutable()`` unless given."""
+                 worker: Worker | None = None):
+        """``referenceFrame``: the frame (1-based) ``labels`` belong to; ``worker`` runs the command (one
+        kept between runs); unless given, one of its own that ends with the job."""
         checkCine(cine, referenceFrame, labels)
-        python = python or pythonSlicerExecutable()
         self.cine, self.referenceFrame, self.labels = cine, referenceFrame, labels
         self.sequencesLogic = sequencesLogic
+        self.worker, self._ownWorker = worker or Worker(pythonSlicerExecutable()), worker is None
         self.workDir = new_work_folder()
         self.outDir = self.workDir / "out"
         try:
             self.files = writeCineInputs(self.workDir, cine, referenceFrame, labels)
-            command = trackCommand(python, self.files.frames, self.files.labels, self.outDir, referenceFrame,
+            command = trackCommand(self.files.frames, self.files.labels, self.outDir, referenceFrame,
                                    options or RegisterOptions(), self.files.timesMs)
-            self.process = TrackingProcess(launch(command, libraryRoot(), self.workDir))
+            self.process = TrackingProcess(self.worker.run(command, self.workDir))
         except BaseException:
             self._clean()
             raise

@@ -10,7 +10,7 @@ from FSDiffRegLib.parent import new_work_folder
 
 from .inputs import checkInputs, writeInputs
 from .outputs import RegistrationOutputs, loadOutputs
-from .process import RegisterOptions, RegistrationProcess, launch, libraryRoot, pythonSlicerExecutable, registerCommand
+from .process import RegisterOptions, RegistrationProcess, Worker, pythonSlicerExecutable, registerCommand
 
 
 class RegistrationError(RuntimeError):
@@ -27,18 +27,18 @@ class RegistrationJob:
     """
 
     def __init__(self, fixed, moving, labels=None, options: RegisterOptions | None = None,
-                 python: str | None = None):
-        """``python`` runs the child: ``pythonSlicerExecutable()`` unless given."""
+                 worker: Worker | None = None):
+        """``worker`` runs the command (one kept between runs); unless given, one of its own that ends
+        with the job."""
         checkInputs(fixed, moving, labels)
-        python = python or pythonSlicerExecutable()
         self.fixed, self.moving, self.labels = fixed, moving, labels
+        self.worker, self._ownWorker = worker or Worker(pythonSlicerExecutable()), worker is None
         self.workDir = new_work_folder()
         self.outDir = self.workDir / "out"
         try:
             fixedPath, movingPath, labelsPath = writeInputs(self.workDir, fixed, moving, labels)
-            command = registerCommand(python, fixedPath, movingPath, self.outDir, options or RegisterOptions(),
-                                      labelsPath)
-            self.process = RegistrationProcess(launch(command, libraryRoot(), self.workDir))
+            command = registerCommand(fixedPath, movingPath, self.outDir, options or RegisterOptions(), labelsPath)
+            self.process = RegistrationProcess(self.worker.run(command, self.workDir))
         except BaseException:
             self._clean()
             raise
@@ -79,3 +79,5 @@ class RegistrationJob:
 
     def _clean(self) -> None:
         shutil.rmtree(self.workDir, ignore_errors=True)
+        if self._ownWorker:
+            self.worker.stop()

@@ -1,7 +1,8 @@
-"""The ``fsdiffreg`` command line run in a child process, and its output followed.
+"""``fsdiffreg`` commands run in a child process, and their output followed.
 
-The child is plain Python (``PythonSlicer`` inside Slicer) running ``-m FSDiffRegLib.cli``
-from the folder that holds FSDiffRegLib, so the GUI never imports torch or blocks.
+The child is plain Python (``PythonSlicer`` inside Slicer) running ``-m FSDiffRegLib.worker``
+from the folder that holds FSDiffRegLib, so the GUI never imports torch or blocks. It is kept
+between commands (``Worker``), so torch is imported and warmed up once, not at every run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from FSDiffRegLib.defaults import DEFAULT_STEPS
 from FSDiffRegLib.parent import ENV as EXIT_WITH_PARENT
 from FSDiffRegLib.resources import PACKAGE
+from FSDiffRegLib.worker import FINISHED
 
 #: Progress (percent) reached when the CLI announces each stage on stderr.
 STAGES = {
@@ -42,6 +44,8 @@ FRAME_COUNT = re.compile(r"^(network|writing) (\d+)/(\d+) frames")
 REFINED_PERCENT = re.compile(r"^refining (\d+(?:\.\d+)?) %")
 ERROR_LINE = re.compile(r"^fsdiffreg(?: \w+)?: error: (.*)$")
 STAGE_LINE = re.compile(r"^fsdiffreg: (.*)$")
+KILLED = -9  # the exit status of a cancelled command
+FINISHED_LINE = re.compile("^" + re.escape(FINISHED) + r" (-?\d+)$")
 
 
 def libraryRoot() -> Path:
@@ -88,22 +92,22 @@ def refineArguments(options: RegisterOptions) -> list[str]:
     return args
 
 
-def registerCommand(python: str, fixed: Path, moving: Path, outDir: Path, options: RegisterOptions,
+def registerCommand(fixed: Path, moving: Path, outDir: Path, options: RegisterOptions,
                     movingLabels: Path | None = None) -> list[str]:
-    """The command line that registers ``moving`` to ``fixed`` into ``outDir``."""
-    args = [python, "-m", "FSDiffRegLib.cli", "register", str(fixed), str(moving), "--out-dir", str(outDir)]
+    """The ``fsdiffreg`` arguments that register ``moving`` to ``fixed`` into ``outDir``."""
+    args = ["register", str(fixed), str(moving), "--out-dir", str(outDir)]
     if movingLabels is not None:
         args += ["--moving-labels", str(movingLabels)]
     return args + modelArguments(options) + refineArguments(options)
 
 
-def trackCommand(python: str, frames: Path, labels: Path, outDir: Path, referenceFrame: int,
+def trackCommand(frames: Path, labels: Path, outDir: Path, referenceFrame: int,
                  options: RegisterOptions, timesMs: list[float] | None = None) -> list[str]:
-    """The command line that tracks the cine in folder ``frames`` (one 3D file per frame) into ``outDir``;
+    """The ``fsdiffreg`` arguments that track the cine in folder ``frames`` (one 3D file per frame) into ``outDir``;
     ``labels`` belong to frame ``referenceFrame`` (1-based). The device and weights are ``options``'; the
     refinement is ``track``'s own default (validated for tracking), not ``register``'s steps. ``timesMs``:
     the frames' times (the frame files carry none)."""
-    args = [python, "-m", "FSDiffRegLib.cli", "track", str(frames), "--labels", str(labels),
+    args = ["track", str(frames), "--labels", str(labels),
             "--out-dir", str(outDir), "--reference-frame", str(referenceFrame), *modelArguments(options)]
     if timesMs:
         args += ["--frame-times-ms", ",".join(repr(float(t)) for t in timesMs)]
@@ -149,8 +153,6 @@ class ChildProcess:
 
     def __init__(self, process: subprocess.Popen):
         self.process = process
-        self.lastLine = ""
-        self.cancelled = False
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._ended = False
         threading.Thread(target=self._read, daemon=True).start()
@@ -173,14 +175,8 @@ class ChildProcess:
                 self.process.wait()
                 self.process.stdin.close()
                 break
-            if line.strip():
-                self.lastLine = line
-            self._parse(line)
             lines.append(line)
         return lines
-
-    def _parse(self, line: str) -> None:
-        """What a subclass learns from each line."""
 
     @property
     def finished(self) -> bool:
@@ -189,23 +185,146 @@ class ChildProcess:
 
     def cancel(self) -> None:
         """Stop the child now."""
-        self.cancelled = True
         killTree(self.process)
 
+
+class WorkerRun:
+    """One command given to a ``Worker``: its lines, then its exit status once the worker says it finished.
+
+    ``poll()`` never blocks; ``finished`` once the status is known and every line was polled.
+    """
+
+    def __init__(self, worker: Worker, args: list[str], workDir: Path | None):
+        self.worker = worker
+        self.request = json.dumps({"args": args, "work_folder": str(workDir) if workDir else None})
+        self.sent = False
+        self.returncode: int | None = None
+        self.cancelled = False
+        self.lastLine = ""
+        self._lines: list[str] = []
+
+    def take(self, line: str) -> None:
+        """A line of the worker's while this command runs."""
+        finished = FINISHED_LINE.match(line)
+        if finished:
+            self.returncode = int(finished.group(1))
+            return
+        if line.strip():
+            self.lastLine = line
+        self._lines.append(line)
+
+    def poll(self) -> list[str]:
+        """The lines printed since the last call."""
+        self.worker.dispatch()
+        lines, self._lines = self._lines, []
+        return lines
+
+    @property
+    def finished(self) -> bool:
+        return self.returncode is not None and not self._lines
+
+    def cancel(self) -> None:
+        """Stop the command now (the worker with it, if it had begun)."""
+        self.cancelled = True
+        self.worker.cancel(self)
+
     def crash(self, what: str) -> str:
-        """A one-line reason for a child that ended badly without saying why."""
-        return f"{what} failed (exit code {self.process.returncode}): {self.lastLine or 'no output'}"
+        """A one-line reason for a command that ended badly without saying why."""
+        return f"{what} failed (exit code {self.returncode}): {self.lastLine or 'no output'}"
 
 
-class RegistrationProcess(ChildProcess):
-    """A running ``fsdiffreg register``: its lines, progress, outcome; cancel kills it."""
+class Worker:
+    """One ``python -m FSDiffRegLib.worker`` child that runs commands one at a time, in the order given.
+
+    It starts with the first command and stays for the next ones; a command that is cancelled or
+    crashes takes it along, and the next command starts a new one. ``stop()`` ends it.
+    """
+
+    def __init__(self, python: str):
+        """``python`` runs the child (``pythonSlicerExecutable()`` in Slicer)."""
+        self.python = python
+        self._child: ChildProcess | None = None
+        self._runs: list[WorkerRun] = []  # the first is running, the others wait
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the running worker (of its launcher, through PythonSlicer); None: not running."""
+        return self._child.process.pid if self._child is not None and not self._child.finished else None
+
+    def run(self, args: list[str], workDir: Path | None = None) -> WorkerRun:
+        """Give the worker ``fsdiffreg`` ``args``; ``workDir`` is removed if this process ends while they run."""
+        command = WorkerRun(self, args, workDir)
+        self._runs.append(command)
+        self.dispatch()
+        return command
+
+    def dispatch(self) -> None:
+        """Send the next command when the worker is free, and give each its lines."""
+        while self._runs:
+            command = self._runs[0]
+            if not command.sent:
+                self._send(command)
+            for line in self._child.poll():
+                command.take(line)
+            if command.returncode is None and self._child.finished:  # the worker died mid-command
+                command.returncode = self._child.process.returncode or 1
+            if command.returncode is None:
+                return
+            self._runs.pop(0)
+
+    def _send(self, command: WorkerRun) -> None:
+        if self._child is None or self._child.finished:
+            self._child = ChildProcess(launch([self.python, "-m", "FSDiffRegLib.worker"], libraryRoot()))
+        command.sent = True
+        try:
+            self._child.process.stdin.write(command.request + "\n")
+            self._child.process.stdin.flush()
+        except OSError:  # it ended on its own; its end is seen by the next poll
+            pass
+
+    def cancel(self, command: WorkerRun) -> None:
+        """Drop ``command``: a waiting one is never sent; a running one ends with the worker."""
+        if command in self._runs:
+            self._runs.remove(command)
+            if command.sent:
+                self._child.cancel()
+                self._child = None
+        if command.returncode is None:
+            command.returncode = KILLED
+        command._lines.clear()
+
+    def stop(self) -> None:
+        """End the worker; commands running or waiting are cancelled."""
+        for command in list(self._runs):
+            command.cancel()
+        if self._child is not None:
+            self._child.cancel()
+            self._child = None
+
+
+class RegistrationProcess:
+    """A running ``fsdiffreg register``: its lines, progress, outcome; cancel stops it."""
 
     what = "registration"
 
-    def __init__(self, process: subprocess.Popen):
+    def __init__(self, command: WorkerRun):
+        self.command = command
         self.progress = 0
         self.error: str | None = None
-        super().__init__(process)
+
+    def poll(self) -> list[str]:
+        """New output lines (never blocks)."""
+        lines = self.command.poll()
+        for line in lines:
+            self._parse(line)
+        return lines
+
+    @property
+    def finished(self) -> bool:
+        return self.command.finished
+
+    def cancel(self) -> None:
+        self.command.cancel()
 
     def _parse(self, line: str) -> None:
         error = ERROR_LINE.match(line)
@@ -223,13 +342,13 @@ class RegistrationProcess(ChildProcess):
 
     @property
     def succeeded(self) -> bool:
-        return self._ended and not self.cancelled and self.process.returncode == 0
+        return self.command.finished and not self.command.cancelled and self.command.returncode == 0
 
     def failure(self) -> str:
         """A one-line reason for a failed run."""
-        if self.cancelled:
+        if self.command.cancelled:
             return f"{self.what} cancelled"
-        return self.error or self.crash(self.what)
+        return self.error or self.command.crash(self.what)
 
 
 class TrackingProcess(RegistrationProcess):
@@ -263,34 +382,34 @@ def lastJsonObject(lines: list[str]) -> dict | None:
 
 
 class DeviceQuery:
-    """``fsdiffreg devices`` in the background: which torch is installed and which devices it can use.
+    """``fsdiffreg devices`` in the worker: which torch is installed and which devices it can use.
 
-    ``poll()`` is None while the child runs, then ``{"torch": version or None, "devices": [...],
-    "error": None or a one-line reason}`` (no devices when the child failed or was cancelled).
+    ``poll()`` is None while it runs, then ``{"torch": version or None, "devices": [...],
+    "error": None or a one-line reason}`` (no devices when the command failed or was cancelled).
     """
 
-    def __init__(self, python: str):
-        self.child = ChildProcess(launch([python, "-m", "FSDiffRegLib.cli", "devices"], libraryRoot()))
+    def __init__(self, worker: Worker):
+        self.command = worker.run(["devices"])
         self._lines: list[str] = []
 
     def poll(self) -> dict | None:
-        self._lines += self.child.poll()
-        if not self.child.finished:
+        self._lines += self.command.poll()
+        if not self.command.finished:
             return None
         return self._answer()
 
     def cancel(self) -> None:
-        self.child.cancel()
+        self.command.cancel()
 
     def _answer(self) -> dict:
         failed = {"torch": None, "devices": []}
-        if self.child.cancelled:
+        if self.command.cancelled:
             return {**failed, "error": "device query cancelled"}
         for line in self._lines:
             error = ERROR_LINE.match(line)
             if error:
                 return {**failed, "error": error.group(1)}
         reply = lastJsonObject(self._lines)
-        if self.child.process.returncode != 0 or reply is None:
-            return {**failed, "error": self.child.crash("device query")}
+        if self.command.returncode != 0 or reply is None:
+            return {**failed, "error": self.command.crash("device query")}
         return {"torch": reply.get("torch"), "devices": list(reply.get("devices", [])), "error": None}

@@ -1,0 +1,98 @@
+"""``python -m FSDiffRegLib.worker``: one long-lived process that runs ``fsdiffreg`` commands sent to it.
+
+The Slicer module keeps one worker so that Python starts, torch is imported and its kernels are
+warmed up once, not at every Register. Each line on stdin is one command, a JSON object
+``{"args": [...], "work_folder": path or null}`` (``args`` as after ``fsdiffreg``). The worker runs
+it as the command line would, printing the same lines, then ``fsdiffreg: finished <exit status>``.
+
+Its parent holds stdin: when stdin ends (the parent stops the worker, or dies however it dies) the
+worker ends at once, removing the running command's work folder (FSDiffRegLib.parent). No heavy
+imports until a command needs them.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import os
+import queue
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+from .cli import main
+from .parent import ENV, PARENT_GONE, owner
+
+FINISHED = "fsdiffreg: finished"
+
+
+class Worker:
+    """Takes commands from stdin (a thread, so the end of stdin is seen even mid-command) and runs them."""
+
+    def __init__(self) -> None:
+        self.commands: queue.Queue[str] = queue.Queue()
+        self.work_folder: Path | None = None  # the running command's
+
+    def read(self) -> None:
+        """Queue each command line; at the end of stdin, remove the running command's folder and end."""
+        for line in sys.stdin:
+            self.commands.put(line)
+        folder = self.work_folder
+        if folder is not None and owner(folder) is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        os._exit(0 if folder is None else PARENT_GONE)
+
+    def serve(self) -> None:
+        """Run commands one at a time, forever (``read`` ends the process)."""
+        threading.Thread(target=self.read, daemon=True).start()
+        while True:
+            command = parse(self.commands.get())
+            if command is None:
+                status = 2
+            else:
+                self.work_folder = Path(command["work_folder"]) if command["work_folder"] else None
+                status = run(command["args"])
+                self.work_folder = None
+            print(f"{FINISHED} {status}", flush=True)
+
+
+def parse(line: str) -> dict | None:
+    """A command line's JSON object; None (and an error line) when it is not one."""
+    try:
+        command = json.loads(line)
+        if isinstance(command["args"], list) and all(isinstance(a, str) for a in command["args"]):
+            command.setdefault("work_folder", None)
+            return command
+    except (ValueError, TypeError, KeyError):
+        pass
+    print(f"fsdiffreg: error: the worker was sent something other than a command: {line.strip()[:80]!r}",
+          file=sys.stderr, flush=True)
+    return None
+
+
+def run(args: list[str]) -> int:
+    """One command as ``fsdiffreg`` runs it; its exit status. Memory it held is given back after."""
+    importlib.invalidate_caches()  # packages installed since the worker started can be imported
+    try:
+        status = main(args)
+    except SystemExit as exit_:  # argparse's refusal of the arguments
+        status = exit_.code if isinstance(exit_.code, int) else 2
+    sys.stderr.flush()
+    sys.stdout.flush()
+    gc.collect()
+    release_gpu_memory()
+    return status
+
+
+def release_gpu_memory() -> None:
+    """Give the GPU memory torch cached back to the system (other programs may need it while idle)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    os.environ.pop(ENV, None)  # stdin is the command channel here: the worker watches its end itself
+    Worker().serve()
