@@ -18,7 +18,6 @@ from typing import Callable
 from .defaults import DEFAULT_REFINE, MAX_STEPS, TRACK_REFINE, RefineOptions, checked_smoothness, checked_steps
 from .errors import DeviceError, InputError, WeightsError
 from .outputs import OutputError
-from .parent import exit_with_parent_if_asked
 from .resources import sample_pair
 
 DEFAULT_DATA = Path("../shared/data/ACDC")
@@ -347,7 +346,6 @@ def _terminated(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command: 0 when it succeeds, 2 with one error line, 130 when interrupted
     (Ctrl-C or a terminate signal; what the run had begun to write is removed)."""
-    exit_with_parent_if_asked()
     args = build_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None

@@ -5,9 +5,11 @@ warmed up once, not at every Register. Each line on stdin is one command, a JSON
 ``{"args": [...], "work_folder": path or null}`` (``args`` as after ``fsdiffreg``). The worker runs
 it as the command line would, printing the same lines, then ``fsdiffreg: finished <exit status>``.
 
-Its parent holds stdin: when stdin ends (the parent stops the worker, or dies however it dies) the
-worker ends at once, removing the running command's work folder (FSDiffRegLib.parent). No heavy
-imports until a command needs them.
+Its parent holds stdin, and the system closes it when the parent ends, however it ends (a crash, a
+kill, a power cut), through a launcher such as ``PythonSlicer`` too. At the end of stdin the worker
+ends at once: with status 0 when idle (the parent stopped it), else with PARENT_GONE after removing
+the running command's work folder (FSDiffRegLib.work_folders). No heavy imports until a command needs
+them.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import threading
 from pathlib import Path
 
 from .cli import main
-from .parent import ENV, PARENT_GONE, owner
+from .work_folders import owner
 
 FINISHED = "fsdiffreg: finished"
+PARENT_GONE = 3  # exit status of a worker whose input ended while it ran a command
 
 
 class Worker:
@@ -36,7 +39,9 @@ class Worker:
         self.work_folder: Path | None = None  # the running command's
 
     def read(self) -> None:
-        """Queue each command line; at the end of stdin, remove the running command's folder and end."""
+        """Queue each command line; at the end of stdin, remove the running command's folder and end.
+
+        Reads lines from the file descriptor: the parent's commands come one at a time."""
         for line in sys.stdin:
             self.commands.put(line)
         folder = self.work_folder
@@ -94,5 +99,4 @@ def release_gpu_memory() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.pop(ENV, None)  # stdin is the command channel here: the worker watches its end itself
     Worker().serve()

@@ -589,7 +589,7 @@ def test_the_good_inputs_of_the_bad_scene_pass(bad):
 
 
 def test_the_real_track_command_gives_outputs_slicer_loads(tmp_path, untrained_weights):
-    """``python -m FSDiffRegLib.cli track`` itself (untrained weights, network only) on a 3-frame cine:
+    """The real ``fsdiffreg track`` in the real worker (untrained weights, network only) on a 3-frame cine:
     its output folder must load whole (the contract of TRACK-DESIGN.md)."""
     scene, logics = new_scene()
     cinePath, labelsPath = write_cine(tmp_path, count=3)

@@ -19,8 +19,8 @@ import pytest
 import slicer
 
 import slicer_standins as standins
-from FSDiffRegLib.parent import process_exists
 from FSDiffRegLib.resources import SAMPLE
+from FSDiffRegLib.work_folders import process_exists
 
 UI = standins.MODULE_FILE.parent / "Resources" / "UI" / "FSDiffReg.ui"
 PY39 = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions" / "3.9.18" / "bin" / "python"

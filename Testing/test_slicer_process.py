@@ -18,8 +18,8 @@ import slicer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 from FSDiffRegLib.defaults import DEFAULT_STEPS
-from FSDiffRegLib.parent import process_exists
 from FSDiffRegLib.resources import sample_pair
+from FSDiffRegLib.work_folders import process_exists
 from FSDiffRegMRML import process as child  # noqa: E402
 from FSDiffRegMRML.job import RegistrationError, RegistrationJob  # noqa: E402
 from FSDiffRegMRML.process import RegisterOptions, RegistrationProcess, Worker, registerCommand  # noqa: E402

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from FSDiffRegLib.worker import FINISHED
+from FSDiffRegLib import work_folders
+from FSDiffRegLib.worker import FINISHED, PARENT_GONE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,3 +61,50 @@ def test_the_end_of_input_ends_an_idle_worker(worker):
     assert send(worker, json.dumps({"args": ["devices"]}))[-1] == f"{FINISHED} 0"
     worker.stdin.close()
     assert worker.wait(timeout=30) == 0
+
+
+#: The real worker loop, whose command says it started and is then busy for a minute.
+BUSY = ("import time; from FSDiffRegLib import worker; "
+        "worker.run = lambda args: (print('started', flush=True), time.sleep(60)); worker.Worker().serve()")
+
+
+def input_ends_mid_command(python: list[str], folder: Path) -> int:
+    """Start a busy command with work folder ``folder`` in a worker run by ``python``, close the worker's
+    input (as the system does when its parent dies), and return the worker's exit status."""
+    worker = subprocess.Popen([*python, "-c", BUSY], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        worker.stdin.write(json.dumps({"args": ["register"], "work_folder": str(folder)}) + "\n")
+        worker.stdin.flush()
+        assert worker.stdout.readline() == "started\n"
+        worker.stdin.close()
+        return worker.wait(timeout=30)
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_the_end_of_input_mid_command_ends_the_worker_and_removes_the_work_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    work = work_folders.new_work_folder()
+    (work / "fixed.nrrd").write_bytes(b"patient")
+    assert input_ends_mid_command([sys.executable], work) == PARENT_GONE and not work.exists()
+
+
+def test_a_folder_not_named_as_a_work_folder_is_never_removed(tmp_path):
+    precious = tmp_path / "FSDiffReg-results"
+    precious.mkdir()
+    (precious / "metrics.json").write_text("{}")
+    assert input_ends_mid_command([sys.executable], precious) == PARENT_GONE
+    assert (precious / "metrics.json").is_file()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the worker is started through a shell script")
+def test_through_a_launcher_the_worker_still_sees_the_end(tmp_path, monkeypatch):
+    """Like PythonSlicer, a launcher that starts the real Python as its child passes stdin on."""
+    launcher = tmp_path / "PythonLauncher"
+    launcher.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\nexit $?\n')
+    launcher.chmod(0o755)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    work = work_folders.new_work_folder()
+    assert input_ends_mid_command([str(launcher)], work) == PARENT_GONE and not work.exists()

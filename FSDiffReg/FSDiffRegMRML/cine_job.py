@@ -3,7 +3,7 @@ child process, outputs to new nodes browsed with the cine."""
 
 from __future__ import annotations
 
-from FSDiffRegLib.parent import new_work_folder
+from FSDiffRegLib.work_folders import new_work_folder
 
 from .cine_inputs import checkCine, writeCineInputs
 from .cine_outputs import CineOutputs, loadCineOutputs

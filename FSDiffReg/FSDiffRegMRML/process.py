@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from FSDiffRegLib.defaults import DEFAULT_STEPS
-from FSDiffRegLib.parent import ENV as EXIT_WITH_PARENT
 from FSDiffRegLib.resources import PACKAGE
 from FSDiffRegLib.worker import FINISHED
 
@@ -114,17 +113,17 @@ def trackCommand(frames: Path, labels: Path, outDir: Path, referenceFrame: int,
     return args
 
 
-def launch(args: list[str], cwd: Path, workDir: Path | None = None) -> subprocess.Popen:
+def launch(args: list[str], cwd: Path) -> subprocess.Popen:
     """Start ``args`` in a process group of its own, stdout and stderr merged into one UTF-8 text pipe.
 
     Its own group lets cancel stop launchers (``PythonSlicer`` starts the real Python as
     a child) together with what they started; on Windows no console window opens. The
     child writes UTF-8 whatever the system's code page; a byte that still does not decode
     becomes U+FFFD instead of stopping the reader. Its stdin is a pipe that only this
-    process holds: the child ends (removing ``workDir``) when this process ends, however
-    it ends (FSDiffRegLib.parent).
+    process holds, so the system closes it when this process ends, however it ends (the
+    worker then ends too: FSDiffRegLib.worker).
     """
-    env = {**os.environ, "PYTHONIOENCODING": "utf-8", EXIT_WITH_PARENT: str(workDir) if workDir else "1"}
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     options = dict(cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                    encoding="utf-8", errors="replace", env=env)
     if os.name == "nt":

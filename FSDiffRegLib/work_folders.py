@@ -1,18 +1,11 @@
-"""A child process that ends when its parent does, and the parent's work folders.
+"""The Slicer module's work folders: copies of the user's images and the outputs of one run.
 
-The Slicer module runs ``fsdiffreg`` in a child process on copies of the user's images,
-kept in a work folder in the system's temporary folder. A Slicer that dies (crash, kill,
-power cut) removes neither the folder nor the child. So:
-
-- the parent names its work folder ``FSDiffReg-<its process id>-<random>``, and removes
-  those of processes that no longer run before making a new one (``new_work_folder``);
-- the parent starts the child with ``FSDIFFREG_EXIT_WITH_PARENT`` set to that folder and a
-  pipe on its stdin that only the parent holds open. However the parent ends, the system
-  closes the pipe; the child (``exit_with_parent_if_asked``, first thing in ``main``) sees
-  end-of-file, removes the work folder and ends at once. A launcher in between
-  (``PythonSlicer``) passes its stdin on, so this works through it too, on every system.
-
-Without the variable (``fsdiffreg`` typed in a terminal) nothing changes. No heavy imports.
+The module runs ``fsdiffreg`` in a worker process on copies of the user's images, kept in a
+work folder in the system's temporary folder. A Slicer that dies (crash, kill, power cut)
+does not remove it, so the module names its work folders ``FSDiffReg-<its process id>-<random>``
+and removes those of processes that no longer run before making a new one
+(``new_work_folder``); the worker removes the folder of the command it was running when
+Slicer ends (FSDiffRegLib.worker). No heavy imports.
 """
 
 from __future__ import annotations
@@ -21,13 +14,10 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
-ENV = "FSDIFFREG_EXIT_WITH_PARENT"
 PREFIX = "FSDiffReg-"
 WORK_FOLDER = re.compile(re.escape(PREFIX) + r"(\d+)-\w+")
-PARENT_GONE = 3  # exit status of a child whose parent ended
 
 
 def new_work_folder() -> Path:
@@ -79,29 +69,3 @@ def _windows_process_exists(pid: int) -> bool:
         return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259  # STILL_ACTIVE
     finally:
         kernel32.CloseHandle(handle)
-
-
-def exit_with_parent_if_asked() -> None:
-    """Where ``FSDIFFREG_EXIT_WITH_PARENT`` is set, end this process as soon as stdin closes.
-
-    The variable is taken out of the environment, so processes this one starts are not asked.
-    """
-    value = os.environ.pop(ENV, "")
-    if value:
-        threading.Thread(target=_exit_at_end_of_input, args=(Path(value),), daemon=True).start()
-
-
-def _exit_at_end_of_input(work_folder: Path) -> None:
-    """Block until stdin ends, remove ``work_folder`` if it is one, and end the process at once.
-
-    Reads the file descriptor, not ``sys.stdin``: a daemon thread holding the stdin buffer's
-    lock makes Python abort at a normal exit.
-    """
-    try:
-        while os.read(0, 4096):
-            pass
-    except OSError:
-        pass
-    if owner(work_folder) is not None:
-        shutil.rmtree(work_folder, ignore_errors=True)
-    os._exit(PARENT_GONE)
