@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import io
 import json
 import os
 import queue
@@ -41,9 +42,10 @@ class Worker:
     def read(self) -> None:
         """Queue each command line; at the end of stdin, remove the running command's folder and end.
 
-        Reads lines from the file descriptor: the parent's commands come one at a time."""
-        for line in sys.stdin:
-            self.commands.put(line)
+        Reads the file descriptor unbuffered: a daemon thread holding the stdin buffer's lock at the
+        interpreter's exit (a command's exception ends the worker) can make Python abort."""
+        for line in io.FileIO(0, closefd=False):
+            self.commands.put(line.decode("utf-8", "replace"))
         folder = self.work_folder
         if folder is not None and owner(folder) is not None:
             shutil.rmtree(folder, ignore_errors=True)
