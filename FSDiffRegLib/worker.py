@@ -37,6 +37,7 @@ class Worker:
 
     def __init__(self) -> None:
         self.commands: queue.Queue[str] = queue.Queue()
+        self.running = False
         self.work_folder: Path | None = None  # the running command's
 
     def read(self) -> None:
@@ -49,7 +50,7 @@ class Worker:
         folder = self.work_folder
         if folder is not None and owner(folder) is not None:
             shutil.rmtree(folder, ignore_errors=True)
-        os._exit(0 if folder is None else PARENT_GONE)
+        os._exit(PARENT_GONE if self.running else 0)
 
     def serve(self) -> None:
         """Run commands one at a time, forever (``read`` ends the process)."""
@@ -60,8 +61,9 @@ class Worker:
                 status = 2
             else:
                 self.work_folder = Path(command["work_folder"]) if command["work_folder"] else None
+                self.running = True
                 status = run(command["args"])
-                self.work_folder = None
+                self.running, self.work_folder = False, None
             print(f"{FINISHED} {status}", flush=True)
 
 
