@@ -14,6 +14,7 @@ them.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib
 import io
@@ -82,7 +83,7 @@ def parse(line: str) -> dict | None:
 
 
 def run(args: list[str]) -> int:
-    """One command as ``fsdiffreg`` runs it; its exit status. Memory it held is given back after."""
+    """One command as ``fsdiffreg`` runs it; its exit status. The memory it held is given back after."""
     importlib.invalidate_caches()  # packages installed since the worker started can be imported
     try:
         status = main(args)
@@ -90,16 +91,23 @@ def run(args: list[str]) -> int:
         status = exit_.code if isinstance(exit_.code, int) else 2
     sys.stderr.flush()
     sys.stdout.flush()
-    gc.collect()
-    release_gpu_memory()
+    release_memory()
     return status
 
 
-def release_gpu_memory() -> None:
-    """Give the GPU memory torch cached back to the system (other programs may need it while idle)."""
+def release_memory() -> None:
+    """Give the system back what the command freed, so an idle worker holds little: Python's garbage,
+    the GPU memory torch cached, and the C heap's free pages (glibc keeps them: 860 MB against 440 MB
+    idle after a registration of the sample pair)."""
+    gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # a C library other than glibc
+            pass
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Registers the bundled sample (ACDC patient 091, ES onto ED) from MRML volumes (s
 output nodes, through FSDiffRegMRML's RegistrationJob: inputs written, the command in the worker,
 outputs loaded. "new worker" starts Python and imports torch for the run (what every run cost before
 the worker was kept); "kept worker" is a later run in a worker that has run one already. Prints the
-median and range of each.
+median and range of each, and the kept worker's resident memory while idle (Linux).
 """
 
 from __future__ import annotations
@@ -43,6 +43,15 @@ def seconds(fixed, moving, options: RegisterOptions, worker: Worker | None) -> f
     return time.perf_counter() - start
 
 
+def resident_mb(pid: int) -> float | None:
+    """A process's resident memory in MB (Linux /proc); None elsewhere."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.is_file():
+        return None
+    line = next(line for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -61,10 +70,13 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved, so both see the same machine
         times["new worker"].append(seconds(fixed, moving, options, None))
         times["kept worker"].append(seconds(fixed, moving, options, kept))
+    idle = resident_mb(kept.pid)
     kept.stop()
     print(f"sample pair, {options.refineSteps} refinement steps, {args.device}, {args.repeats} runs each")
     for name, values in times.items():
         print(f"{name}: median {statistics.median(values):.2f} s (range {min(values):.2f}-{max(values):.2f})")
+    if idle is not None:
+        print(f"kept worker idle: {idle:.0f} MB resident")
 
 
 if __name__ == "__main__":
