@@ -563,7 +563,11 @@ class FSDiffRegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Registering the sample pair")
         fixed, moving, labels = self.loadSample()
         before = slicer.util.arrayFromVolume(moving).copy()
-        outputs = FSDiffRegLogic().register(fixed, moving, labels, RegisterOptions(device="cpu"))
+        logic = FSDiffRegLogic()
+        try:
+            outputs = logic.register(fixed, moving, labels, RegisterOptions(device="cpu"))
+        finally:
+            logic.stopWorker()
 
         self.assertTrue(outputs.transform.IsA("vtkMRMLGridTransformNode"))
         fixedMatrix, warpedMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
