@@ -223,9 +223,12 @@ class WorkerRun:
         return self.returncode is not None and not self._lines
 
     def cancel(self) -> None:
-        """Stop the command now (the worker with it, if it had begun)."""
+        """Stop the command now (the worker with it, if it had begun); its unread lines are dropped."""
         self.cancelled = True
         self.worker.cancel(self)
+        if self.returncode is None:
+            self.returncode = KILLED
+        self._lines.clear()
 
     def crash(self, what: str) -> str:
         """A one-line reason for a command that ended badly without saying why."""
@@ -283,14 +286,12 @@ class Worker:
 
     def cancel(self, command: WorkerRun) -> None:
         """Drop ``command``: a waiting one is never sent; a running one ends with the worker."""
-        if command in self._runs:
-            self._runs.remove(command)
-            if command.sent:
-                self._child.cancel()
-                self._child = None
-        if command.returncode is None:
-            command.returncode = KILLED
-        command._lines.clear()
+        if command not in self._runs:
+            return
+        self._runs.remove(command)
+        if command.sent:
+            self._child.cancel()
+            self._child = None
 
     def stop(self) -> None:
         """End the worker; commands running or waiting are cancelled."""
