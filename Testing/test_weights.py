@@ -140,3 +140,18 @@ def test_bundled_weights_by_name(tmp_path, monkeypatch):
     (tmp_path / "paper").write_bytes(b"not weights")
     with pytest.raises(WeightsError, match="paper"):
         load_model("paper")
+
+
+@pytest.mark.parametrize(("name", "module"), [("FDG-off", "fdg"), ("SDG-off", "sdg")])
+def test_bundled_ablations_are_the_paper_recipe_with_one_module_off(name, module):
+    """Table 2's rows: the ``paper`` model's configuration, recipe and budget, one module off."""
+    from dataclasses import asdict
+
+    from FSDiffRegLib.benchmark import ABLATIONS
+    from FSDiffRegLib.resources import NAMED_WEIGHTS
+
+    if not ABLATIONS[name].is_file():
+        pytest.skip(f"{name} weights not bundled yet: {ABLATIONS[name].name}")
+    ablation, paper = load_model(ABLATIONS[name])[0].cfg, load_model(NAMED_WEIGHTS["paper"])[0].cfg
+    assert not getattr(ablation, module) and getattr(paper, module)
+    assert {**asdict(ablation), module: True} == asdict(paper)
