@@ -3,12 +3,10 @@ child process, outputs to new nodes browsed with the cine."""
 
 from __future__ import annotations
 
-from FSDiffRegLib.work_folders import new_work_folder
-
 from .cine_inputs import checkCine, writeCineInputs
 from .cine_outputs import CineOutputs, loadCineOutputs
 from .job import RegistrationError, RegistrationJob
-from .process import RegisterOptions, TrackingProcess, Worker, pythonSlicerExecutable, trackCommand
+from .process import RegisterOptions, TrackingProcess, Worker, trackCommand
 
 
 class TrackingError(RegistrationError):
@@ -32,9 +30,7 @@ class TrackingJob(RegistrationJob):
         checkCine(cine, referenceFrame, labels)
         self.cine, self.referenceFrame, self.labels = cine, referenceFrame, labels
         self.sequencesLogic = sequencesLogic
-        self.worker, self._ownWorker = worker or Worker(pythonSlicerExecutable()), worker is None
-        self.workDir = new_work_folder()
-        self.outDir = self.workDir / "out"
+        self._begin(worker)
         try:
             self.files = writeCineInputs(self.workDir, cine, referenceFrame, labels)
             command = trackCommand(self.files.frames, self.files.labels, self.outDir, referenceFrame,

@@ -32,9 +32,7 @@ class RegistrationJob:
         with the job."""
         checkInputs(fixed, moving, labels)
         self.fixed, self.moving, self.labels = fixed, moving, labels
-        self.worker, self._ownWorker = worker or Worker(pythonSlicerExecutable()), worker is None
-        self.workDir = new_work_folder()
-        self.outDir = self.workDir / "out"
+        self._begin(worker)
         try:
             fixedPath, movingPath, labelsPath = writeInputs(self.workDir, fixed, moving, labels)
             command = registerCommand(fixedPath, movingPath, self.outDir, options or RegisterOptions(), labelsPath)
@@ -42,6 +40,12 @@ class RegistrationJob:
         except BaseException:
             self._clean()
             raise
+
+    def _begin(self, worker: Worker | None) -> None:
+        """Take ``worker``, or one of the job's own (stopped at the end), and make the work folder."""
+        self.worker, self._ownWorker = worker or Worker(pythonSlicerExecutable()), worker is None
+        self.workDir = new_work_folder()
+        self.outDir = self.workDir / "out"
 
     def poll(self) -> list[str]:
         """New output lines of the child process (never blocks)."""
