@@ -394,11 +394,12 @@ def ensurePythonPackages(requirementsFile: Path) -> None:
     slicer.util.pip_install(missing)
 
 
-def ensureTorch() -> None:
-    """torch (new enough for FSDiffReg and for Slicer's NumPy) through the PyTorch extension, after asking."""
+def ensureTorch() -> bool:
+    """torch (new enough for FSDiffReg and for Slicer's NumPy) through the PyTorch extension, after asking;
+    True when it installed or updated torch."""
     status = installedTorchStatus()
     if status == "ok":
-        return
+        return False
     try:
         import PyTorchUtils
     except ModuleNotFoundError:
@@ -413,6 +414,7 @@ def ensureTorch() -> None:
     torchLogic = PyTorchUtils.PyTorchUtilsLogic()
     if torchLogic.installTorch(askConfirmation=status == "missing", torchVersionRequirement=requirement) is None:
         raise RuntimeError(_("FSDiffReg needs PyTorch, which was not installed."))
+    return True
 
 
 class FSDiffRegLogic(ScriptedLoadableModuleLogic):
@@ -459,8 +461,7 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
     def ensureDependencies(self) -> None:
         """torch through the PyTorch extension, other packages through pip; asks before installing.
         A torch installed or updated here ends the worker, which may hold the one replaced."""
-        if installedTorchStatus() != "ok":
-            ensureTorch()
+        if ensureTorch():
             self.stopWorker()
         ensurePythonPackages(REQUIREMENTS)
 
