@@ -117,7 +117,7 @@ def registerSampleData() -> None:
 class FSDiffRegParameterNode:
     """Inputs, options and the last outputs of the module (saved with the scene).
 
-    smoothness 0 means the refinement's default (12); refineSteps 0 means the network alone; an
+    smoothness 0 means the refinement's default (6); refineSteps 0 means the network alone; an
     empty weightsFile means the weights bundled with the extension (never an install path, so a
     saved scene works on any computer). A Union of node types lists None: the wrapper writes
     every default into a fresh node, and a Union's default is None. The cine fields: a volume

@@ -38,7 +38,7 @@ def _summary(metrics: dict) -> str:
 
 
 def refine_options(args: argparse.Namespace) -> RefineOptions:
-    return RefineOptions(args.refine, args.smoothness, diffeomorphic=args.diffeomorphic)
+    return RefineOptions(args.refine, args.smoothness, diffeomorphic=args.diffeomorphic, gaussian=args.gaussian)
 
 
 def _register(args: argparse.Namespace) -> None:
@@ -204,7 +204,7 @@ def smoothness(text: str) -> float:
 
 
 def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOptions = DEFAULT_REFINE) -> None:
-    """--refine, --smoothness, --[no-]diffeomorphic: the RefineOptions of a sub-command, ``defaults`` unless given."""
+    """--refine, --smoothness, --[no-]diffeomorphic, --[no-]gaussian: the RefineOptions of a sub-command, ``defaults`` unless given."""
     parser.add_argument("--refine", type=steps, default=defaults.steps, metavar="N",
                         help=f"instance-refinement steps, 0 to {MAX_STEPS} (default {defaults.steps}; 0: network only)")
     parser.add_argument("--smoothness", type=smoothness, default=defaults.smoothness, metavar="S",
@@ -213,6 +213,9 @@ def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOption
     parser.add_argument("--diffeomorphic", action=argparse.BooleanOptionalAction, default=defaults.diffeomorphic,
                         help="refine a stationary velocity field (scaling and squaring) instead of the displacement "
                              f"(default: {'on' if defaults.diffeomorphic else 'off'})")
+    parser.add_argument("--gaussian", action=argparse.BooleanOptionalAction, default=defaults.gaussian,
+                        help="Gaussian-smooth each refinement step's correction and the refined flow "
+                             f"(default: {'on' if defaults.gaussian else 'off'})")
 
 
 def methods_from(names: tuple[str, ...]) -> Callable[[str], list[str]]:

@@ -11,7 +11,7 @@ from .errors import InputError
 
 DEFAULT_STEPS = 60  # refinement steps `register` runs unless told otherwise (Testing/benchmarks/refine_modes.py)
 MAX_STEPS = 5000  # about half an hour on 2 CPU cores (0.3 s a step); more is a typo, not a wish
-REFINE_SMOOTHNESS = 12.0  # smoothness weight of the refinement unless told otherwise
+REFINE_SMOOTHNESS = 6.0  # smoothness weight of the refinement unless told otherwise
 REFINE_WINDOW = 13  # NCC window of the refinement, voxels of each level
 PLAUSIBLE_INTERVAL_MS = (5.0, 200.0)  # a cine's frame interval outside this is a placeholder (a NIfTI's 1 s)
 
@@ -19,13 +19,15 @@ PLAUSIBLE_INTERVAL_MS = (5.0, 200.0)  # a cine's frame interval outside this is 
 @dataclass(frozen=True)
 class RefineOptions:
     """Instance refinement: Adam ``steps`` (0: the network alone), the ``smoothness`` weight, the NCC
-    ``window`` (odd, voxels) and ``diffeomorphic`` (optimise a stationary velocity field: a fold-free
-    correction; off: the displacement itself, twice as fast, folding six times as often). Checked when made."""
+    ``window`` (odd, voxels), ``diffeomorphic`` (optimise a stationary velocity field: a fold-free
+    correction; off: the displacement itself, twice as fast, folding six times as often) and ``gaussian``
+    (Gaussian-smooth each step's correction and the refined flow). Checked when made."""
 
     steps: int = DEFAULT_STEPS
     smoothness: float = REFINE_SMOOTHNESS
     window: int = REFINE_WINDOW
     diffeomorphic: bool = True
+    gaussian: bool = True
 
     def __post_init__(self) -> None:
         checked_steps(self.steps)
@@ -66,6 +68,6 @@ def checked_smoothness(smoothness: object) -> float:
 
 DEFAULT_REFINE = RefineOptions()
 NETWORK_ONLY = RefineOptions(steps=0)
-TRACK_REFINE = RefineOptions(steps=20, smoothness=4.0, diffeomorphic=True)
+TRACK_REFINE = RefineOptions(steps=20, smoothness=4.0, diffeomorphic=True, gaussian=False)
 """``track``'s refinement: a later frame fixed and ED moving, the field must contract the heart, which the
 training's smoothness holds back (LV EF 9 points too low on validation); chosen on validation (README)."""

@@ -76,11 +76,12 @@ def markdown_table(named: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def row_name(refine: RefineOptions) -> str:
-    """'FSDiffReg (network)', or e.g. 'FSDiffReg (+refine 60, the default)' / '(+refine 80, SVF, smoothness 5)'."""
+    """'FSDiffReg (network)', or e.g. 'FSDiffReg (+refine 60, SVF, Gaussian, the default)' / '(+refine 80, smoothness 5)'."""
     if refine.steps == 0:
         return "FSDiffReg (network)"
     notes = [f"+refine {refine.steps}"]
     notes += ["SVF"] if refine.diffeomorphic else []
+    notes += ["Gaussian"] if refine.gaussian else []
     notes += [f"smoothness {refine.smoothness:g}"] if refine.smoothness != DEFAULT_REFINE.smoothness else []
     notes += [f"window {refine.window}"] if refine.window != DEFAULT_REFINE.window else []
     notes += ["the default"] if refine == DEFAULT_REFINE else []

@@ -11,7 +11,9 @@ Each level's correction is interpolated back and added to the flow, which keeps 
 network's fine detail. Window, smoothness weight and levels were chosen on the validation
 split (README, "Instance refinement"). With ``diffeomorphic`` a level optimises a stationary
 velocity field instead, whose exponential (scaling and squaring) is composed with the
-flow, so an invertible map stays invertible.
+flow, so an invertible map stays invertible. With ``gaussian`` each step's correction is
+smoothed (VELOCITY_SIGMA) before it is applied, and the refined flow at the end (FLOW_SIGMA):
+higher Dice at a lower smoothness weight, with less folding and a lower SD|J|.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import torch.nn.functional as F
 from .config import Config
 from .defaults import RefineOptions
 from .losses import score_weights, sdg_ncc_loss, smoothness_loss
-from .spatial import integrate_velocity, upsample_flow, warp
+from .spatial import gaussian_blur, integrate_velocity, upsample_flow, warp
 
 LEVEL_FACTORS = ((2, 8, 8), (1, 4, 4), (1, 2, 2))  # (D, H, W) shrink of each level, coarse to fine
 REFINE_LR = 0.2  # coarse voxels per step, Adam
 PROGRESS_SECONDS = 10.0  # longest wait between two progress lines
 SQUARINGS = 4  # scaling and squaring: a velocity of up to 8 coarse voxels moves under half a voxel a squaring
+VELOCITY_SIGMA = (0.0, 1.0, 1.0)  # Gaussian on each step's correction, voxels of its level (D, H, W)
+FLOW_SIGMA = (0.5, 1.5, 1.5)  # Gaussian on the refined flow, network voxels: about 1.6, 2.3, 2.3 mm
 
 
 def level_sizes(size: tuple[int, ...], window: int) -> list[tuple[int, ...]]:
@@ -85,6 +89,19 @@ def compose(flow: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     return step + warp(flow, step, padding="border")
 
 
+def smoothed(variable: torch.Tensor, options: RefineOptions) -> torch.Tensor:
+    """The correction a level's variable stands for: the variable itself, or blurred with ``gaussian``."""
+    return gaussian_blur(variable, VELOCITY_SIGMA) if options.gaussian else variable
+
+
+def corrected(base: torch.Tensor, variable: torch.Tensor, options: RefineOptions) -> torch.Tensor:
+    """The level's flow: ``base`` after the correction (its exponential when ``diffeomorphic``)."""
+    correction = smoothed(variable, options)
+    if options.diffeomorphic:
+        return compose(base, integrate_velocity(correction, SQUARINGS))
+    return base + correction
+
+
 def refine_flow(
     flow: torch.Tensor,
     moving: torch.Tensor,
@@ -110,7 +127,7 @@ def refine_flow(
         variable = torch.zeros_like(base, requires_grad=True)
         optimizer = torch.optim.Adam([variable], lr=REFINE_LR)
         for _ in range(steps):
-            field = compose(base, integrate_velocity(variable, SQUARINGS)) if options.diffeomorphic else base + variable
+            field = corrected(base, variable, options)
             similarity = sdg_ncc_loss(warp(m, field), f, w, options.window)
             # times the batch: each image's gradient is then the one it gets alone (Adam's eps sees its scale)
             loss = field.shape[0] * (cfg.lam * similarity + options.smoothness * smoothness_loss(field))
@@ -119,8 +136,9 @@ def refine_flow(
             optimizer.step()
             progress.step()
         with torch.no_grad():
+            correction = smoothed(variable, options)
             if options.diffeomorphic:
-                flow = compose(flow, upsample_flow(integrate_velocity(variable, SQUARINGS), size))
+                flow = compose(flow, upsample_flow(integrate_velocity(correction, SQUARINGS), size))
             else:
-                flow = flow + upsample_flow(variable, size)
-    return flow
+                flow = flow + upsample_flow(correction, size)
+    return gaussian_blur(flow, FLOW_SIGMA) if options.gaussian else flow

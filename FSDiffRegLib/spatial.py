@@ -6,6 +6,8 @@ moving image at p + u(p) (a backward, resampling map, like ITK's displacement fi
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -42,3 +44,22 @@ def integrate_velocity(velocity: torch.Tensor, squarings: int = 7) -> torch.Tens
     for _ in range(squarings):
         flow = flow + warp(flow, flow, padding="border")
     return flow
+
+
+def gaussian_blur(x: torch.Tensor, sigmas: tuple[float, float, float]) -> torch.Tensor:
+    """``x`` (N, C, D, H, W) smoothed channel by channel with a Gaussian of ``sigmas`` voxels along (D, H, W)
+    (0: that axis untouched), cut at 3 sigma, edges replicated."""
+    channels = x.shape[1]
+    for axis, sigma in enumerate(sigmas):
+        if sigma == 0:
+            continue
+        radius = math.ceil(3 * sigma)
+        offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        kernel = torch.exp(-offsets**2 / (2 * sigma**2))
+        shape = [1, 1, 1]
+        shape[axis] = kernel.numel()
+        padding = [0] * 6
+        padding[4 - 2 * axis] = padding[5 - 2 * axis] = radius  # F.pad lists the last axis first
+        weight = (kernel / kernel.sum()).view(1, 1, *shape).repeat(channels, 1, 1, 1, 1)
+        x = F.conv3d(F.pad(x, padding, mode="replicate"), weight, groups=channels)
+    return x

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from FSDiffRegLib.field import apply_field, field_to_flow, flow_to_field, resample_field
-from FSDiffRegLib.spatial import integrate_velocity, upsample_flow, warp
+from FSDiffRegLib.spatial import gaussian_blur, integrate_velocity, upsample_flow, warp
 
 BLOB = np.array([4.0, -6.0, 10.0])  # physical (LPS mm) centre of the test blob
 
@@ -134,3 +134,22 @@ def test_integrated_velocity_is_invertible_where_the_plain_field_folds():
     slope_plain = 1 + torch.diff(v[0, 2, 2, 2])
     slope_exp = 1 + torch.diff(integrate_velocity(v)[0, 2, 2, 2])
     assert slope_plain.min() < 0 < slope_exp.min()
+
+
+def test_gaussian_blur_spreads_an_impulse_along_the_asked_axes_only():
+    impulse = torch.zeros(1, 2, 9, 21, 21)
+    impulse[:, :, 4, 10, 10] = 1.0
+    blurred = gaussian_blur(impulse, (0.0, 0.0, 1.5))
+    profile = blurred[0, 1, 4, 10]
+    offsets = torch.arange(21.0) - 10
+    assert float(blurred.sum()) == pytest.approx(2.0, rel=1e-5)  # each channel keeps its mass
+    assert float(blurred[0, :, :, :, 10].sum()) == pytest.approx(2 * float(profile[10]), rel=1e-5)  # W only
+    assert float((profile * offsets**2).sum()) == pytest.approx(1.5**2, rel=0.03)  # variance sigma^2 (cut at 3 sigma)
+    assert int((profile > 0).sum()) == 11  # radius ceil(3 sigma) = 5
+
+
+def test_gaussian_blur_keeps_an_affine_displacement_away_from_the_edges():
+    d, h, w = torch.meshgrid(torch.arange(12.0), torch.arange(20.0), torch.arange(20.0), indexing="ij")
+    flow = torch.stack([0.1 * d + 0.5, 0.2 * h - 0.3 * w, 0.05 * d + 0.4 * w])[None]
+    inner = (slice(None), slice(None), slice(2, -2), slice(5, -5), slice(5, -5))
+    assert torch.allclose(gaussian_blur(flow, (0.5, 1.5, 1.5))[inner], flow[inner], atol=1e-4)
