@@ -204,7 +204,8 @@ def smoothness(text: str) -> float:
 
 
 def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOptions = DEFAULT_REFINE) -> None:
-    """--refine, --smoothness, --[no-]diffeomorphic, --[no-]gaussian: the RefineOptions of a sub-command, ``defaults`` unless given."""
+    """--refine, --smoothness, --[no-]diffeomorphic, --[no-]gaussian: the RefineOptions of a sub-command,
+    ``defaults`` unless given."""
     parser.add_argument("--refine", type=steps, default=defaults.steps, metavar="N",
                         help=f"instance-refinement steps, 0 to {MAX_STEPS} (default {defaults.steps}; 0: network only)")
     parser.add_argument("--smoothness", type=smoothness, default=defaults.smoothness, metavar="S",

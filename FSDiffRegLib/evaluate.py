@@ -76,7 +76,8 @@ def markdown_table(named: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def row_name(refine: RefineOptions) -> str:
-    """'FSDiffReg (network)', or e.g. 'FSDiffReg (+refine 60, SVF, Gaussian, the default)' / '(+refine 80, smoothness 5)'."""
+    """'FSDiffReg (network)', or e.g. 'FSDiffReg (+refine 60, SVF, Gaussian, the default)' or
+    'FSDiffReg (+refine 80, smoothness 5)'."""
     if refine.steps == 0:
         return "FSDiffReg (network)"
     notes = [f"+refine {refine.steps}"]

@@ -92,7 +92,8 @@ def sample_registrations() -> dict[bool, tuple[float, dict]]:
     """The default refinement of the bundled sample pair (ES onto ED) with and without ``gaussian``:
     mean Dice of the warped labels and the field's metrics."""
     model, _ = load_model(None)
-    read = {name: sitk.ReadImage(str(SAMPLE / f"acdc091_{name}.nii.gz")) for name in ("ED", "ES", "ES_labels", "ED_labels")}
+    read = {name: sitk.ReadImage(str(SAMPLE / f"acdc091_{name}.nii.gz"))
+            for name in ("ED", "ES", "ES_labels", "ED_labels")}
     results = {}
     for gaussian in (False, True):
         reg = register_images(read["ED"], read["ES"], model, torch.device("cpu"), read["ES_labels"],
