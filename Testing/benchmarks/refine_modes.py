@@ -2,13 +2,16 @@
 
 Modes: the network only; the former field refinement (Adam on the full-resolution flow,
 lr 0.05 voxels); the coarse-to-fine refinement of FSDiffRegLib.refine, plain and
-diffeomorphic; fine-tuning the network's weights on the pair (Adam on the registration
-loss, starting from the bundled weights). Prints one Markdown row per mode: mean Dice
-(LV, Myo, RV), folding, SD|J|, median seconds per pair (network forward included) and
+diffeomorphic (smoothness 12, no Gaussian); its Gaussian smoothing, each part alone and both
+(the default), and the refined flow blurred outside the true heart (labels: an upper bound of
+what a heart mask could give); fine-tuning the network's weights on the pair (Adam on the
+registration loss, starting from the bundled weights). Prints one Markdown row per mode: mean
+Dice (LV, Myo, RV), folding, SD|J|, median seconds per pair (network forward included) and
 seconds per optimisation step.
 
-Usage: .venv/bin/python Testing/benchmarks/refine_modes.py [--pairs 5] [--threads 1]
+Usage: .venv/bin/python Testing/benchmarks/refine_modes.py [--pairs 5] [--split validation|train] [--threads 1]
        [--modes net,old10,old50,c2f20,c2f40,c2f60,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10]
+       (also: diffeo60, plain6, stepblur, flowblur, gaussian, heartblur)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from FSDiffRegLib import acdc
+from FSDiffRegLib import acdc, refine
 from FSDiffRegLib.defaults import RefineOptions
 from FSDiffRegLib.evaluate import score_field
 from FSDiffRegLib.field import flow_to_field, resample_field
@@ -33,13 +36,15 @@ from FSDiffRegLib.losses import score_weights, sdg_ncc_loss, smoothness_loss
 from FSDiffRegLib.network import FSDiffRegNet
 from FSDiffRegLib.preprocess import prepare_pair
 from FSDiffRegLib.refine import refine_flow
-from FSDiffRegLib.spatial import integrate_velocity, warp
+from FSDiffRegLib.spatial import gaussian_blur, integrate_velocity, warp
 from FSDiffRegLib.weights import load_model
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ACDC"
 DEFAULT_MODES = "net,old10,old50,c2f20,c2f40,c2f60,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10"
 TUNE_LR = 1e-4
-Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # moving, fixed, score, flow
+# moving, fixed, score, flow, the fixed image's heart (labels > 0) on the network grid
+Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+PLAIN = {"smoothness": 12.0, "gaussian": False}  # the refinement before the Gaussian one became the default
 
 
 def registration_loss(cfg, moving: torch.Tensor, fixed: torch.Tensor, flow: torch.Tensor,
@@ -84,6 +89,23 @@ def fine_tune(model: FSDiffRegNet, x: Inputs, steps: int) -> torch.Tensor:
         return tuned(moving, fixed, fixed, t)[1]
 
 
+def refined(model: FSDiffRegNet, x: Inputs, options: RefineOptions, velocity_sigma: tuple = refine.VELOCITY_SIGMA,
+            flow_sigma: tuple = refine.FLOW_SIGMA) -> torch.Tensor:
+    """refine_flow with the Gaussian's sigmas replaced (zeros: that part off)."""
+    saved = refine.VELOCITY_SIGMA, refine.FLOW_SIGMA
+    refine.VELOCITY_SIGMA, refine.FLOW_SIGMA = velocity_sigma, flow_sigma
+    try:
+        return refine_flow(x[3], x[0], x[1], x[2], model.cfg, options)
+    finally:
+        refine.VELOCITY_SIGMA, refine.FLOW_SIGMA = saved
+
+
+def blurred_outside_heart(flow: torch.Tensor, heart: torch.Tensor) -> torch.Tensor:
+    """``flow`` blurred (sigma 2 x 6 x 6 voxels) away from the true heart, kept within about 4 voxels of it."""
+    near = (3 * gaussian_blur(heart, (4 / 3, 4.0, 4.0))).clamp(max=1.0)
+    return near * flow + (1 - near) * gaussian_blur(flow, (2.0, 6.0, 6.0))
+
+
 def modes(model: FSDiffRegNet) -> dict[str, tuple[str, int, Callable[[Inputs], torch.Tensor]]]:
     """name -> (description, optimisation steps, function of the inputs returning the flow)."""
     table: dict[str, tuple[str, int, Callable[[Inputs], torch.Tensor]]] = {"net": ("network only", 0, lambda x: x[3])}
@@ -95,10 +117,23 @@ def modes(model: FSDiffRegNet) -> dict[str, tuple[str, int, Callable[[Inputs], t
     for n in (20, 40, 60, 80, 160):
         table[f"c2f{n}"] = (f"coarse-to-fine refinement, {n} steps", n,
                             lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg,
-                                                       RefineOptions(n, diffeomorphic=False)))
+                                                       RefineOptions(n, diffeomorphic=False, **PLAIN)))
         table[f"diffeo{n}"] = (f"coarse-to-fine diffeomorphic, {n} steps", n,
                                lambda x, n=n: refine_flow(x[3], x[0], x[1], x[2], model.cfg,
-                                                                    RefineOptions(n, diffeomorphic=True)))
+                                                          RefineOptions(n, diffeomorphic=True, **PLAIN)))
+    off = (0.0, 0.0, 0.0)
+    gaussian = {
+        "plain6": ("SVF 60 steps, smoothness 6, no Gaussian", RefineOptions(60, 6.0, gaussian=False), {}),
+        "stepblur": ("SVF 60 steps, smoothness 12, each step's correction blurred", RefineOptions(60, 12.0),
+                     {"flow_sigma": off}),
+        "flowblur": ("SVF 60 steps, smoothness 12, the refined flow blurred", RefineOptions(60, 12.0),
+                     {"velocity_sigma": off}),
+        "gaussian": ("SVF 60 steps, smoothness 6, both blurred (the default)", RefineOptions(60), {}),
+    }
+    for key, (description, options, sigmas) in gaussian.items():
+        table[key] = (description, 60, lambda x, o=options, s=sigmas: refined(model, x, o, **s))
+    table["heartblur"] = ("SVF 60 steps, smoothness 12, blurred outside the true heart (uses labels)", 60,
+                          lambda x: blurred_outside_heart(refined(model, x, RefineOptions(60, **PLAIN)), x[4]))
     for n in (3, 10):
         table[f"tune{n}"] = (f"network fine-tuning, {n} steps (lr {TUNE_LR:g})", n,
                              lambda x, n=n: fine_tune(model, x, n))
@@ -108,7 +143,8 @@ def modes(model: FSDiffRegNet) -> dict[str, tuple[str, int, Callable[[Inputs], t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DATA), help="ACDC folder (holding training/patientNNN)")
-    parser.add_argument("--pairs", type=int, default=5, help="first N validation pairs (patient091 on)")
+    parser.add_argument("--pairs", type=int, default=5, help="first N pairs of the split")
+    parser.add_argument("--split", choices=("validation", "train"), default="validation")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--modes", default=DEFAULT_MODES, help="comma-separated, from: " + DEFAULT_MODES)
     args = parser.parse_args()
@@ -121,7 +157,7 @@ def main() -> None:
     unknown = [m for m in chosen if m not in table]
     if unknown:
         sys.exit(f"unknown modes {unknown}; choose from {', '.join(table)}")
-    pairs = acdc.split(args.data, "validation")[: args.pairs]
+    pairs = acdc.split(args.data, args.split)[: args.pairs]
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in chosen}
     t0 = torch.zeros(1, dtype=torch.long)
     for pair in pairs:
@@ -130,6 +166,8 @@ def main() -> None:
         prepared = prepare_pair(fixed, moving, model.cfg)
         m, f = (torch.from_numpy(a)[None, None].contiguous(memory_format=torch.channels_last_3d)
                 for a in (prepared.moving, prepared.fixed))
+        heart = sitk.Resample(fixed_labels > 0, prepared.grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        heart = torch.from_numpy(sitk.GetArrayFromImage(heart).astype(np.float32))[None, None]
         with torch.no_grad():
             model(m, f, f, t0)  # warm-up
             start = time.perf_counter()
@@ -137,13 +175,13 @@ def main() -> None:
             network_seconds = time.perf_counter() - start
         for name in chosen:
             start = time.perf_counter()
-            result = table[name][2]((m, f, score, flow))
+            result = table[name][2]((m, f, score, flow, heart))
             seconds = time.perf_counter() - start
             field = resample_field(flow_to_field(result[0].detach().numpy(), prepared.grid), fixed)
             row = score_field(field, prepared.grid, labels, sitk.GetArrayFromImage(fixed_labels))
             rows[name].append({**row, "seconds": network_seconds + seconds, "method_seconds": seconds})
             print(f"{pair.patient} {name}: Dice {row['mean']:.3f}, {seconds:.2f} s", file=sys.stderr, flush=True)
-    print(f"{len(pairs)} validation pairs from {pairs[0].patient}; torch threads {torch.get_num_threads()}")
+    print(f"{len(pairs)} {args.split} pairs from {pairs[0].patient}; torch threads {torch.get_num_threads()}")
     print("| mode | Dice mean (sd) | abs(J)<=0 % | SD abs(J) | s/pair median | s/step |")
     print("|---|---|---|---|---|---|")
     for name in chosen:
