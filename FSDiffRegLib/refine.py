@@ -89,17 +89,16 @@ def compose(flow: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     return step + warp(flow, step, padding="border")
 
 
-def smoothed(variable: torch.Tensor, options: RefineOptions) -> torch.Tensor:
-    """The correction a level's variable stands for: the variable itself, or blurred with ``gaussian``."""
-    return gaussian_blur(variable, VELOCITY_SIGMA) if options.gaussian else variable
+def correction(variable: torch.Tensor, options: RefineOptions) -> torch.Tensor:
+    """The displacement a level's variable stands for: blurred with ``gaussian``, its exponential when
+    ``diffeomorphic``."""
+    velocity = gaussian_blur(variable, VELOCITY_SIGMA) if options.gaussian else variable
+    return integrate_velocity(velocity, SQUARINGS) if options.diffeomorphic else velocity
 
 
-def corrected(base: torch.Tensor, variable: torch.Tensor, options: RefineOptions) -> torch.Tensor:
-    """The level's flow: ``base`` after the correction (its exponential when ``diffeomorphic``)."""
-    correction = smoothed(variable, options)
-    if options.diffeomorphic:
-        return compose(base, integrate_velocity(correction, SQUARINGS))
-    return base + correction
+def corrected(flow: torch.Tensor, step: torch.Tensor, options: RefineOptions) -> torch.Tensor:
+    """``flow`` after ``step``: composed with it when ``diffeomorphic``, else added."""
+    return compose(flow, step) if options.diffeomorphic else flow + step
 
 
 def refine_flow(
@@ -127,7 +126,7 @@ def refine_flow(
         variable = torch.zeros_like(base, requires_grad=True)
         optimizer = torch.optim.Adam([variable], lr=REFINE_LR)
         for _ in range(steps):
-            field = corrected(base, variable, options)
+            field = corrected(base, correction(variable, options), options)
             similarity = sdg_ncc_loss(warp(m, field), f, w, options.window)
             # times the batch: each image's gradient is then the one it gets alone (Adam's eps sees its scale)
             loss = field.shape[0] * (cfg.lam * similarity + options.smoothness * smoothness_loss(field))
@@ -136,9 +135,5 @@ def refine_flow(
             optimizer.step()
             progress.step()
         with torch.no_grad():
-            correction = smoothed(variable, options)
-            if options.diffeomorphic:
-                flow = compose(flow, upsample_flow(integrate_velocity(correction, SQUARINGS), size))
-            else:
-                flow = flow + upsample_flow(correction, size)
+            flow = corrected(flow, upsample_flow(correction(variable, options), size), options)
     return gaussian_blur(flow, FLOW_SIGMA) if options.gaussian else flow
