@@ -10,7 +10,7 @@ from FSDiffRegLib.heart import HeartHead, blurred_outside, decoder_features
 from FSDiffRegLib.network import FSDiffRegNet
 
 
-def test_the_head_on_each_blocks_resolution_equals_the_head_on_upsampled_features():
+def test_the_head_on_each_blocks_resolution_equals_the_head_on_features_resized_first():
     torch.manual_seed(0)
     model = FSDiffRegNet(Config.load("cpu")).eval()
     moving, fixed = torch.rand(1, 1, 8, 32, 32) * 2 - 1, torch.rand(1, 1, 8, 32, 32) * 2 - 1
@@ -18,7 +18,8 @@ def test_the_head_on_each_blocks_resolution_equals_the_head_on_upsampled_feature
     head = HeartHead([f.shape[1] for f in features])
     with torch.no_grad():
         head.bias.normal_()
-        upsampled = torch.cat([F.interpolate(f, size=(8, 32, 32), mode="trilinear", align_corners=True)
+        upsampled = torch.cat([F.adaptive_avg_pool3d(f, (4, 16, 16)) if f.shape[2] > 4 else
+                               F.interpolate(f, size=(4, 16, 16), mode="trilinear", align_corners=True)
                                for f in features], dim=1)
         weight = torch.cat([p.weight for p in head.project], dim=1)
         direct = head.out(F.relu(F.conv3d(upsampled, weight) + head.bias))
