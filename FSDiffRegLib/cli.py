@@ -15,7 +15,15 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from .defaults import DEFAULT_REFINE, MAX_STEPS, TRACK_REFINE, RefineOptions, checked_smoothness, checked_steps
+from .defaults import (
+    DEFAULT_REFINE,
+    MAX_STEPS,
+    TRACK_REFINE,
+    HeartTraining,
+    RefineOptions,
+    checked_smoothness,
+    checked_steps,
+)
 from .errors import DeviceError, InputError, WeightsError
 from .outputs import OutputError
 from .resources import sample_pair
@@ -38,7 +46,8 @@ def _summary(metrics: dict) -> str:
 
 
 def refine_options(args: argparse.Namespace) -> RefineOptions:
-    return RefineOptions(args.refine, args.smoothness, diffeomorphic=args.diffeomorphic, gaussian=args.gaussian)
+    return RefineOptions(args.refine, args.smoothness, diffeomorphic=args.diffeomorphic, gaussian=args.gaussian,
+                         heart=args.heart)
 
 
 def _register(args: argparse.Namespace) -> None:
@@ -113,6 +122,15 @@ def _train(args: argparse.Namespace) -> None:
                   max_minutes=args.max_minutes, train_limit=args.train_limit, val_limit=args.val_limit,
                   init_weights=Path(args.init_weights) if args.init_weights else None)
     print(f"stopped at epoch {state.epoch}, step {state.step}; best validation mean Dice {state.best_dice:.4f}")
+
+
+def _train_heart(args: argparse.Namespace) -> None:
+    from .heart import make_heart
+
+    options = HeartTraining(steps=args.steps, pairs=args.pairs)
+    info = make_heart(Path(args.data), args.weights, Path(args.out) if args.out else None, options, log=_say)
+    score = info["validation_heart_dice"]
+    print(f"heart head for {info['weights']}: validation heart Dice {score['mean']:.3f} (lowest {score['min']:.3f})")
 
 
 def _benchmark(args: argparse.Namespace) -> None:
@@ -204,8 +222,8 @@ def smoothness(text: str) -> float:
 
 
 def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOptions = DEFAULT_REFINE) -> None:
-    """--refine, --smoothness, --[no-]diffeomorphic, --[no-]gaussian: the RefineOptions of a sub-command,
-    ``defaults`` unless given."""
+    """--refine, --smoothness, --[no-]diffeomorphic, --[no-]gaussian, --[no-]heart: the RefineOptions of a
+    sub-command, ``defaults`` unless given."""
     parser.add_argument("--refine", type=steps, default=defaults.steps, metavar="N",
                         help=f"instance-refinement steps, 0 to {MAX_STEPS} (default {defaults.steps}; 0: network only)")
     parser.add_argument("--smoothness", type=smoothness, default=defaults.smoothness, metavar="S",
@@ -217,6 +235,12 @@ def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOption
     parser.add_argument("--gaussian", action=argparse.BooleanOptionalAction, default=defaults.gaussian,
                         help="Gaussian-smooth each refinement step's correction and the refined flow "
                              f"(default: {'on' if defaults.gaussian else 'off'})")
+    if not defaults.heart:  # track: its grid is the heart's region already
+        parser.set_defaults(heart=False)
+        return
+    parser.add_argument("--heart", action=argparse.BooleanOptionalAction, default=True,
+                        help="blur the refined flow away from the heart that the weights' heart head finds "
+                             "(default: on, where the weights carry one)")
 
 
 def methods_from(names: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -279,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-limit", type=count, metavar="N", help="use only the first N validation pairs")
     p.add_argument("--init-weights", metavar="W", help="start a new run from these weights (fine-tuning)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("train-heart", help="train the heart head of a network's weights (the refinement blurs "
+                                           "the field away from the heart it finds)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="ACDC folder (holding training/patientNNN)")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
+    p.add_argument("--out", help="the head's file (default: beside the weights, <name>_heart.pt, where "
+                                 "register finds it); an existing file is refused")
+    p.add_argument("--steps", type=count, default=HeartTraining.steps, metavar="N", help="Adam steps")
+    p.add_argument("--pairs", type=count, default=HeartTraining.pairs, metavar="N",
+                   help="the first N ACDC training pairs")
+    p.set_defaults(func=_train_heart)
 
     p = sub.add_parser("register", help="register MOVING to FIXED; outputs on the fixed grid")
     p.add_argument("fixed", help="fixed image (any 3D image SimpleITK reads)")

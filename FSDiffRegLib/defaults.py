@@ -1,5 +1,5 @@
-"""The refinement's options, their defaults and limits, and the plausible frame interval of a cine; importable
-without torch (the Slicer GUI uses it)."""
+"""The refinement's options, their defaults and limits, the heart head's training, and the plausible frame
+interval of a cine; importable without torch (the Slicer GUI and the command line's help use it)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ PLAUSIBLE_INTERVAL_MS = (5.0, 200.0)  # a cine's frame interval outside this is 
 class RefineOptions:
     """Instance refinement: Adam ``steps`` (0: the network alone), the ``smoothness`` weight, the NCC
     ``window`` (odd, voxels), ``diffeomorphic`` (optimise a stationary velocity field: a fold-free
-    correction; off: the displacement itself, twice as fast, folding six times as often) and ``gaussian``
-    (Gaussian-smooth each step's correction and the refined flow). Checked when made."""
+    correction; off: the displacement itself, twice as fast, folding six times as often), ``gaussian``
+    (Gaussian-smooth each step's correction and the refined flow) and ``heart`` (blur the refined flow away
+    from the heart, where the weights carry a heart head: FSDiffRegLib.heart). Checked when made."""
 
     steps: int = DEFAULT_STEPS
     smoothness: float = REFINE_SMOOTHNESS
     window: int = REFINE_WINDOW
     diffeomorphic: bool = True
     gaussian: bool = True
+    heart: bool = True
 
     def __post_init__(self) -> None:
         checked_steps(self.steps)
@@ -66,8 +68,19 @@ def checked_smoothness(smoothness: object) -> float:
     return float(smoothness)
 
 
+@dataclass(frozen=True)
+class HeartTraining:
+    """Training of the head: Adam ``steps`` at ``lr`` on the first ``pairs`` ACDC training pairs."""
+
+    steps: int = 1500
+    lr: float = 3e-3
+    pairs: int = 24
+    seed: int = 0
+
+
+HEART_TRAINING = HeartTraining()
 DEFAULT_REFINE = RefineOptions()
 NETWORK_ONLY = RefineOptions(steps=0)
-TRACK_REFINE = RefineOptions(steps=20, smoothness=4.0, diffeomorphic=True, gaussian=False)
+TRACK_REFINE = RefineOptions(steps=20, smoothness=4.0, diffeomorphic=True, gaussian=False, heart=False)
 """``track``'s refinement: a later frame fixed and ED moving, the field must contract the heart, which the
 training's smoothness holds back (LV EF 9 points too low on validation); chosen on validation (README)."""

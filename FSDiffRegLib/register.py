@@ -15,6 +15,7 @@ from .defaults import DEFAULT_REFINE, RefineOptions
 from .device import pick_device
 from .errors import InputError
 from .field import apply_field, flow_to_field, resample_field
+from .heart import blurred_outside, decoder_outputs
 from .imageio import check_image, check_labels, read_image
 from .metrics import jacobian_determinant, jacobian_stats, ncc
 from .network import FSDiffRegNet
@@ -48,11 +49,20 @@ def predict_flow(
         return torch.from_numpy(a)[None, None].to(device, memory_format=torch.channels_last_3d)
 
     moving, fixed = tensor(prepared.moving), tensor(prepared.fixed)
-    with torch.no_grad():
+    with torch.no_grad(), decoder_outputs(model) as features:
         score, flow = model(moving, fixed, fixed, torch.zeros(1, dtype=torch.long, device=device))
+    heart = model.heart.probability(features + [fixed, moving]) if uses_heart(model, refine) else None
+    features.clear()
     if refine.steps > 0:
         flow = refine_flow(flow, moving, fixed, score, model.cfg, refine, log)
+    if heart is not None:
+        flow = blurred_outside(flow, heart)
     return flow[0].float().cpu().numpy()
+
+
+def uses_heart(model: FSDiffRegNet, refine: RefineOptions) -> bool:
+    """Whether the refined flow is blurred away from the heart: asked for, refined, and a head at hand."""
+    return refine.heart and refine.steps > 0 and model.heart is not None
 
 
 def field_metrics(field: sitk.Image, grid: sitk.Image) -> dict[str, float]:
@@ -98,7 +108,7 @@ def register_images(
         "ncc_after": similarity(fixed, warped, prepared.grid),
         "seconds": round(seconds, 3),
         "device": str(device),
-        "refine": asdict(refine),
+        "refine": {**asdict(refine), "heart": uses_heart(model, refine)},
     }
     labels = apply_field(moving_labels, field, nearest=True) if moving_labels is not None else None
     return Registration(field, warped, jacobian, prepared.grid, metrics, labels)

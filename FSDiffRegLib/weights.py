@@ -27,12 +27,18 @@ def sha256(path: Path) -> str:
 
 def save_weights(model: FSDiffRegNet, path: Path, info: dict | None = None) -> str:
     """Write {config, state_dict, info} and a ``.sha256`` file beside it; return the digest."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "config": json.loads(model.cfg.to_json()),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "info": info or {},
     }
+    return write_with_checksum(payload, path)
+
+
+def write_with_checksum(payload: dict, path: Path) -> str:
+    """``torch.save`` the payload whole (through a temporary file) and a ``.sha256`` file beside it; return the
+    digest."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -95,21 +101,30 @@ def state_mismatch(expected: dict, given: object) -> str:
     return ", ".join(f"{len(keys)} {what} ({few(keys)})" for what, keys in parts if keys)
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[FSDiffRegNet, dict]:
-    """Load weights (default: bundled) into a network in eval mode.
-
-    Checks the ``.sha256`` file beside the weights when there is one, and loads with
-    ``weights_only=True`` so a weights file can never run code. Returns the model and
-    a description {name, sha256, info}.
-    """
-    path = weights_path(path)
+def checked_payload(path: Path) -> tuple[dict, str]:
+    """A weights file's payload (``read_payload``) and its SHA256, checked against the ``.sha256`` file beside
+    it when there is one."""
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     digest = sha256(path)
     expected = expected_sha256(path)
     if expected is not None and expected != digest:
         raise WeightsError(f"weights file {path.name} is corrupt: SHA256 {digest[:12]}... != {expected[:12]}...")
-    payload = read_payload(path)
+    return read_payload(path), digest
+
+
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[FSDiffRegNet, dict]:
+    """Load weights (default: bundled) into a network in eval mode.
+
+    Checks the ``.sha256`` file beside the weights when there is one, and loads with
+    ``weights_only=True`` so a weights file can never run code. The heart head saved beside
+    the weights, when there is one, becomes ``model.heart`` (FSDiffRegLib.heart). Returns the
+    model and a description {name, sha256, info, heart}.
+    """
+    from .heart import heart_path, load_heart  # heart.py reads and writes its file through this module
+
+    path = weights_path(path)
+    payload, digest = checked_payload(path)
     try:
         model = FSDiffRegNet(Config.from_dict(payload["config"]))
     except (TypeError, ValueError, RuntimeError) as err:
@@ -121,6 +136,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         model.load_state_dict(payload["state_dict"])
     except Exception as err:  # e.g. a value that is not a tensor
         raise WeightsError(f"cannot load weights {path}: {first_line(err)}") from None
+    model.heart = load_heart(path, digest)
     model.to(device, memory_format=torch.channels_last_3d).eval()
     info = payload.get("info", {})
-    return model, {"name": path.name, "sha256": digest, "info": info if isinstance(info, dict) else {}}
+    return model, {"name": path.name, "sha256": digest, "info": info if isinstance(info, dict) else {},
+                   "heart": heart_path(path).name if model.heart is not None else None}
