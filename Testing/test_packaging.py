@@ -81,6 +81,7 @@ def test_installed_demo_and_register_work(venv, tmp_path):
     assert {p.name for p in (tmp_path / "demo").iterdir()} == {
         "displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "warped_labels.nii.gz", "metrics.json",
         "figure.png"}
+    assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["refine"]["heart"]  # the head ships too
 
     sample = package / "assets" / "sample"
     run([fsdiffreg, "register", str(sample / "acdc091_ED.nii.gz"), str(sample / "acdc091_ES.nii.gz"),
