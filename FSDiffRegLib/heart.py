@@ -197,7 +197,6 @@ def make_heart(data_dir: Path, weights: str | None, out: Path | None, options: H
     if out.exists():
         raise OutputError(f"{out} exists: remove it first, or name another --out")
     model, about = load_model(weights)
-    model.heart = None
     log(f"features of {options.pairs} training pairs through {about['name']}")
     head = train_heart(model, acdc.split(data_dir, "train"), options, log)
     scores = head_dice(model, head, acdc.split(data_dir, "validation"))

@@ -18,7 +18,7 @@ def test_round_trip_keeps_every_tensor(tmp_path):
     net = FSDiffRegNet(Config(base_width=4, norm_groups=2))
     digest = save_weights(net, tmp_path / "w.pt", {"epoch": 3})
     model, about = load_model(tmp_path / "w.pt")
-    assert about == {"name": "w.pt", "sha256": digest, "info": {"epoch": 3}}
+    assert about == {"name": "w.pt", "sha256": digest, "info": {"epoch": 3}, "heart": None}
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), model.state_dict().values()))
 
 
