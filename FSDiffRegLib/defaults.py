@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .errors import InputError
 
-DEFAULT_STEPS = 60  # refinement steps `register` runs unless told otherwise (Testing/benchmarks/refine_modes.py)
+DEFAULT_STEPS = 20  # refinement steps `register` runs unless told otherwise (README, Benchmark)
 MAX_STEPS = 5000  # about half an hour on 2 CPU cores (0.3 s a step); more is a typo, not a wish
 REFINE_SMOOTHNESS = 6.0  # smoothness weight of the refinement unless told otherwise
 REFINE_WINDOW = 13  # NCC window of the refinement, voxels of each level

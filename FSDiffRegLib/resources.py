@@ -14,7 +14,7 @@ CONFIGS = PACKAGE / "configs"
 WEIGHTS = ASSETS / "weights"
 SAMPLE = ASSETS / "sample"
 NAMED_WEIGHTS = {
-    "weaksup": WEIGHTS / "fsdiffreg_acdc_cpu_weaksup.pt",  # the paper's losses + Dice of warped training labels
+    "weaksup": WEIGHTS / "fsdiffreg_acdc_weaksup_v2.pt",  # the paper's losses + Dice of warped training labels
     "paper": WEIGHTS / "fsdiffreg_acdc_cpu.pt",  # the paper's unsupervised losses only
 }
 BUNDLED_WEIGHTS = NAMED_WEIGHTS["weaksup"]  # the default (model card: validation decides)

@@ -36,7 +36,7 @@ def test_outputs_are_written(registered):
     assert names == {"displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "warped_labels.nii.gz",
                      "metrics.json"}
     metrics = json.loads((registered / "metrics.json").read_text())
-    assert metrics["device"] == "cpu" and metrics["weights"] == "fsdiffreg_acdc_cpu_weaksup.pt"
+    assert metrics["device"] == "cpu" and metrics["weights"] == "fsdiffreg_acdc_weaksup_v2.pt"
     assert len(metrics["weights_sha256"]) == 64 and metrics["seconds"] > 0
     assert metrics["ncc_after"] > metrics["ncc_before"]
 

@@ -87,7 +87,7 @@ def test_installed_demo_and_register_work(venv, tmp_path):
     run([fsdiffreg, "register", str(sample / "acdc091_ED.nii.gz"), str(sample / "acdc091_ES.nii.gz"),
          "--out-dir", "out", "--refine", "0", "--device", "cpu"], cwd=tmp_path)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["weights"] == "fsdiffreg_acdc_cpu_weaksup.pt" and metrics["ncc_after"] > metrics["ncc_before"]
+    assert metrics["weights"] == "fsdiffreg_acdc_weaksup_v2.pt" and metrics["ncc_after"] > metrics["ncc_before"]
 
     devices = json.loads(run([fsdiffreg, "devices"], cwd=tmp_path).stdout)
     assert "cpu" in devices["devices"]

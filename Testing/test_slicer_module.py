@@ -19,6 +19,7 @@ import pytest
 import slicer
 
 import slicer_standins as standins
+from FSDiffRegLib.defaults import DEFAULT_STEPS
 from FSDiffRegLib.resources import SAMPLE
 from FSDiffRegLib.work_folders import process_exists
 
@@ -60,7 +61,7 @@ def addNodes(scene) -> dict:
 def test_fresh_parameter_node_has_the_defaults(module):
     parameters = module.FSDiffRegLogic().getParameterNode()  # TypeError 'Unable to write value None' before
     assert all(getattr(parameters, field) is None for field in NODE_FIELDS)
-    assert (parameters.device, parameters.refineSteps, parameters.smoothness) == ("Auto", 60, 0.0)
+    assert (parameters.device, parameters.refineSteps, parameters.smoothness) == ("Auto", DEFAULT_STEPS, 0.0)
     assert (parameters.showGrid, parameters.gridMode) == (False, "Grid")
     assert str(parameters.weightsFile) in ("", ".")
 
@@ -220,7 +221,7 @@ def test_scene_close_moves_the_gui_to_the_new_parameter_node(module, widget):
     assert new.parameterNode is not old.parameterNode
     widget.ui.refineStepsSpinBox.value = 9
     widget.ui.refineStepsSpinBox.valueChanged.emit(9)
-    assert (new.refineSteps, old.refineSteps) == (9, 60)
+    assert (new.refineSteps, old.refineSteps) == (9, DEFAULT_STEPS)
     widget.cleanup()
     assert [w.connections() for w in parameterWidgets(widget.ui)] == [0] * fields(module)
 

@@ -47,7 +47,7 @@ def test_command_line_leaves_library_defaults_alone():
 
 def test_the_module_refines_as_the_command_line_does_by_default():
     assert RegisterOptions().refineSteps == DEFAULT_STEPS
-    assert registerCommand(Path("f"), Path("m"), Path("o"), RegisterOptions())[-2:] == ["--refine", "60"]
+    assert registerCommand(Path("f"), Path("m"), Path("o"), RegisterOptions())[-2:] == ["--refine", str(DEFAULT_STEPS)]
 
 
 def stand_in_worker(folder: Path, command: str) -> Worker:

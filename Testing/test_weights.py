@@ -133,7 +133,7 @@ def test_bundled_weights_by_name(tmp_path, monkeypatch):
 
     if not all(path.is_file() for path in NAMED_WEIGHTS.values()):
         pytest.skip("bundled weights missing")
-    assert load_model(None)[1]["name"] == "fsdiffreg_acdc_cpu_weaksup.pt"
+    assert load_model(None)[1]["name"] == "fsdiffreg_acdc_weaksup_v2.pt"
     assert load_model("paper")[1]["name"] == "fsdiffreg_acdc_cpu.pt"
     assert load_model("weaksup")[1]["sha256"] == load_model(None)[1]["sha256"]
     monkeypatch.chdir(tmp_path)
