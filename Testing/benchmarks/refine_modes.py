@@ -32,11 +32,12 @@ from FSDiffRegLib import acdc, refine
 from FSDiffRegLib.defaults import RefineOptions
 from FSDiffRegLib.evaluate import score_field
 from FSDiffRegLib.field import flow_to_field, resample_field
+from FSDiffRegLib.heart import blurred_outside
 from FSDiffRegLib.losses import score_weights, sdg_ncc_loss, smoothness_loss
 from FSDiffRegLib.network import FSDiffRegNet
 from FSDiffRegLib.preprocess import prepare_pair
 from FSDiffRegLib.refine import refine_flow
-from FSDiffRegLib.spatial import gaussian_blur, integrate_velocity, warp
+from FSDiffRegLib.spatial import integrate_velocity, warp
 from FSDiffRegLib.weights import load_model
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ACDC"
@@ -100,12 +101,6 @@ def refined(model: FSDiffRegNet, x: Inputs, options: RefineOptions, velocity_sig
         refine.VELOCITY_SIGMA, refine.FLOW_SIGMA = saved
 
 
-def blurred_outside_heart(flow: torch.Tensor, heart: torch.Tensor) -> torch.Tensor:
-    """``flow`` blurred (sigma 2 x 6 x 6 voxels) away from the true heart, kept within about 4 voxels of it."""
-    near = (3 * gaussian_blur(heart, (4 / 3, 4.0, 4.0))).clamp(max=1.0)
-    return near * flow + (1 - near) * gaussian_blur(flow, (2.0, 6.0, 6.0))
-
-
 def modes(model: FSDiffRegNet) -> dict[str, tuple[str, int, Callable[[Inputs], torch.Tensor]]]:
     """name -> (description, optimisation steps, function of the inputs returning the flow)."""
     table: dict[str, tuple[str, int, Callable[[Inputs], torch.Tensor]]] = {"net": ("network only", 0, lambda x: x[3])}
@@ -128,12 +123,13 @@ def modes(model: FSDiffRegNet) -> dict[str, tuple[str, int, Callable[[Inputs], t
                      {"flow_sigma": off}),
         "flowblur": ("SVF 60 steps, smoothness 12, the refined flow blurred", RefineOptions(60, 12.0),
                      {"velocity_sigma": off}),
-        "gaussian": ("SVF 60 steps, smoothness 6, both blurred (the default)", RefineOptions(60), {}),
+        "gaussian": ("SVF 60 steps, smoothness 6, both blurred (the default before the heart head)", RefineOptions(60),
+                     {}),
     }
     for key, (description, options, sigmas) in gaussian.items():
         table[key] = (description, 60, lambda x, o=options, s=sigmas: refined(model, x, o, **s))
     table["heartblur"] = ("SVF 60 steps, smoothness 12, blurred outside the true heart (uses labels)", 60,
-                          lambda x: blurred_outside_heart(refined(model, x, RefineOptions(60, **PLAIN)), x[4]))
+                          lambda x: blurred_outside(refined(model, x, RefineOptions(60, **PLAIN)), x[4]))
     for n in (3, 10):
         table[f"tune{n}"] = (f"network fine-tuning, {n} steps (lr {TUNE_LR:g})", n,
                              lambda x, n=n: fine_tune(model, x, n))
