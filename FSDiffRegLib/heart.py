@@ -143,9 +143,9 @@ def load_heart(weights: Path, network_sha256: str) -> HeartHead | None:
     return head.eval()
 
 
-def heart_on_grid(labels_path: Path, grid: sitk.Image) -> torch.Tensor:
+def heart_on_grid(labels: sitk.Image, grid: sitk.Image) -> torch.Tensor:
     """A label map's heart (labels > 0) on ``grid``, 1 x 1 x D x H x W."""
-    heart = sitk.Resample(sitk.ReadImage(str(labels_path)) > 0, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    heart = sitk.Resample(labels > 0, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     return torch.from_numpy(sitk.GetArrayFromImage(heart).astype(np.float32))[None, None]
 
 
@@ -154,7 +154,7 @@ def pair_features(model: FSDiffRegNet, pair: acdc.AcdcPair) -> tuple[list[torch.
     prepared = prepare_pair(sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving)), model.cfg)
     moving, fixed = (torch.from_numpy(a)[None, None] for a in (prepared.moving, prepared.fixed))
     features = [f.half() for f in head_inputs(model, moving, fixed)]
-    return features, heart_on_grid(pair.fixed_labels, prepared.grid)
+    return features, heart_on_grid(sitk.ReadImage(str(pair.fixed_labels)), prepared.grid)
 
 
 def train_heart(model: FSDiffRegNet, pairs: list[acdc.AcdcPair], options: HeartTraining = HEART_TRAINING,

@@ -70,7 +70,7 @@ def test_the_bundled_head_finds_the_labelled_heart_of_the_sample(bundled_weights
     prepared = prepare_pair(fixed, moving, model.cfg)
     m, f = (torch.from_numpy(a)[None, None] for a in (prepared.moving, prepared.fixed))
     found = model.heart.probability(head_inputs(model, m, f)).numpy() > 0.5
-    truth = heart_on_grid(sample["fixed_labels"], prepared.grid).numpy() > 0.5
+    truth = heart_on_grid(sitk.ReadImage(str(sample["fixed_labels"])), prepared.grid).numpy() > 0.5
     assert dice(found, truth) > 0.8
 
 

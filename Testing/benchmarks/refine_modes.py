@@ -32,7 +32,7 @@ from FSDiffRegLib import acdc, refine
 from FSDiffRegLib.defaults import RefineOptions
 from FSDiffRegLib.evaluate import score_field
 from FSDiffRegLib.field import flow_to_field, resample_field
-from FSDiffRegLib.heart import blurred_outside
+from FSDiffRegLib.heart import blurred_outside, heart_on_grid
 from FSDiffRegLib.losses import score_weights, sdg_ncc_loss, smoothness_loss
 from FSDiffRegLib.network import FSDiffRegNet
 from FSDiffRegLib.preprocess import prepare_pair
@@ -162,8 +162,7 @@ def main() -> None:
         prepared = prepare_pair(fixed, moving, model.cfg)
         m, f = (torch.from_numpy(a)[None, None].contiguous(memory_format=torch.channels_last_3d)
                 for a in (prepared.moving, prepared.fixed))
-        heart = sitk.Resample(fixed_labels > 0, prepared.grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        heart = torch.from_numpy(sitk.GetArrayFromImage(heart).astype(np.float32))[None, None]
+        heart = heart_on_grid(fixed_labels, prepared.grid)
         with torch.no_grad():
             model(m, f, f, t0)  # warm-up
             start = time.perf_counter()
