@@ -5,10 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 VENV39 := $(VENV)/py39
 STAMP39 := $(VENV39)/.installed
+# slicer-core 5.12.4.0 (the newest release line's MRML, with its own VTK) beside the main venv's 5.13:
+# the MRML tests run against both.
+SLICER512 := 5.12.4.0
+VENV512 := $(VENV)/slicer512
+STAMP512 := $(VENV512)/.installed
 
 .PHONY: venv demo test lint clean
 
-venv: $(STAMP) $(STAMP39)
+venv: $(STAMP) $(STAMP39) $(STAMP512)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,11 +32,19 @@ $(STAMP39): pyproject.toml | $(STAMP)
 	  touch $(STAMP39); \
 	else echo "no Python 3.9.18 at $(PY39): Testing/test_python39.py uses stand-ins or skips"; fi
 
+$(STAMP512): pyproject.toml | $(STAMP)
+	test -x $(VENV512)/bin/python || $(PY) -m venv $(VENV512)
+	$(VENV512)/bin/pip install --quiet --upgrade pip
+	$(VENV512)/bin/pip install --quiet torch==2.13.0
+	$(VENV512)/bin/pip install --quiet -e '.[test]' 'slicer-core==$(SLICER512)'
+	touch $(STAMP512)
+
 demo: venv
 	$(BIN)/fsdiffreg demo
 
 test: venv
 	$(BIN)/python -m pytest -q
+	$(VENV512)/bin/python -m pytest -q -p no:cacheprovider Testing/test_slicer_*.py
 
 lint: venv
 	$(BIN)/ruff check .
