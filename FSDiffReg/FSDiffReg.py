@@ -39,7 +39,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from FSDiffRegMRML.cine_inputs import checkCine
+from FSDiffRegMRML.cine_inputs import MULTIVOLUME_ATTRIBUTE, checkCine
 from FSDiffRegMRML.cine_job import TrackingJob
 from FSDiffRegMRML.cine_outputs import CineOutputs, cineSummary
 from FSDiffRegMRML.dependencies import (
@@ -58,8 +58,6 @@ from FSDiffRegMRML.process import DeviceQuery, RegisterOptions, Worker, pythonSl
 DEVICES = ["Auto", "CPU", "CUDA"]
 DEFORMATION_MODES = ["Grid", "Glyph", "Contour"]
 POLL_MSEC = 200
-#: The attribute every multivolume has (MultiVolumeImporter): the cine selector's filter of scalar volumes.
-MULTIVOLUME_ATTRIBUTE = "MultiVolume.NumberOfFrames"
 RESOURCES = Path(__file__).resolve().parent / "Resources"
 #: Python packages the registration process needs beside torch, NumPy and SimpleITK.
 REQUIREMENTS = RESOURCES / "requirements.txt"
@@ -192,7 +190,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.registerButton.clicked.connect(self.onRegisterButton)
         self.ui.trackButton.clicked.connect(self.onTrackButton)
-        self.ui.cineVolumesSelector.addAttribute("vtkMRMLScalarVolumeNode", MULTIVOLUME_ATTRIBUTE)
+        self.ui.cineVolumesSelector.addAttribute("vtkMRMLScalarVolumeNode", MULTIVOLUME_ATTRIBUTE)  # multivolumes
         self.setRunning(False)
         self.startDeviceQuery()
         self.initializeParameterNode()

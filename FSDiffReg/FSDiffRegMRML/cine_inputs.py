@@ -39,6 +39,8 @@ from .inputs import InputError, checkPlace, checkVolume, labelmapOnGrid, sameGeo
 STRUCTURES = {1: "RV", 2: "Myo", 3: "LV"}
 #: Milliseconds per unit of a sequence's time index (a ``.seq.nrrd``'s).
 MS_PER_INDEX_UNIT = {"s": 1000.0, "ms": 1.0}
+#: The attribute every multivolume has (MultiVolumeImporter sets it on each path, the multivolume NRRD reader too).
+MULTIVOLUME_ATTRIBUTE = "MultiVolume.NumberOfFrames"
 #: Milliseconds per unit of ``MultiVolume.FrameLabels`` (MultiVolumeImporter's units of the frame-identifying
 #: DICOM tag; empty for a 4D NIfTI, whose labels it writes in seconds).
 MS_PER_LABEL_UNIT = {"ms": 1.0, "sec": 1000.0, "": 1000.0}
@@ -80,7 +82,7 @@ def isMultiVolume(node) -> bool:
     """A multivolume (MultiVolumeImporter's vtkMRMLMultiVolumeNode, a vtkMRMLScalarVolumeNode subclass): a scalar
     volume with the attribute ``MultiVolume.NumberOfFrames``, which every MultiVolumeImporter path sets."""
     return (node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
-            and node.GetAttribute("MultiVolume.NumberOfFrames") is not None)
+            and node.GetAttribute(MULTIVOLUME_ATTRIBUTE) is not None)
 
 
 def frameCount(cine) -> int:
@@ -220,7 +222,7 @@ def checkSequence(cine) -> None:
 def checkMultiVolume(cine) -> None:
     """One value per frame in each voxel, as many frames as it says, on a grid a frame can use; no transform
     (its frames are written as they are)."""
-    said = cine.GetAttribute("MultiVolume.NumberOfFrames")
+    said = cine.GetAttribute(MULTIVOLUME_ATTRIBUTE)
     if str(frameCount(cine)) != said.strip():
         raise InputError(f"The multivolume '{cine.GetName()}' says it has {said} frames but holds "
                          f"{frameCount(cine)}: load the cine again.")
