@@ -87,8 +87,8 @@ class FSDiffReg(ScriptedLoadableModule):
             "yellow folds) and, if given, the propagated labels. In the Cine section, track a whole "
             "cardiac cycle: pick a cine (a volume sequence or a multivolume), the frame its labels belong to "
             "(ED) and the ED segmentation; Track gives a transform and the labels of every frame, browsed with "
-            "the cine, "
-            "and tables and curves of the volumes, ejection fraction and strain. Needs the PyTorch extension. "
+            "the cine, and tables and curves of the volumes, ejection fraction and strain. Needs the PyTorch "
+            "extension. "
             "Try it with the FSDiffReg sample pair of the Sample Data module. "
             'See the <a href="{url}">documentation</a>.').format(url=DOCUMENTATION)
         self.parent.acknowledgementText = _(
