@@ -39,7 +39,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from FSDiffRegMRML.cine_inputs import checkCine
+from FSDiffRegMRML.cine_inputs import MULTIVOLUME_ATTRIBUTE, checkCine
 from FSDiffRegMRML.cine_job import TrackingJob
 from FSDiffRegMRML.cine_outputs import CineOutputs, cineSummary
 from FSDiffRegMRML.dependencies import (
@@ -85,9 +85,10 @@ class FSDiffReg(ScriptedLoadableModule):
             "Outputs are new nodes: a grid transform (put the moving volume under it to align it), "
             "the warped volume, the Jacobian determinant (white 1, blue shrinking, red growing, "
             "yellow folds) and, if given, the propagated labels. In the Cine section, track a whole "
-            "cardiac cycle: pick a volume sequence, the frame its labels belong to (ED) and the ED "
-            "segmentation; Track gives a transform and the labels of every frame, browsed with the cine, "
-            "and tables and curves of the volumes, ejection fraction and strain. Needs the PyTorch extension. "
+            "cardiac cycle: pick a cine (a volume sequence or a multivolume), the frame its labels belong to "
+            "(ED) and the ED segmentation; Track gives a transform and the labels of every frame, browsed with "
+            "the cine, and tables and curves of the volumes, ejection fraction and strain. Needs the PyTorch "
+            "extension. "
             "Try it with the FSDiffReg sample pair of the Sample Data module. "
             'See the <a href="{url}">documentation</a>.').format(url=DOCUMENTATION)
         self.parent.acknowledgementText = _(
@@ -122,7 +123,9 @@ class FSDiffRegParameterNode:
     saved scene works on any computer). A Union of node types lists None: the wrapper writes
     every default into a fresh node, and a Union's default is None. The cine fields: a volume
     sequence, the frame (counted from 1) its labels belong to, those labels, and the last tracking's
-    outputs; the options above apply to tracking too.
+    outputs; the options above apply to tracking too. The cine is a volume sequence or a multivolume
+    (MultiVolumeImporter's vtkMRMLMultiVolumeNode, a scalar volume subclass that a module file cannot
+    name: the selector shows only the scalar volumes with a ``MultiVolume.NumberOfFrames`` attribute).
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -138,7 +141,7 @@ class FSDiffRegParameterNode:
     warpedLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     showGrid: bool = False
     gridMode: Annotated[str, Choice(DEFORMATION_MODES)] = "Grid"
-    cineVolumes: vtkMRMLSequenceNode
+    cineVolumes: Union[vtkMRMLSequenceNode, vtkMRMLScalarVolumeNode, None]
     referenceFrame: Annotated[int, WithinRange(1, 10000)] = 1
     cineLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     cineTransforms: vtkMRMLSequenceNode
@@ -187,6 +190,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.registerButton.clicked.connect(self.onRegisterButton)
         self.ui.trackButton.clicked.connect(self.onTrackButton)
+        self.ui.cineVolumesSelector.addAttribute("vtkMRMLScalarVolumeNode", MULTIVOLUME_ATTRIBUTE)  # multivolumes
         self.setRunning(False)
         self.startDeviceQuery()
         self.initializeParameterNode()
@@ -364,10 +368,11 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 def showCineOutputs(outputs: CineOutputs, cine) -> None:
-    """Browse the cine with its outputs: the new browser in the toolbar, its cine in the slice views
-    (the tracked segmentation over it), the curves in a plot view."""
-    slicer.modules.sequences.setToolBarActiveBrowserNode(outputs.browser)
-    slicer.util.setSliceViewerLayers(background=outputs.browser.GetProxyNode(cine), fit=True)
+    """Browse the cine with its outputs: their browser (the cine's own where it had one) in the sequence
+    toolbar, the cine in the slice views (the tracked segmentation over it), the curves in a plot view."""
+    slicer.modules.sequences.showSequenceBrowser(outputs.browser)
+    background = outputs.browser.GetProxyNode(cine) if cine.IsA("vtkMRMLSequenceNode") else cine
+    slicer.util.setSliceViewerLayers(background=background, fit=True)
     slicer.modules.plots.logic().ShowChartInLayout(outputs.chart)
 
 

@@ -127,14 +127,34 @@ class SpinBox(Widget):
 
 
 class NodeComboBox(Widget):
+    """A qMRMLNodeComboBox: ``attributes`` holds its attribute filters (node type -> attribute name, value)."""
+
     def __init__(self, parameterName: str = ""):
-        super().__init__(parameterName, node=None, nodeTypes=[])
+        super().__init__(parameterName, node=None, nodeTypes=[], attributes={})
 
     def currentNode(self):
         return self.node
 
     def setCurrentNode(self, node):
         self.node = node
+
+    def addAttribute(self, nodeType, attributeName, attributeValue=None):
+        self.attributes = {**self.attributes, nodeType: (attributeName, attributeValue)}
+
+
+class SequencesModule:
+    """``slicer.modules.sequences``: its logic, and the browsers ``showSequenceBrowser`` was asked to show
+    (qSlicerSequencesModule's static Q_INVOKABLE, 5.8.1 to 5.12.3: the toolbar, if autoShowToolBar)."""
+
+    def __init__(self, logic=None):
+        self._logic, self.shown = logic, []
+
+    def logic(self):
+        return self._logic
+
+    def showSequenceBrowser(self, browserNode) -> bool:
+        self.shown.append(browserNode)
+        return True
 
 
 class InertType(type):

@@ -1,8 +1,10 @@
-"""Tracking a cine from Slicer on real MRML (slicer-core): a 4D NIfTI loaded with Slicer's own
-sequence reader, the ED labels as a label map or a segmentation, ``fsdiffreg track`` in a child
-process (a stand-in with the CLI's arguments, log lines and output folder: slicer_cine_child.py),
-and its outputs as sequences, tables and plots browsed by a real sequence browser; cancel, a
-failing child and bad inputs leave the scene as it was."""
+"""Tracking a cine from Slicer on real MRML (slicer-core): a volume sequence with a time index and
+its browser, a multivolume as MultiVolumeImporter imports a 4D NIfTI, or a DICOM cine as
+MultiVolumeImporterPlugin loads it as a sequence (with its browser); the ED labels as a label map
+or a segmentation, ``fsdiffreg track`` in a child process (a stand-in with the CLI's arguments,
+log lines and output folder: slicer_cine_child.py), and its outputs as sequences, tables and plots
+browsed by the cine's own sequence browser (a new one for a multivolume); cancel, a failing child
+and bad inputs leave the scene as it was."""
 
 from __future__ import annotations
 
@@ -20,17 +22,26 @@ import vtk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 import slicer_cine_child as child  # noqa: E402
+from FSDiffRegLib.defaults import PLAUSIBLE_INTERVAL_MS  # noqa: E402
 from FSDiffRegMRML.cine_inputs import (  # noqa: E402
     InputError,
     checkCine,
+    cineFrame,
     cineFrames,
+    frameCount,
     frameTimesMs,
     segmentValues,
     structureOf,
     writeCineInputs,
 )
 from FSDiffRegMRML.cine_job import TrackingError, TrackingJob  # noqa: E402
-from FSDiffRegMRML.cine_outputs import cineSummary, functionRows  # noqa: E402
+from FSDiffRegMRML.cine_outputs import (  # noqa: E402
+    CineOutputs,
+    addCineToScene,
+    cineSummary,
+    functionRows,
+    newSequence,
+)
 from FSDiffRegMRML.process import RegisterOptions, TrackingProcess, Worker, trackCommand  # noqa: E402
 from test_slicer_outputs import ijk_to_ras, load_volume, rotation, voxels
 from test_slicer_process import drain, live_members, printing, scene_state, stand_in_worker, survivors
@@ -96,6 +107,71 @@ def load_cine(scene, logics, path: Path):
     return sequence
 
 
+def load_multivolume(scene, path: Path):
+    """As the MultiVolumeImporter module imports a 4D NIfTI (``read4DNIfTI`` at fedorov/MultiVolumeImporter
+    c8a37eb, the commit Slicer 5.8.1, 5.10.0 and 5.12.3 build): vtkNIFTIImageReader with the time as the
+    voxels' components, IJK-to-RAS from the qform and the spacing, frame labels in seconds (initial value 0,
+    step 1), empty tag name and units. slicer-core has no vtkMRMLMultiVolumeNode: a node of its base class,
+    vtkMRMLScalarVolumeNode, with the same image and attributes stands for it."""
+    reader = vtk.vtkNIFTIImageReader()
+    reader.SetFileName(str(path))
+    reader.SetTimeAsVector(True)
+    reader.Update()
+    header = reader.GetNIFTIHeader()
+    timeSpacing, units = reader.GetTimeSpacing(), header.GetXYZTUnits()
+    if units & header.UnitsMSec == header.UnitsMSec:
+        timeSpacing /= 1000.0
+    if units & header.UnitsUSec == header.UnitsUSec:
+        timeSpacing /= 1000.0 * 1000.0
+    spaceScaling = 1000.0 if units & header.UnitsMeter == header.UnitsMeter else 1.0
+    spaceScaling /= 1000.0 if units & header.UnitsMicron == header.UnitsMicron else 1.0
+    spacing = [e * spaceScaling for e in reader.GetOutputDataObject(0).GetSpacing()]
+    frames = reader.GetTimeDimension()
+    change = vtk.vtkImageChangeInformation()
+    change.SetInputConnection(reader.GetOutputPort())
+    change.SetOutputSpacing(1, 1, 1)
+    change.SetOutputOrigin(0, 0, 0)
+    change.Update()
+    scale, ijkToRas = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    for axis in range(3):
+        scale.SetElement(axis, axis, spacing[axis])
+    ijkToRas.DeepCopy(reader.GetQFormMatrix())
+    vtk.vtkMatrix4x4.Multiply4x4(ijkToRas, scale, ijkToRas)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{frames} frames NIfTI MultiVolume")
+    node.SetIJKToRASMatrix(ijkToRas)
+    node.SetAndObserveImageData(change.GetOutputDataObject(0))
+    for name, value in (("FrameLabels", ",".join(str(timeSpacing * i) for i in range(frames))),
+                        ("NumberOfFrames", str(frames)), ("FrameIdentifyingDICOMTagName", ""),
+                        ("FrameIdentifyingDICOMTagUnits", "")):
+        node.SetAttribute(f"MultiVolume.{name}", value)
+    return node
+
+
+def load_dicom_cine(scene, logics, path: Path, folder: Path, times_ms: list[float]):
+    """As MultiVolumeImporterPlugin (c8a37eb) loads a DICOM cine as a volume sequence, its default: each frame a
+    scalar volume (read here from a NRRD file per frame), at index values "0" to "N-1" of an empty index name
+    and unit; the multivolume's attributes on the sequence node (TriggerTime in ms); a browser of it with
+    SaveChanges and OverwriteProxyName on."""
+    four_d = sitk.ReadImage(str(path))
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+    sequence.SetIndexName("")
+    sequence.SetIndexUnit("")
+    for name, value in (("FrameLabels", ",".join(str(t) for t in times_ms)),
+                        ("FrameIdentifyingDICOMTagName", "TriggerTime"), ("NumberOfFrames", str(len(times_ms))),
+                        ("FrameIdentifyingDICOMTagUnits", "ms")):
+        sequence.SetAttribute(f"MultiVolume.{name}", value)
+    scratch = slicer.vtkMRMLScene()
+    for k in range(four_d.GetSize()[3]):
+        sitk.WriteImage(four_d[:, :, :, k], str(folder / f"dicom_frame_{k}.nrrd"))
+        sequence.SetDataNodeAtValue(load_volume(scratch, folder / f"dicom_frame_{k}.nrrd"), str(k))
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    browser.SetSaveChanges(sequence, True)
+    browser.SetOverwriteProxyName(sequence, True)
+    logics["sequences"].UpdateProxyNodesFromSequences(browser)
+    return sequence
+
+
 def segmentation_of(scene, labelmap, names: list[str] | None = None):
     """A segmentation imported from ``labelmap`` (a segment per value, in value order), renamed as ``names``."""
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "ED segmentation")
@@ -151,6 +227,42 @@ def test_frame_times_come_from_a_time_index_in_seconds_or_milliseconds():
     assert frameTimesMs(sequence("time", "s", ["0", "1", "2"])) is None  # a NIfTI's placeholder interval
     assert frameTimesMs(sequence("frame", "", ["0", "1"])) is None
     assert frameTimesMs(sequence("time", "ms", ["0", "late"])) is None
+
+
+def with_frame_labels(node, labels: str, tag: str, unit: str, frames: int):
+    """``node`` with the attributes MultiVolumeImporter(Plugin) sets (on a multivolume, or on the sequence node of a
+    DICOM cine loaded as a sequence)."""
+    for name, value in (("FrameLabels", labels), ("FrameIdentifyingDICOMTagName", tag),
+                        ("FrameIdentifyingDICOMTagUnits", unit), ("NumberOfFrames", str(frames))):
+        node.SetAttribute(f"MultiVolume.{name}", value)
+    return node
+
+
+@pytest.mark.parametrize(("labels", "tag", "unit", "times"), [
+    ("0.0,33.5,67.0", "TriggerTime", "ms", [0.0, 33.5, 67.0]),  # a DICOM cine
+    ("0.0,40.0,80.0", "AcquisitionTime", "ms", [0.0, 40.0, 80.0]),
+    ("0.0,0.04,0.08", "DeltaStartTime", "sec", [0.0, 40.0, 80.0]),
+    ("0.0,0.04,0.08", "", "", [0.0, 40.0, 80.0]),  # a 4D NIfTI imported in MultiVolumeImporter: seconds
+    ("0.0,1.0,2.0", "", "", None),  # a NIfTI's placeholder interval
+    ("10.0,20.0,30.0", "EchoTime", "ms", None),  # frames of another kind
+    ("1,2,3", "TemporalPositionIdentifier", "count", None),
+    ("0.0,40.0", "TriggerTime", "ms", None),  # not a label per frame
+])
+def test_frame_times_come_from_multivolume_frame_labels(labels, tag, unit, times):
+    """On a multivolume, and on a DICOM cine loaded as a sequence (empty index name and unit, values 0..N-1)."""
+    scene, _ = new_scene()
+    multivolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    image = vtk.vtkImageData()
+    image.SetDimensions(2, 2, 2)
+    image.AllocateScalars(vtk.VTK_FLOAT, 3)
+    multivolume.SetAndObserveImageData(image)
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode")
+    sequence.SetIndexName("")
+    sequence.SetIndexUnit("")
+    for index in range(3):
+        sequence.SetDataNodeAtValue(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"), str(index))
+    for cine in (multivolume, sequence):
+        assert frameTimesMs(with_frame_labels(cine, labels, tag, unit, 3)) == (pytest.approx(times) if times else None)
 
 
 def test_track_command_passes_the_frame_times():
@@ -219,20 +331,40 @@ def test_two_segments_naming_one_structure_is_an_error():
 
 # --- a tracking that succeeds -----------------------------------------------------------------
 
-CASES = {  # labels as the user picks them, reference frame, time column in volumes.csv
-    "label map": ("label map", 3, False),
-    "segmentation named out of order": ("named", 1, True),
-    "segmentation from a label map": ("unnamed", FRAMES, False),
+CASES = {  # labels as the user picks them, reference frame, time column in volumes.csv, how the cine arrives
+    "label map": ("label map", 3, False, "sequence"),
+    "segmentation named out of order": ("named", 1, True, "sequence"),
+    "segmentation from a label map": ("unnamed", FRAMES, False, "sequence"),
+    "multivolume of a 4D NIfTI": ("label map", 2, True, "multivolume"),
+    "DICOM cine loaded as a sequence": ("named", 4, True, "dicom"),
 }
+
+
+def browsers(scene) -> list:
+    return [scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
+            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode"))]
+
+
+def cine_proxies(scene, cine) -> list:
+    """The proxy nodes of ``cine`` (a sequence; a multivolume has none) in every browser of the scene."""
+    if not cine.IsA("vtkMRMLSequenceNode"):
+        return []
+    return [b.GetProxyNode(cine) for b in browsers(scene) if b.IsSynchronizedSequenceNode(cine, True)]
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def run(request, tmp_path_factory):
-    kind, reference, times = CASES[request.param]
+    kind, reference, times, arrives = CASES[request.param]
     folder = tmp_path_factory.mktemp("cine")
-    cinePath, labelsPath = write_cine(folder, interval_s=FRAME_MS / 1000 if times else 1.0)
+    cinePath, labelsPath = write_cine(folder, interval_s=FRAME_MS / 1000 if times and arrives != "dicom" else 1.0)
     scene, logics = new_scene()
-    cine = load_cine(scene, logics, cinePath)
+    if arrives == "multivolume":
+        cine = load_multivolume(scene, cinePath)
+    elif arrives == "dicom":
+        cine = load_dicom_cine(scene, logics, cinePath, folder, [FRAME_MS * k for k in range(FRAMES)])
+    else:
+        cine = load_cine(scene, logics, cinePath)
+    cineBrowsers = browsers(scene)
     labelmap = load_volume(scene, labelsPath, "vtkMRMLLabelMapVolumeNode")
     labels = labelmap
     if kind == "unnamed":
@@ -254,9 +386,11 @@ def run(request, tmp_path_factory):
                           RegisterOptions(device="cpu", refineSteps=4), Worker(launcher(folder)))
         lines: list[str] = []
         outputs = job.wait(onLines=lines.extend)
-    return {"name": request.param, "scene": scene, "logics": logics, "cine": cine, "labels": labels,
+    after = scene_state(scene)
+    return {"name": request.param, "after": after, "scene": scene, "logics": logics, "cine": cine, "labels": labels,
             "reference": reference, "times": times, "job": job, "lines": lines, "outputs": outputs,
-            "before": before, "record": json.loads(record.read_text()), "cinePath": cinePath}
+            "before": before, "record": json.loads(record.read_text()), "cinePath": cinePath,
+            "arrives": arrives, "browsers": cineBrowsers}
 
 
 def test_the_child_gets_every_frame_and_the_labels_with_acdc_values(run):
@@ -273,22 +407,33 @@ def test_the_child_gets_every_frame_and_the_labels_with_acdc_values(run):
         np.testing.assert_allclose(spacing, frame.GetSpacing(), atol=1e-5)
         np.testing.assert_allclose(direction, frame.GetDirection(), atol=1e-5)
         assert record["means"][k] == pytest.approx(float(sitk.GetArrayViewFromImage(frame).mean()), rel=1e-6)
-    assert record["labels_geometry"] == record["geometry"][0]
+    for labels, frame in zip(record["labels_geometry"], record["geometry"][0]):  # a multivolume's grid: its qform
+        np.testing.assert_allclose(labels, frame, atol=1e-4)
     # the RV, Myo and LV boxes differ in size: their counts tell which value each structure got
     assert record["labels_counts"] == label_counts(ed_labels_array())
     assert "fsdiffreg: network 5/5 frames" in run["lines"] and run["job"].progress == 95
 
 
+def expected_index(run) -> tuple[str, str, list[str]]:
+    """The outputs' index: a sequence's own; a multivolume's frame times in ms (or frame numbers)."""
+    cine = run["cine"]
+    if run["arrives"] != "multivolume":
+        return cine.GetIndexName(), cine.GetIndexUnit(), [cine.GetNthIndexValue(i) for i in range(FRAMES)]
+    if run["times"]:
+        return "time", "ms", [f"{FRAME_MS * k:g}" for k in range(FRAMES)]
+    return "frame", "", [str(k) for k in range(1, FRAMES + 1)]
+
+
 def test_outputs_are_new_nodes_of_the_right_kinds(run):
     out, cine = run["outputs"], run["cine"]
-    indexValues = [cine.GetNthIndexValue(i) for i in range(FRAMES)]
+    indexName, indexUnit, indexValues = expected_index(run)
     for sequence, kind in ((out.transforms, "vtkMRMLGridTransformNode"),
                            (out.segmentations, "vtkMRMLSegmentationNode")):
         assert sequence.IsA("vtkMRMLSequenceNode") and sequence.GetScene() is run["scene"]
         assert sequence.GetNumberOfDataNodes() == FRAMES
         assert {sequence.GetNthDataNode(i).GetClassName() for i in range(FRAMES)} == {kind}
         assert [sequence.GetNthIndexValue(i) for i in range(FRAMES)] == indexValues
-        assert (sequence.GetIndexName(), sequence.GetIndexUnit()) == (cine.GetIndexName(), cine.GetIndexUnit())
+        assert (sequence.GetIndexName(), sequence.GetIndexUnit()) == (indexName, indexUnit)
         assert sequence.GetNthDataNode(FRAMES - 1).GetName().endswith(f"frame {FRAMES}")
     for i in range(FRAMES):
         segments = out.segmentations.GetNthDataNode(i).GetSegmentation()
@@ -297,10 +442,11 @@ def test_outputs_are_new_nodes_of_the_right_kinds(run):
     assert out.table.IsA("vtkMRMLTableNode") and out.table.GetNumberOfRows() == FRAMES
     assert out.functionTable.IsA("vtkMRMLTableNode")
     assert out.chart.IsA("vtkMRMLPlotChartNode") and all(s.IsA("vtkMRMLPlotSeriesNode") for s in out.series)
-    assert out.browser.IsA("vtkMRMLSequenceBrowserNode") and out.browser.GetMasterSequenceNode() is cine
-    assert out.browser.IsSynchronizedSequenceNode(out.transforms.GetID())
+    master = out.transforms if run["arrives"] == "multivolume" else cine
+    assert out.browser.IsA("vtkMRMLSequenceBrowserNode") and out.browser.GetMasterSequenceNode() is master
+    assert out.browser.IsSynchronizedSequenceNode(out.transforms.GetID(), True)
     assert out.browser.IsSynchronizedSequenceNode(out.segmentations.GetID())
-    assert out.browser.GetNumberOfSynchronizedSequenceNodes() == 2
+    assert out.browser.GetNumberOfSynchronizedSequenceNodes() == (1 if run["arrives"] == "multivolume" else 2)
     assert cineSummary(out.function, out.metrics) == (f"ED frame {run['reference']}, ES frame {FRAMES - 1}, "
                                                       "LV EF 58.5 %, RV EF 58.5 %; 5 frames in 1.2 s on cpu")
     assert not run["job"].workDir.exists()
@@ -328,21 +474,23 @@ def voxels_of(image) -> np.ndarray:
 
 
 def test_the_browser_steps_through_frames_and_the_proxies_follow(run):
+    """The cine's proxy (a sequence's) shows the browsed frame; a multivolume has none: its frame N is cineFrame."""
     out, cine, reference = run["outputs"], run["cine"], run["reference"]
     browser = out.browser
-    volume, transform = browser.GetProxyNode(cine), browser.GetProxyNode(out.transforms)
-    segmentation = browser.GetProxyNode(out.segmentations)
-    assert volume.IsA("vtkMRMLScalarVolumeNode") and transform.IsA("vtkMRMLGridTransformNode")
+    volume = browser.GetProxyNode(cine) if cine.IsA("vtkMRMLSequenceNode") else None
+    transform, segmentation = browser.GetProxyNode(out.transforms), browser.GetProxyNode(out.segmentations)
+    assert (volume is None) == (run["arrives"] == "multivolume") and transform.IsA("vtkMRMLGridTransformNode")
     assert segmentation.IsA("vtkMRMLSegmentationNode") and segmentation.GetDisplayNode() is not None
-    frame = ijk_to_ras(cineFrames(cine)[0])
+    frame = ijk_to_ras(cineFrame(cine, 0))
     centre = (frame @ np.r_[(np.array(SIZE) - 1) / 2.0, 1.0])[:3]
     step = frame[:3, 0]  # one voxel along i, RAS
     lvAtReference = None
     for item in [reference - 1, *range(FRAMES)]:
         browser.SetSelectedItemNumber(item)
         number = item + 1
-        base = voxels(cineFrames(cine)[0]).mean() - 1000.0
-        assert voxels(volume).mean() == pytest.approx(1000.0 * number + base, rel=1e-6)
+        base = voxels(cineFrame(cine, 0)).mean() - 1000.0
+        shown = cineFrame(cine, item) if volume is None else volume
+        assert voxels(shown).mean() == pytest.approx(1000.0 * number + base, rel=1e-6)
         moved = np.array(transform.GetTransformFromParent().TransformPoint(centre)) - centre
         np.testing.assert_allclose(moved, np.array([number - reference, 0.0, 0.0]) * LPS_TO_RAS, atol=1e-4)
         lv = centroid_ras(segmentation, "LV")
@@ -403,27 +551,66 @@ def test_plot_series_draw_table_columns(run):
 
 
 def test_only_the_outputs_and_their_proxies_join_the_scene(run):
-    """New nodes: the outputs, and the browser's proxy nodes with their display and storage nodes
-    (nothing made on the way, e.g. while exporting or importing segments, is left behind)."""
+    """New nodes: the outputs, and the proxy nodes of the new sequences with their display and storage nodes
+    (nothing made on the way, e.g. while exporting or importing segments, is left behind); a browser only for
+    a multivolume, which has none."""
     scene, out = run["scene"], run["outputs"]
-    outputs = [out.transforms, out.segmentations, out.table, out.functionTable, out.chart, *out.series, out.browser]
-    proxies = [out.browser.GetProxyNode(s) for s in (run["cine"], out.transforms, out.segmentations)]
-    expected = {node.GetID() for node in outputs + proxies}
+    outputs = [out.transforms, out.segmentations, out.table, out.functionTable, out.chart, *out.series]
+    proxies = [out.browser.GetProxyNode(s) for s in (out.transforms, out.segmentations)]
+    newBrowser = [out.browser] if run["arrives"] == "multivolume" else []
+    expected = {node.GetID() for node in outputs + proxies + newBrowser}
     for proxy in proxies:
         expected |= {proxy.GetNthDisplayNodeID(i) for i in range(proxy.GetNumberOfDisplayNodes())}
         expected |= {proxy.GetNthStorageNodeID(i) for i in range(proxy.GetNumberOfStorageNodes())}
     now = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     assert now - {node_id for node_id, *_ in run["before"]} == expected
     assert out.segmentations.GetName() == f"{run['labels'].GetName()} tracked"
-    assert out.transforms.GetName() == "cine FSDiffReg transforms" and out.browser.GetName() == "cine FSDiffReg"
+    cineName = run["cine"].GetName()
+    assert out.transforms.GetName() == f"{cineName} FSDiffReg transforms"
+    assert out.browser.GetName() == (f"{cineName} FSDiffReg" if newBrowser else "cine browser")
+
+
+def test_outputs_join_the_cines_own_browser(run):
+    """The cine's browser (a sequence's) browses the outputs too, its settings for the cine kept: no second
+    browser, no second proxy of the cine. A multivolume (no sequence, no browser) gets one browser."""
+    scene, cine, out = run["scene"], run["cine"], run["outputs"]
+    if run["arrives"] == "multivolume":
+        assert run["browsers"] == [] and browsers(scene) == [out.browser] and cine_proxies(scene, cine) == []
+        return
+    assert browsers(scene) == run["browsers"] == [out.browser] and len(cine_proxies(scene, cine)) == 1
+    dicom = run["arrives"] == "dicom"  # MultiVolumeImporterPlugin turns both on; a new browser has both off
+    assert (out.browser.GetSaveChanges(cine), out.browser.GetOverwriteProxyName(cine)) == (dicom, dicom)
+
+
+def test_a_sequence_without_a_browser_gets_one_with_the_outputs(tmp_path):
+    """Only where the cine has no browser is one made: the cine its master, the outputs synchronized."""
+    scene, logics = new_scene()
+    cine = load_cine(scene, logics, write_cine(tmp_path)[0])
+    for browser in browsers(scene):
+        scene.RemoveNode(browser.GetProxyNode(cine))
+        scene.RemoveNode(browser)
+    outputs = CineOutputs(newSequence(cine, (slicer.vtkMRMLGridTransformNode() for _ in range(FRAMES)), "transform"),
+                          newSequence(cine, (slicer.vtkMRMLSegmentationNode() for _ in range(FRAMES)), "labels"),
+                          slicer.vtkMRMLTableNode(), slicer.vtkMRMLTableNode(), slicer.vtkMRMLPlotChartNode(), [],
+                          None, {}, {})
+    addCineToScene(outputs, cine, scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "ED"), logics["sequences"])
+    assert browsers(scene) == [outputs.browser] and outputs.browser.GetMasterSequenceNode() is cine
+    assert len(cine_proxies(scene, cine)) == 1 and outputs.browser.GetName() == "cine FSDiffReg"
+    assert outputs.browser.IsSynchronizedSequenceNode(outputs.segmentations)
 
 
 def test_inputs_stay_as_they_were(run):
-    """Every node there before the run keeps its modification time and display nodes."""
+    """Every node there before the run keeps its modification time and display nodes, but for the cine's browser,
+    which gains the new sequences, and its proxy of the cine (and its display), which it fills again (as
+    on every step)."""
     scene = run["scene"]
-    now = {node_id: state for node_id, *state in scene_state(scene)}
+    now = {node_id: state for node_id, *state in run["after"]}
+    proxies = cine_proxies(scene, run["cine"])
+    browsing = run["browsers"] + proxies + [p.GetNthDisplayNode(i) for p in proxies
+                                            for i in range(p.GetNumberOfDisplayNodes())]
     for node_id, *state in run["before"]:
-        assert now[node_id] == state, scene.GetNodeByID(node_id).GetClassName()
+        if scene.GetNodeByID(node_id) not in browsing:
+            assert now[node_id] == state, scene.GetNodeByID(node_id).GetClassName()
 
 
 # --- a tracking that fails, or is cancelled ---------------------------------------------------
@@ -528,6 +715,14 @@ def bad(tmp_path_factory):
     shifted.SetAndObserveTransformNodeID(shift.GetID())
     other_scene, other_logics = new_scene()
     elsewhere = load_volume(other_scene, labelsPath, "vtkMRMLLabelMapVolumeNode")
+    multivolumes = {name: load_multivolume(scene, cinePath) for name in ("miscounted", "moved")}
+    for name, node in multivolumes.items():
+        node.SetName(name)
+    multivolumes["miscounted"].SetAttribute("MultiVolume.NumberOfFrames", "7")
+    multivolumes["moved"].SetAndObserveTransformNodeID(shift.GetID())
+    single = volume_like(frame)
+    single.SetAttribute("MultiVolume.NumberOfFrames", "1")
+    scene.AddNode(single).SetName("one frame")
     transform = slicer.vtkMRMLLinearTransformNode()
     nodes = {
         "cine": cine, "labels": labelmap, "segmentation": segmentation_of(scene, labelmap, ["RV", "Myo", "LV"]),
@@ -539,13 +734,20 @@ def bad(tmp_path_factory):
         "cropped": cropped, "zeros": empty, "empty segmentation": scene.AddNewNodeByClass("vtkMRMLSegmentationNode"),
         "two LVs": segmentation_of(scene, labelmap, ["LV", "Myo", "lv blood pool"]),
         "outside": segmentation_of(scene, far, ["RV", "Myo", "LV"]), "shifted": shifted, "elsewhere": elsewhere,
+        "multivolume": load_multivolume(scene, cinePath), "miscounted multivolume": multivolumes["miscounted"],
+        "moved multivolume": multivolumes["moved"], "one-frame multivolume": single,
     }
     return scene, (logics, other_scene, other_logics), nodes
 
 
 BAD_INPUTS = [
     (None, 1, "labels", "^Select a cine: a volume sequence"),
-    ("volume", 1, "labels", "is not a volume sequence: load the cine as a sequence"),
+    ("volume", 1, "labels", "' is neither a volume sequence nor a multivolume: load the cine as a sequence"),
+    ("miscounted multivolume", 1, "labels", "^The multivolume 'miscounted' says it has 7 frames but holds 5"),
+    ("one-frame multivolume", 1, "labels", "^The cine 'one frame' has 1 frame\\(s\\): tracking needs at least 2.$"),
+    ("moved multivolume", 1, "labels", "^The cine 'moved' is under a transform"),
+    ("multivolume", FRAMES + 1, "labels", "^Reference frame 6 is out of range: the cine '5 frames NIfTI MultiVolume'"),
+    ("multivolume", 1, "cropped", "^The label map 'cropped' is not on the cine's voxel grid"),
     ("one frame", 1, "labels", "^The cine 'one frame' has 1 frame\\(s\\): tracking needs at least 2.$"),
     ("empty sequence", 1, "labels", "has 0 frame"),
     ("transforms", 1, "labels", "holds vtkMRMLLinearTransformNode items, not scalar volumes"),
@@ -581,8 +783,9 @@ def test_bad_inputs_give_one_line_and_change_nothing(bad, tmp_path, cine, refere
 
 def test_the_good_inputs_of_the_bad_scene_pass(bad):
     scene, (logics, _, _), nodes = bad
-    for labels in ("labels", "segmentation"):
-        checkCine(nodes["cine"], FRAMES, nodes[labels])
+    for cine in ("cine", "multivolume"):
+        for labels in ("labels", "segmentation"):
+            checkCine(nodes[cine], FRAMES, nodes[labels])
 
 
 # --- the real command line -----------------------------------------------------------------------
@@ -642,3 +845,40 @@ def test_a_real_cine_is_written_frame_by_frame_in_order(tmp_path):
                               (files.labels, "SCD0000101_frame19_gt.nii.gz")):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written))),
                                       sitk.GetArrayFromImage(sitk.ReadImage(str(SUNNYBROOK / original))))
+
+
+def real_4d_nifti() -> tuple[Path, int, Path]:
+    """A real 4D NIfTI cine, its ED frame and ED labels: ACDC's first ``patientNNN_4d.nii.gz`` where present,
+    else Sunnybrook's SCD0000101."""
+    acdc = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ACDC" / "training"
+    for cine in sorted(acdc.glob("patient*/patient*_4d.nii.gz")):
+        info = dict(line.split(": ", 1) for line in (cine.parent / "Info.cfg").read_text().splitlines() if ": " in line)
+        ed = int(info["ED"])
+        return cine, ed, cine.parent / f"{cine.parent.name}_frame{ed:02d}_gt.nii.gz"
+    if not SUNNYBROOK.is_dir():
+        pytest.skip(f"no 4D NIfTI cine: this test needs ../shared/data/ACDC (patientNNN_4d.nii.gz) or {SUNNYBROOK}")
+    return SUNNYBROOK / "SCD0000101_4d.nii.gz", 19, SUNNYBROOK / "SCD0000101_frame19_gt.nii.gz"
+
+
+def test_a_real_4d_nifti_imported_as_a_multivolume_is_written_frame_by_frame(tmp_path):
+    """A real 4D NIfTI as the MultiVolumeImporter module imports it: frame N of the files is phase N of the file,
+    on its grid; its 1 s placeholder interval gives no times; the ED labels fit its grid."""
+    path, ed, edLabels = real_4d_nifti()
+    scene, _ = new_scene()
+    cine = load_multivolume(scene, path)
+    labels = load_volume(scene, edLabels, "vtkMRMLLabelMapVolumeNode")
+    checkCine(cine, ed, labels)
+    four_d = sitk.ReadImage(str(path))
+    (tmp_path / "work").mkdir()
+    files = writeCineInputs(tmp_path / "work", cine, ed, labels)
+    assert frameCount(cine) == four_d.GetSize()[3] == len(list(files.frames.iterdir()))
+    for k in sorted({1, ed, four_d.GetSize()[3]}):
+        written = sitk.ReadImage(str(files.frames / f"frame_{k:02d}.nrrd"))
+        phase = four_d[:, :, :, k - 1]
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(phase))
+        np.testing.assert_allclose(written.GetOrigin(), phase.GetOrigin(), atol=1e-3)
+        np.testing.assert_allclose(written.GetDirection(), phase.GetDirection(), atol=1e-5)
+    interval = 1000.0 * four_d.GetSpacing()[3]  # ms, the file's time unit being s (ACDC's and Sunnybrook's)
+    low, high = PLAUSIBLE_INTERVAL_MS
+    times = [interval * k for k in range(frameCount(cine))] if low <= interval <= high else None
+    assert files.timesMs == (pytest.approx(times) if times else None)

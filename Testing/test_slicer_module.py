@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import slicer
+import vtk
 
 import slicer_standins as standins
 from FSDiffRegLib.defaults import DEFAULT_STEPS
@@ -302,6 +303,94 @@ def test_finished_tracking_fills_the_parameter_node_and_the_panel(module, quietP
     assert widget.ui.summaryLabel.text == "ED frame 19, ES frame 8, LV EF 25.8 %; 20 frames in 30.0 s on cpu"
     assert shown == [outputs] and widget.ui.progressBar.value == 100 and widget._job is None
     assert widget.ui.trackButton.text == "Track" and logic is not None
+
+
+def multivolume(scene, frames: int = 3):
+    """A node as MultiVolumeImporter makes a multivolume (a vtkMRMLMultiVolumeNode, which slicer-core lacks: its
+    base class vtkMRMLScalarVolumeNode), an image with one component per frame and its MultiVolume.* attributes."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{frames} frames NIfTI MultiVolume")
+    image = vtk.vtkImageData()
+    image.SetDimensions(4, 4, 3)
+    image.AllocateScalars(vtk.VTK_SHORT, frames)
+    node.SetAndObserveImageData(image)
+    for name, value in (("FrameLabels", ",".join(str(0.04 * k) for k in range(frames))),
+                        ("NumberOfFrames", str(frames)), ("FrameIdentifyingDICOMTagName", ""),
+                        ("FrameIdentifyingDICOMTagUnits", "")):
+        node.SetAttribute(f"MultiVolume.{name}", value)
+    return node
+
+
+def test_a_multivolume_cine_is_kept_saved_and_loaded_back(module, tmp_path):
+    """The cine field takes a multivolume (a scalar volume subclass) in every release's wrapper, and a sequence."""
+    scene = slicer.mrmlScene
+    logic = withSequences(scene)
+    parameters = module.FSDiffRegLogic().getParameterNode()
+    cine = multivolume(scene)
+    parameters.cineVolumes = cine
+    assert parameters.cineVolumes is cine
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Commit()
+    loaded = slicer.vtkMRMLScene()
+    loadedLogic = withSequences(loaded)
+    loaded.SetURL(str(tmp_path / "scene.mrml"))
+    assert loaded.Import()
+    reloaded = module.FSDiffRegParameterNode(loaded.GetSingletonNode("FSDiffReg", "vtkMRMLScriptedModuleNode"))
+    assert reloaded.cineVolumes.GetID() == cine.GetID()
+    assert reloaded.cineVolumes.GetAttribute("MultiVolume.NumberOfFrames") == "3"
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode")
+    parameters.cineVolumes = sequence
+    assert parameters.cineVolumes is sequence and logic is not None and loadedLogic is not None
+
+
+def test_the_cine_selector_lists_sequences_and_multivolumes(module, widget):
+    """The wrapper sets the selector's node types from the field (sequences, scalar volumes); the widget keeps
+    only the scalar volumes that are multivolumes (their MultiVolume.NumberOfFrames attribute)."""
+    selector = widget.ui.cineVolumesSelector
+    assert tuple(selector.nodeTypes) == ("vtkMRMLSequenceNode", "vtkMRMLScalarVolumeNode")
+    assert selector.attributes == {"vtkMRMLScalarVolumeNode": ("MultiVolume.NumberOfFrames", None)}
+
+
+@pytest.fixture
+def shownIn(module, monkeypatch):
+    """Stand-ins for what showCineOutputs drives: the sequences module, slice views and plot layout."""
+    shown = types.SimpleNamespace(sequences=standins.SequencesModule(), layers=[], charts=[])
+    plots = types.SimpleNamespace(logic=lambda: types.SimpleNamespace(ShowChartInLayout=shown.charts.append))
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(sequences=shown.sequences, plots=plots),
+                        raising=False)
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kwargs: shown.layers.append(kwargs))
+    return shown
+
+
+def test_outputs_are_shown_in_the_cines_own_browser(module, shownIn):
+    """The toolbar shows the browser the outputs joined (Slicer's showSequenceBrowser); the slice views the cine's
+    proxy there: no second browser, no second proxy of the cine."""
+    scene = slicer.mrmlScene
+    logic = withSequences(scene)
+    cine = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+    for index in range(3):
+        cine.SetDataNodeAtValue(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"), str(index))
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
+    browser.SetAndObserveMasterSequenceNodeID(cine.GetID())
+    logic.UpdateProxyNodesFromSequences(browser)
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode")
+    outputs = module.CineOutputs(None, None, None, None, chart, [], browser, {}, {})
+    volumes = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    module.showCineOutputs(outputs, cine)
+    assert shownIn.sequences.shown == [browser] and shownIn.charts == [chart]
+    assert shownIn.layers == [{"background": browser.GetProxyNode(cine), "fit": True}]
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode") == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes
+
+
+def test_a_multivolume_is_shown_itself_beside_its_outputs_browser(module, shownIn):
+    scene = slicer.mrmlScene
+    withSequences(scene)
+    cine = multivolume(scene)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode")
+    outputs = module.CineOutputs(None, None, None, None, None, [], browser, {}, {})
+    module.showCineOutputs(outputs, cine)
+    assert shownIn.sequences.shown == [browser]
+    assert shownIn.layers == [{"background": cine, "fit": True}]
 
 
 def test_fresh_parameter_node_tracks_against_frame_1(module):

@@ -6,7 +6,7 @@
 - ``display``: Jacobian colours, the deformation grid, slice-view layers;
 - ``job``: one registration of MRML nodes, from inputs to output nodes;
 - ``cine_inputs``, ``cine_job``, ``cine_outputs``: the same for tracking a cine (``fsdiffreg track``):
-  a volume sequence and its ED labels in; sequences of transforms and segmentations, the volume and
+  a volume sequence or a multivolume and its ED labels in; sequences of transforms and segmentations, the volume and
   function tables and their plot out.
 
 It lives in a package (not beside ``FSDiffReg.py``) because Slicer takes every ``.py``

@@ -1,7 +1,16 @@
-"""Checking a cine (a volume sequence), its reference frame and labels, and writing them to files for
-``fsdiffreg track``.
+"""Checking a cine, its reference frame and labels, and writing them to files for ``fsdiffreg track``.
 
-Slicer loads a 4D NIfTI or a DICOM cine as a sequence node of scalar volumes, one per frame.
+A cine reaches Slicer (5.8 to 5.12) as one of:
+- a volume sequence (vtkMRMLSequenceNode of scalar volumes, one per frame): a ``.seq.nrrd`` (index
+  "time" in s or ms), or a DICOM cine loaded by MultiVolumeImporterPlugin as a volume sequence (its
+  default: empty index name and unit, values 0 to N-1, the frame times in the sequence node's
+  attribute ``MultiVolume.FrameLabels``, in ``MultiVolume.FrameIdentifyingDICOMTagUnits``);
+- a multivolume (MultiVolumeImporter's vtkMRMLMultiVolumeNode, a scalar volume whose voxels hold one
+  value per frame, with the attribute ``MultiVolume.NumberOfFrames``): a 4D NIfTI imported in the
+  MultiVolumeImporter module (frame labels in seconds, empty tag name and unit), a DICOM cine loaded
+  as a multivolume, or a multivolume NRRD.
+Slicer reads no 4D NIfTI as a sequence (its sequence reader takes only NRRD).
+
 The labels belong to the reference frame (ED): a label map on the frames' voxel grid, kept as it
 is, or a segmentation, written as a label map on that grid with ACDC's values. A segment named
 after a structure (RV, Myo, LV or a usual synonym, any case) gets that structure's value (1, 2,
@@ -18,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import slicer
+import vtk
 from vtk.util import numpy_support
 
 from FSDiffRegLib.defaults import PLAUSIBLE_INTERVAL_MS
@@ -26,8 +37,16 @@ from .inputs import InputError, checkPlace, checkVolume, labelmapOnGrid, sameGeo
 
 #: ACDC's label values (as FSDiffRegLib.function.STRUCTURES, which loads SimpleITK: not imported here).
 STRUCTURES = {1: "RV", 2: "Myo", 3: "LV"}
-#: Milliseconds per unit of a sequence's time index (Slicer reads a 4D NIfTI's or a DICOM cine's times so).
+#: Milliseconds per unit of a sequence's time index (a ``.seq.nrrd``'s).
 MS_PER_INDEX_UNIT = {"s": 1000.0, "ms": 1.0}
+#: The attribute every multivolume has (MultiVolumeImporter sets it on each path, the multivolume NRRD reader too).
+MULTIVOLUME_ATTRIBUTE = "MultiVolume.NumberOfFrames"
+#: Milliseconds per unit of ``MultiVolume.FrameLabels`` (MultiVolumeImporter's units of the frame-identifying
+#: DICOM tag; empty for a 4D NIfTI, whose labels it writes in seconds).
+MS_PER_LABEL_UNIT = {"ms": 1.0, "sec": 1000.0, "": 1000.0}
+#: Frame-identifying DICOM tags whose frame labels are times (MultiVolumeImporterPlugin; "Time" is its
+#: TemporalPosition x RepetitionTime, "" a 4D NIfTI); others (EchoTime, FlipAngle, b-values) are not.
+TIME_TAGS = {"TriggerTime", "AcquisitionTime", "SeriesTime", "ContentTime", "DeltaStartTime", "Time", ""}
 #: Colours of the structures where the labels give none (label maps): RV blue, Myo green, LV red.
 STRUCTURE_COLORS = {1: (0.25, 0.45, 0.9), 2: (0.35, 0.75, 0.35), 3: (0.9, 0.3, 0.25)}
 #: Segment names (lower case, words split by single spaces) taken for each structure.
@@ -59,24 +78,80 @@ class CineFiles:
     timesMs: list[float] | None  # of the frames, where the sequence gives plausible ones
 
 
-def frameTimesMs(cine) -> list[float] | None:
-    """The frames' times in ms from the sequence's time index (in s or ms), or None where it gives none or only
-    a placeholder (frames 1 s apart, as a NIfTI without a real frame interval)."""
-    scale = MS_PER_INDEX_UNIT.get(cine.GetIndexUnit())
-    if cine.GetIndexName() != "time" or scale is None:
+def isMultiVolume(node) -> bool:
+    """A multivolume (MultiVolumeImporter's vtkMRMLMultiVolumeNode, a vtkMRMLScalarVolumeNode subclass): a scalar
+    volume with the attribute ``MultiVolume.NumberOfFrames``, which every MultiVolumeImporter path sets."""
+    return (node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
+            and node.GetAttribute(MULTIVOLUME_ATTRIBUTE) is not None)
+
+
+def frameCount(cine) -> int:
+    """The number of frames of a volume sequence or a multivolume (its voxels' values)."""
+    if not isMultiVolume(cine):
+        return cine.GetNumberOfDataNodes()
+    image = cine.GetImageData()
+    return image.GetNumberOfScalarComponents() if image is not None and image.GetPointData().GetScalars() else 0
+
+
+def cineFrame(cine, index: int):
+    """Frame ``index`` (0-based): the sequence's item, or a new scalar volume (in no scene) of a multivolume's
+    values of that frame, on its grid."""
+    if not isMultiVolume(cine):
+        return cine.GetNthDataNode(index)
+    extract = vtk.vtkImageExtractComponents()
+    extract.SetInputData(cine.GetImageData())
+    extract.SetComponents(index)
+    extract.Update()
+    frame = slicer.vtkMRMLScalarVolumeNode()
+    frame.SetName(f"{cine.GetName()} frame {index + 1}")
+    frame.CopyOrientation(cine)
+    frame.SetAndObserveImageData(extract.GetOutput())
+    return frame
+
+
+def cineFrames(cine) -> list:
+    """The frame volumes of a volume sequence or a multivolume, in order."""
+    return [cineFrame(cine, i) for i in range(frameCount(cine))]
+
+
+def indexTimesMs(sequence) -> list[float] | None:
+    """The frames' times in ms from a sequence's time index (in s or ms)."""
+    scale = MS_PER_INDEX_UNIT.get(sequence.GetIndexUnit())
+    if sequence.GetIndexName() != "time" or scale is None:
         return None
     try:
-        times = [float(cine.GetNthIndexValue(i)) * scale for i in range(cine.GetNumberOfDataNodes())]
+        return [float(sequence.GetNthIndexValue(i)) * scale for i in range(sequence.GetNumberOfDataNodes())]
     except ValueError:
+        return None
+
+
+def labelTimesMs(cine) -> list[float] | None:
+    """The frames' times in ms from MultiVolumeImporter's attributes (of a multivolume, or of the sequence
+    node of a DICOM cine loaded as a sequence): ``MultiVolume.FrameLabels`` of a time tag, in its units."""
+    labels = cine.GetAttribute("MultiVolume.FrameLabels")
+    tag = cine.GetAttribute("MultiVolume.FrameIdentifyingDICOMTagName") or ""
+    scale = MS_PER_LABEL_UNIT.get(cine.GetAttribute("MultiVolume.FrameIdentifyingDICOMTagUnits") or "")
+    if labels is None or tag not in TIME_TAGS or scale is None:
+        return None
+    try:
+        times = [float(label) * scale for label in labels.split(",")]
+    except ValueError:
+        return None
+    return times if len(times) == frameCount(cine) else None
+
+
+def frameTimesMs(cine) -> list[float] | None:
+    """The frames' times in ms, where the loader put them: a sequence's time index, else MultiVolumeImporter's
+    frame labels; None where there are none or only a placeholder (frames 1 s apart, as a NIfTI without a real
+    frame interval)."""
+    times = indexTimesMs(cine) if cine.IsA("vtkMRMLSequenceNode") else None
+    if times is None:
+        times = labelTimesMs(cine)
+    if times is None:
         return None
     low, high = PLAUSIBLE_INTERVAL_MS
     intervals = np.diff(times)
     return times if len(intervals) and all(low <= d <= high for d in intervals) else None
-
-
-def cineFrames(cine) -> list:
-    """The frame volumes of a sequence node, in order."""
-    return [cine.GetNthDataNode(i) for i in range(cine.GetNumberOfDataNodes())]
 
 
 def structureOf(segmentName: str) -> int | None:
@@ -104,15 +179,34 @@ def segmentValues(segmentation) -> dict[str, int]:
 def checkCine(cine, referenceFrame: int, labels) -> None:
     """Raise InputError naming the first problem with a cine, its reference frame (1-based) and labels."""
     if cine is None:
-        raise InputError("Select a cine: a volume sequence (load a 4D NIfTI or a DICOM cine as a sequence).")
-    if not cine.IsA("vtkMRMLSequenceNode"):
-        raise InputError(f"'{cine.GetName()}' is not a volume sequence: load the cine as a sequence "
-                         "(a 4D NIfTI or a DICOM cine), one volume per frame.")
+        raise InputError("Select a cine: a volume sequence or a multivolume (a DICOM cine, a .seq.nrrd, or a 4D "
+                         "NIfTI imported in the MultiVolumeImporter module).")
     if cine.GetScene() is None:
         raise InputError(f"The cine '{cine.GetName()}' is in no scene: add it to the scene, or load it in Slicer.")
+    if isMultiVolume(cine):
+        checkMultiVolume(cine)
+    elif cine.IsA("vtkMRMLSequenceNode"):
+        checkSequence(cine)
+    else:
+        raise InputError(f"'{cine.GetName()}' is neither a volume sequence nor a multivolume: load the cine as a "
+                         "sequence or a multivolume (a DICOM cine, a .seq.nrrd, or a 4D NIfTI imported in the "
+                         "MultiVolumeImporter module).")
+    frames = frameCount(cine)
+    if not 1 <= referenceFrame <= frames:
+        raise InputError(f"Reference frame {referenceFrame} is out of range: the cine '{cine.GetName()}' has "
+                         f"frames 1 to {frames}.")
+    checkLabels(labels, cine)
+
+
+def checkFrameCount(cine) -> None:
+    if frameCount(cine) < 2:
+        raise InputError(f"The cine '{cine.GetName()}' has {frameCount(cine)} frame(s): tracking needs at least 2.")
+
+
+def checkSequence(cine) -> None:
+    """Every item a scalar volume, all on one grid."""
+    checkFrameCount(cine)
     frames = cineFrames(cine)
-    if len(frames) < 2:
-        raise InputError(f"The cine '{cine.GetName()}' has {len(frames)} frame(s): tracking needs at least 2.")
     kinds = {frame.GetClassName() for frame in frames if not frame.IsA("vtkMRMLScalarVolumeNode")
              or frame.IsA("vtkMRMLLabelMapVolumeNode")}
     if kinds:
@@ -123,10 +217,20 @@ def checkCine(cine, referenceFrame: int, labels) -> None:
         if not sameGeometry(frame, frames[0]):
             raise InputError(f"Frame {number} of the cine '{cine.GetName()}' is not on frame 1's voxel grid: "
                              "every frame must share one grid.")
-    if not 1 <= referenceFrame <= len(frames):
-        raise InputError(f"Reference frame {referenceFrame} is out of range: the cine '{cine.GetName()}' has "
-                         f"frames 1 to {len(frames)}.")
-    checkLabels(labels, cine)
+
+
+def checkMultiVolume(cine) -> None:
+    """One value per frame in each voxel, as many frames as it says, on a grid a frame can use; no transform
+    (its frames are written as they are)."""
+    said = cine.GetAttribute(MULTIVOLUME_ATTRIBUTE)
+    if str(frameCount(cine)) != said.strip():
+        raise InputError(f"The multivolume '{cine.GetName()}' says it has {said} frames but holds "
+                         f"{frameCount(cine)}: load the cine again.")
+    checkFrameCount(cine)
+    checkVolume(cineFrame(cine, 0), "cine frame 1")
+    if cine.GetParentTransformNode() is not None:
+        raise InputError(f"The cine '{cine.GetName()}' is under a transform: harden or remove the transform "
+                         "first (Data module).")
 
 
 def checkLabels(labels, cine) -> None:
@@ -142,7 +246,7 @@ def checkLabels(labels, cine) -> None:
         segmentValues(labels)
         return
     checkVolume(labels, "label map")
-    if not sameGeometry(labels, cineFrames(cine)[0]):
+    if not sameGeometry(labels, cineFrame(cine, 0)):
         raise InputError(f"The label map '{labels.GetName()}' is not on the cine's voxel grid: use a segmentation "
                          "instead, or resample the label map to the cine's frames.")
     if not voxels(labels).any():
@@ -184,14 +288,15 @@ def frameFileName(number: int, frames: int) -> str:
 
 
 def writeCineInputs(folder: Path, cine, referenceFrame: int, labels) -> CineFiles:
-    """Write each frame into ``folder``/frames and the labels (as a label map on the frames' grid) beside it."""
-    frames = cineFrames(cine)
+    """Write each frame into ``folder``/frames (one at a time) and the labels (as a label map on the frames'
+    grid) beside it."""
+    frames = frameCount(cine)
     framesFolder = folder / "frames"
     framesFolder.mkdir()
-    for number, frame in enumerate(frames, 1):
-        writeVolume(frame, framesFolder / frameFileName(number, len(frames)))
+    for number in range(1, frames + 1):
+        writeVolume(cineFrame(cine, number - 1), framesFolder / frameFileName(number, frames))
     labelmap = labels
     if labels.IsA("vtkMRMLSegmentationNode"):
-        labelmap = labelmapWithValues(labels, frames[referenceFrame - 1], segmentValues(labels))
+        labelmap = labelmapWithValues(labels, cineFrame(cine, referenceFrame - 1), segmentValues(labels))
     return CineFiles(framesFolder, writeVolume(labelmap, folder / "labels.nrrd"), structures(labels),
                      frameTimesMs(cine))

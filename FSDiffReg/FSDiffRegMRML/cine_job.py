@@ -1,5 +1,5 @@
-"""One tracking of a cine (a volume sequence): frames and labels to files, ``fsdiffreg track`` in a
-child process, outputs to new nodes browsed with the cine."""
+"""One tracking of a cine (a volume sequence or a multivolume): frames and labels to files, ``fsdiffreg
+track`` in a child process, outputs to new nodes browsed with the cine."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ class TrackingJob(RegistrationJob):
 
     Until ``outputs()`` succeeds nothing is added to the scene, and the input nodes are never
     changed; the work folder (frames, labels, output files) is removed in every case.
-    ``sequencesLogic`` (Slicer's ``slicer.modules.sequences.logic()``) makes the new browser's
-    proxy nodes.
+    ``sequencesLogic`` (Slicer's ``slicer.modules.sequences.logic()``) finds the cine's browser and
+    makes the proxy nodes of the new sequences.
     """
 
     def __init__(self, cine, referenceFrame: int, labels, sequencesLogic, options: RegisterOptions | None = None,

@@ -10,10 +10,15 @@
   strain) -> a second table, one quantity per row; ``function.json`` and ``metrics.json`` whole
   as attributes ``FSDiffReg.function`` and ``FSDiffReg.metrics`` of the first table;
 - a plot chart of the volume curves (solid) and strain curves (dashed) against the frame number;
-- a new sequence browser that browses the cine with the new sequences.
+- the new sequences added to the cine's own sequence browser, so that its toolbar steps through the
+  cine and its outputs together (no second browser, no second proxy of the cine); a new browser of
+  the cine only where it has none.
 
-The new sequences take the cine's index (name, unit, values) so that one browser steps through
-them together; frame numbers (1-based) are in the table and the item names.
+The new sequences of a volume sequence take its index (name, unit, values). A multivolume has no
+sequence and no browser (MultiVolumeExplorer shows its frames): its outputs get a new browser whose
+master is the transforms sequence, indexed by the frames' time ("time", ms) where the cine gives
+plausible times, else by the frame number ("frame", 1 to N); the multivolume itself stays as it is.
+Frame numbers (1-based) are in the table and the item names.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 import slicer
 import vtk
 
-from .cine_inputs import STRUCTURES, Structure, cineFrames
+from .cine_inputs import STRUCTURES, Structure, cineFrames, frameCount, frameTimesMs
 from .inputs import sameGeometry
 from .outputs import readTransform
 
@@ -49,7 +54,7 @@ class CineOutputs:
     functionTable: object  # vtkMRMLTableNode: quantity, value, unit
     chart: object  # vtkMRMLPlotChartNode
     series: list  # vtkMRMLPlotSeriesNode of each curve
-    browser: object  # vtkMRMLSequenceBrowserNode
+    browser: object  # vtkMRMLSequenceBrowserNode: the cine's own, or a new one
     function: dict
     metrics: dict
 
@@ -59,22 +64,40 @@ def fieldPath(outDir: Path, number: int, frames: int) -> Path:
     return outDir / f"field_{number:0{max(2, len(str(frames)))}d}.nii.gz"
 
 
+def frameIndex(cine) -> tuple[str, str, list[str]]:
+    """The outputs' index (name, unit, values): a volume sequence's own; for a multivolume, the frames' times
+    in ms where plausible, else the frame numbers (1-based)."""
+    if cine.IsA("vtkMRMLSequenceNode"):
+        return (cine.GetIndexName(), cine.GetIndexUnit(),
+                [cine.GetNthIndexValue(i) for i in range(cine.GetNumberOfDataNodes())])
+    times = frameTimesMs(cine)
+    if times is not None:
+        return "time", "ms", [f"{t:g}" for t in times]
+    return "frame", "", [str(number) for number in range(1, frameCount(cine) + 1)]
+
+
 def newSequence(cine, itemNodes: Iterable, name: str):
-    """A new sequence (in no scene) of ``itemNodes`` (copied), one per frame, at the cine's index values.
+    """A new sequence (in no scene) of ``itemNodes`` (copied), one per frame, at the values of ``frameIndex``.
 
     Given one at a time (a generator), each node is freed once copied: a frame at a time in memory twice.
     """
     sequence = slicer.vtkMRMLSequenceNode()
-    sequence.CopySequenceIndex(cine)
+    indexName, unit, values = frameIndex(cine)
+    if cine.IsA("vtkMRMLSequenceNode"):
+        sequence.CopySequenceIndex(cine)
+    else:
+        sequence.SetIndexName(indexName)
+        sequence.SetIndexUnit(unit)
+        sequence.SetIndexType(slicer.vtkMRMLSequenceNode.NumericIndex)
     for number, node in enumerate(itemNodes, 1):
         node.SetName(f"{name} frame {number}")
-        sequence.SetDataNodeAtValue(node, cine.GetNthIndexValue(number - 1))
+        sequence.SetDataNodeAtValue(node, values[number - 1])
     return sequence
 
 
 def readTransforms(outDir: Path, cine):
     """The displacement field of every frame, as a sequence of grid transforms."""
-    frames = cine.GetNumberOfDataNodes()
+    frames = frameCount(cine)
     return newSequence(cine, (readTransform(fieldPath(outDir, n, frames)) for n in range(1, frames + 1)), "transform")
 
 
@@ -242,24 +265,29 @@ def readCineOutputs(outDir: Path, cine, structures: dict[int, Structure]) -> Cin
     """New nodes (in no scene yet) from the files in ``outDir``."""
     function = json.loads((outDir / "function.json").read_text())
     metrics = json.loads((outDir / "metrics.json").read_text())
-    frames = cine.GetNumberOfDataNodes()
+    frames = frameCount(cine)
     table = frameTable(outDir, function, frames)
     table.SetAttribute("FSDiffReg.function", json.dumps(function))
     table.SetAttribute("FSDiffReg.metrics", json.dumps(metrics))
     return CineOutputs(readTransforms(outDir, cine), readSegmentations(outDir, cine, structures), table,
                        functionTable(function), chart(xColumn(tableColumns(table))), curves(table, structures),
-                       slicer.vtkMRMLSequenceBrowserNode(), function, metrics)
+                       None, function, metrics)
+
+
+def cineBrowser(cine, sequencesLogic):
+    """The sequence browser that already browses the cine (a volume sequence), or None."""
+    return sequencesLogic.GetFirstBrowserNodeForSequenceNode(cine) if cine.IsA("vtkMRMLSequenceNode") else None
 
 
 def addCineToScene(outputs: CineOutputs, cine, labels, sequencesLogic) -> None:
-    """Name the new nodes, add them to the cine's scene, link them, and make the browser's proxy nodes."""
+    """Name the new nodes, add them to the cine's scene, link them, and browse the new sequences with the cine's
+    own browser (its settings kept), or a new one where it has none; make the proxy nodes of the new sequences."""
     scene = cine.GetScene()
     named = [(outputs.transforms, f"{cine.GetName()} FSDiffReg transforms"),
              (outputs.segmentations, f"{labels.GetName()} tracked"),
              (outputs.table, f"{cine.GetName()} volumes and strain"),
              (outputs.functionTable, f"{cine.GetName()} cardiac function"),
-             (outputs.chart, f"{cine.GetName()} volume and strain curves"),
-             (outputs.browser, f"{cine.GetName()} FSDiffReg")]
+             (outputs.chart, f"{cine.GetName()} volume and strain curves")]
     for node, name in named:
         node.SetName(scene.GenerateUniqueName(name))
         scene.AddNode(node)
@@ -267,7 +295,13 @@ def addCineToScene(outputs: CineOutputs, cine, labels, sequencesLogic) -> None:
         scene.AddNode(curve)
         curve.SetAndObserveTableNodeID(outputs.table.GetID())
         outputs.chart.AddAndObservePlotSeriesNodeID(curve.GetID())
-    outputs.browser.SetAndObserveMasterSequenceNodeID(cine.GetID())
+    outputs.browser = cineBrowser(cine, sequencesLogic)
+    if outputs.browser is None:
+        outputs.browser = slicer.vtkMRMLSequenceBrowserNode()
+        outputs.browser.SetName(scene.GenerateUniqueName(f"{cine.GetName()} FSDiffReg"))
+        scene.AddNode(outputs.browser)
+        master = cine if cine.IsA("vtkMRMLSequenceNode") else outputs.transforms
+        outputs.browser.SetAndObserveMasterSequenceNodeID(master.GetID())
     outputs.browser.AddSynchronizedSequenceNodeID(outputs.transforms.GetID())
     outputs.browser.AddSynchronizedSequenceNodeID(outputs.segmentations.GetID())
     sequencesLogic.UpdateProxyNodesFromSequences(outputs.browser)
