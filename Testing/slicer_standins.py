@@ -19,6 +19,7 @@ import inspect
 import json
 import sys
 import types
+import unittest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,16 +185,23 @@ def ctkModule() -> types.ModuleType:
 
 
 class Application:
-    """``slicer.app``: records what is connected to its signals."""
+    """``slicer.app``: records what is connected to its signals, and the override cursors set."""
 
     def __init__(self):
         self.connected = {}
+        self.overrideCursors = 0  # how many wait cursors are set (slicer.util.tryWithErrorDisplay's)
 
     def connect(self, signal, slot):
         self.connected.setdefault(signal, []).append(slot)
 
     def testingEnabled(self) -> bool:
         return False
+
+    def setOverrideCursor(self, cursor):
+        self.overrideCursors += 1
+
+    def restoreOverrideCursor(self):
+        self.overrideCursors -= 1
 
 
 class ModuleParent:
@@ -236,7 +244,9 @@ def scriptedLoadableModule() -> types.ModuleType:
                 node = slicer.mrmlScene.AddNode(node)
             return node
 
-    class ScriptedLoadableModuleTest:
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        """A unittest.TestCase, as in Slicer (``slicer.testing.runUnitTest`` loads its test methods by name)."""
+
         def delayDisplay(self, message, msec=None):
             pass
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import types
+import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import slicer
 
 import slicer_standins as standins
 from FSDiffRegLib.defaults import DEFAULT_STEPS
-from FSDiffRegLib.resources import SAMPLE
+from FSDiffRegLib.resources import SAMPLE, sample_pair
 from FSDiffRegLib.work_folders import process_exists
 
 UI = standins.MODULE_FILE.parent / "Resources" / "UI" / "FSDiffReg.ui"
@@ -501,13 +502,65 @@ def test_before_slicer_512_missing_packages_are_pip_installed_after_asking(modul
     assert len(installed) == 1
 
 
+def loadVolumeFile(path, nodeClass: str = "vtkMRMLScalarVolumeNode"):
+    """A volume node read into slicer.mrmlScene by Slicer's volume storage node (loadVolume needs the app)."""
+    node = slicer.mrmlScene.AddNewNodeByClass(nodeClass)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node), path
+    return node
+
+
+def sampleNodes(selfTest):
+    """FSDiffRegTest.loadSample's nodes, read without the application."""
+    sample = sample_pair()
+    return (loadVolumeFile(sample["fixed"]), loadVolumeFile(sample["moving"]),
+            loadVolumeFile(sample["moving_labels"], "vtkMRMLLabelMapVolumeNode"))
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+@pytest.mark.parametrize("status", ["missing", "old"])
+def test_self_test_loaded_by_name_skips_registration_without_torch(module, monkeypatch, status):
+    """As the extension factory runs it: slicer.testing.runUnitTest loads the module's test methods by name
+    (unittest's loader) and never calls runTest; without a usable torch the registration test is skipped,
+    and nothing asks PyTorchUtils to install torch."""
+    utils = FakePyTorchUtils(installs=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
+    monkeypatch.setitem(sys.modules, "FSDiffReg", module)
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: status)
+    monkeypatch.setattr(module.FSDiffRegTest, "loadSample", sampleNodes)
+    suite = unittest.TestLoader().loadTestsFromName("FSDiffReg")  # runUnitTest([...], "FSDiffReg") at 5.8.1-5.12.3
+    tests = {test.id(): test for group in suite for test in group}
+    assert "FSDiffReg.FSDiffRegTest.runTest" not in tests
+    registration = tests["FSDiffReg.FSDiffRegTest.test_RegisterSamplePair"]
+    result = unittest.TestResult()
+    registration.run(result)
+    assert (result.errors, result.failures) == ([], [])
+    assert [(test.id(), "PyTorch" in reason) for test, reason in result.skipped] == [(registration.id(), True)]
+    assert utils.calls == []
+
+
 @pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
 @pytest.mark.parametrize("status", ["ok", "missing", "old"])
 def test_self_test_registers_only_where_torch_is_installed(module, monkeypatch, status):
+    """Reload and Test (runTest) runs every test; the registration says why it is skipped."""
+
+    class Reached(Exception):
+        """The registration test went past its guard."""
+
+    def reached(selfTest):
+        raise Reached
+
     monkeypatch.setattr(module, "installedTorchStatus", lambda: status)
-    selfTest, ran = module.FSDiffRegTest(), []
-    tests = ("test_PanelAndParameterNode", "test_BadInputsChangeNothing", "test_RegisterSamplePair")
-    for name in tests:
+    monkeypatch.setattr(module.FSDiffRegTest, "loadSample", reached)
+    selfTest, ran, shown = module.FSDiffRegTest(), [], []
+    selfTest.delayDisplay = lambda message, msec=None: shown.append(message)
+    for name in ("test_PanelAndParameterNode", "test_BadInputsChangeNothing"):
         setattr(selfTest, name, lambda name=name: ran.append(name))
-    selfTest.runTest()
-    assert ran == list(tests if status == "ok" else tests[:2])
+    if status == "ok":
+        with pytest.raises(Reached):
+            selfTest.runTest()
+    else:
+        selfTest.runTest()
+        assert "PyTorch" in shown[-1] and "skipped" in shown[-1]
+    assert ran == ["test_PanelAndParameterNode", "test_BadInputsChangeNothing"]
