@@ -63,11 +63,11 @@ RESOURCES = Path(__file__).resolve().parent / "Resources"
 #: Python packages the registration process needs beside torch, NumPy and SimpleITK.
 REQUIREMENTS = RESOURCES / "requirements.txt"
 DOCUMENTATION = "https://github.com/FSDiffReg/SlicerFSDiffReg#readme"
-SAMPLE_URL = "https://raw.githubusercontent.com/FSDiffReg/SlicerFSDiffReg/main/FSDiffRegLib/assets/sample/"
-#: The bundled sample pair (ACDC patient 091) offered in Sample Data: file, node name, SHA256 of the file.
+#: The bundled sample pair (ACDC patient 091) offered in Sample Data: its role in
+#: ``FSDiffRegLib.resources.sample_pair()``, node name, SHA256 of the file.
 SAMPLE_FILES = (
-    ("acdc091_ED.nii.gz", "acdc091_ED", "63ce6a74422112db6abc1d5a2e152b65da799d7e7a6126917d4dc912b987a0f3"),
-    ("acdc091_ES.nii.gz", "acdc091_ES", "47b2f5c068614f9e4c351c56b60e80abbf4589cc7b4a2b45f3ac86587a8166b0"),
+    ("fixed", "acdc091_ED", "63ce6a74422112db6abc1d5a2e152b65da799d7e7a6126917d4dc912b987a0f3"),
+    ("moving", "acdc091_ES", "47b2f5c068614f9e4c351c56b60e80abbf4589cc7b4a2b45f3ac86587a8166b0"),
 )
 
 
@@ -100,15 +100,19 @@ class FSDiffReg(ScriptedLoadableModule):
 
 
 def registerSampleData() -> None:
-    """Offer the bundled sample pair in the Sample Data module (fetched from the project, SHA256-checked)."""
+    """Offer the sample pair installed with the extension in the Sample Data module, by ``file://`` URIs:
+    SampleData copies them into its cache (``urlretrieve``) and checks their SHA256, offline too."""
     import SampleData
 
+    from FSDiffRegLib.resources import sample_pair
+
+    paths = [sample_pair()[role] for role, _, _ in SAMPLE_FILES]
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="FSDiffReg",
         sampleName="FSDiffRegCardiacPair",
         thumbnailFileName=str(RESOURCES / "Icons" / "FSDiffReg.png"),
-        uris=[SAMPLE_URL + fileName for fileName, _, _ in SAMPLE_FILES],
-        fileNames=[fileName for fileName, _, _ in SAMPLE_FILES],
+        uris=[path.as_uri() for path in paths],
+        fileNames=[path.name for path in paths],
         nodeNames=[nodeName for _, nodeName, _ in SAMPLE_FILES],
         checksums=[f"SHA256:{sha256}" for _, _, sha256 in SAMPLE_FILES],
     )
