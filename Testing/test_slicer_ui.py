@@ -154,7 +154,29 @@ def test_module_cmake_ships_every_module_file():
         assert (MODULE / resource).is_file(), resource
     assert "Resources/requirements.txt" in resources  # read by ensurePythonPackages at run time
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
-    assert "FSDiffRegLib/*.py" in text and "FSDiffRegLib/assets/weights/*" in text
+    assert "FSDiffRegLib/*.py" in text and "FSDiffRegLib/assets/sample/*" in text
+
+
+def cmake_glob(text: str, variable: str) -> set[Path]:
+    """The files ``file(GLOB variable ... RELATIVE ${PROJECT_SOURCE_DIR} patterns)`` finds in this repository."""
+    body = re.search(rf"file\(GLOB {variable} (.*?)\)", text, re.S).group(1)
+    prefix = "${PROJECT_SOURCE_DIR}/"
+    patterns = [p.removeprefix(prefix) for p in body.split() if p.startswith(prefix)]
+    return {path for pattern in patterns for path in (ROOT / pattern).parent.glob(Path(pattern).name)
+            if path.is_file()}
+
+
+def test_slicer_gets_the_weights_the_library_names_not_the_ablation_weights():
+    """The bundled weights (FSDiffRegLib.resources), their checksums and heart heads, and the model card;
+    the ablation weights only the benchmark reads stay out of Slicer."""
+    from FSDiffRegLib.heart import heart_path
+    from FSDiffRegLib.resources import NAMED_WEIGHTS, WEIGHTS
+
+    installed = {p for p in cmake_glob((MODULE / "CMakeLists.txt").read_text(), "_lib_data") if p.parent == WEIGHTS}
+    named = [*NAMED_WEIGHTS.values(), *(heart_path(w) for w in NAMED_WEIGHTS.values())]
+    expected = {WEIGHTS / "MODEL_CARD.md"} | {p for w in named for p in (w, w.with_name(w.name + ".sha256"))
+                                               if p.is_file()}
+    assert installed == expected, sorted(p.name for p in installed ^ expected)
 
 
 def cmake_setting(name: str) -> str:
