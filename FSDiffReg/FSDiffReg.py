@@ -173,6 +173,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceQuery = None
         self._deviceTimer = None
         self._devices = None  # the devices torch can use here; None until known
+        self._deformationShown = None  # (transform, showGrid, gridMode) last applied to the transform's display
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -293,10 +294,19 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onParameterChanged(self, caller=None, event=None) -> None:
         self.updateDeviceChoices()
-        self.logic.updateDeformationDisplay(self._parameterNode)
+        self.updateDeformationDisplay()
         hasTransform = self._parameterNode.outputTransform is not None
         self.ui.showGridCheckBox.enabled = hasTransform
         self.ui.gridModeComboBox.enabled = hasTransform
+
+    def updateDeformationDisplay(self) -> None:
+        """Show the output transform as chosen, only when the transform or the choice changed: what the
+        user set in the Transforms or Data module stays otherwise."""
+        parameters = self._parameterNode
+        shown = (parameters.outputTransform, parameters.showGrid, parameters.gridMode)
+        if shown != self._deformationShown:
+            self._deformationShown = shown
+            self.logic.updateDeformationDisplay(parameters)
 
     def onRegisterButton(self) -> None:
         self.onJobButton(_("Registration could not start."), self.logic.startRegistration)

@@ -181,8 +181,8 @@ def widget(module, monkeypatch):
     widget.setup()
     widget.parent.isEntered = True
     widget.enter()
-    widget.calls = 0
-    widget.logic.updateDeformationDisplay = lambda parameters: setattr(widget, "calls", widget.calls + 1)
+    widget.calls = 0  # how often onParameterChanged ran (it updates the device choices each time)
+    widget.updateDeviceChoices = lambda: setattr(widget, "calls", widget.calls + 1)
     yield widget
     widget.cleanup()
 
@@ -212,6 +212,25 @@ def test_entering_again_and_again_connects_the_gui_once(module, widget):
     widget.exit()
     module.FSDiffRegLogic().getParameterNode().refineSteps = 8
     assert widget.calls == 0  # our own observer goes on exit, whatever the release
+
+
+def test_transform_display_is_applied_only_when_its_parameters_change(module, widget):
+    """What the user sets in Transforms or Data stays, unless Show grid, its mode or the transform change."""
+    parameters = widget.logic.getParameterNode()
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    parameters.outputTransform = transform
+    display = transform.GetDisplayNode()
+    assert display is not None and not display.GetVisibility2D() and display.GetGridSpacingMm() == 5.0
+    display.SetGridSpacingMm(12.0)  # the user's own choices, in the Transforms module
+    display.SetVisibility2D(True)
+    parameters.refineSteps = 7
+    widget.exit()
+    widget.enter()
+    assert display.GetGridSpacingMm() == 12.0 and display.GetVisibility2D()
+    parameters.gridMode = "Glyph"
+    assert display.GetVisualizationMode() == display.VIS_MODE_GLYPH and not display.GetVisibility2D()
+    parameters.showGrid = True
+    assert display.GetVisibility2D()
 
 
 def test_scene_close_moves_the_gui_to_the_new_parameter_node(module, widget):
