@@ -124,8 +124,9 @@ class FSDiffRegParameterNode:
 
     smoothness 0 means the refinement's default (6); refineSteps 0 means the network alone; an
     empty weightsFile means the weights bundled with the extension (never an install path, so a
-    saved scene works on any computer). A Union of node types lists None: the wrapper writes
-    every default into a fresh node, and a Union's default is None. The cine fields: a volume
+    saved scene works on any computer); it is a str, bound to its path field by the widget: a Path
+    field (5.8 to 5.12) holds ``Path("")`` and shows it as ".". A Union of node types lists None:
+    the wrapper writes every default into a fresh node, and a Union's default is None. The cine fields: a volume
     sequence, the frame (counted from 1) its labels belong to, those labels, and the last tracking's
     outputs; the options above apply to tracking too.
     """
@@ -136,7 +137,7 @@ class FSDiffRegParameterNode:
     device: Annotated[str, Choice(DEVICES)] = "Auto"
     refineSteps: Annotated[int, WithinRange(0, 1000)] = RegisterOptions.refineSteps
     smoothness: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
-    weightsFile: Path = Path()
+    weightsFile: str = ""
     outputTransform: vtkMRMLGridTransformNode
     warpedVolume: vtkMRMLScalarVolumeNode
     jacobianVolume: vtkMRMLScalarVolumeNode
@@ -191,6 +192,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceTimer.timeout.connect(self.onDeviceQueryPoll)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.weightsPathLineEdit.currentPathChanged.connect(self.onWeightsPathChanged)
         self.ui.registerButton.clicked.connect(self.onRegisterButton)
         self.ui.trackButton.clicked.connect(self.onTrackButton)
         self.setRunning(False)
@@ -295,9 +297,16 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onParameterChanged(self, caller=None, event=None) -> None:
         self.updateDeviceChoices()
         self.updateDeformationDisplay()
+        weights = self.logic.weightsFile(self._parameterNode)
+        if self.ui.weightsPathLineEdit.currentPath != weights:
+            self.ui.weightsPathLineEdit.currentPath = weights
         hasTransform = self._parameterNode.outputTransform is not None
         self.ui.showGridCheckBox.enabled = hasTransform
         self.ui.gridModeComboBox.enabled = hasTransform
+
+    def onWeightsPathChanged(self, path: str) -> None:
+        if self._parameterNode is not None and self._parameterNode.weightsFile != path:
+            self._parameterNode.weightsFile = path
 
     def updateDeformationDisplay(self) -> None:
         """Show the output transform as chosen, only when the transform or the choice changed: what the
@@ -459,16 +468,16 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         return FSDiffRegParameterNode(super().getParameterNode())
 
     @staticmethod
-    def options(parameters: FSDiffRegParameterNode) -> RegisterOptions:
-        """The registration options chosen in the parameter node.
+    def weightsFile(parameters: FSDiffRegParameterNode) -> str:
+        """The chosen weights file; "" (the weights bundled with the registration process) for none,
+        also where a scene saved with the former Path field holds "."."""
+        return "" if parameters.weightsFile in ("", ".") else parameters.weightsFile
 
-        An empty weights field (``Path()`` reads back as ".") stays empty: the registration
-        process then uses the weights bundled with it.
-        """
-        weights = str(parameters.weightsFile)
-        if weights in ("", "."):
-            weights = ""
-        elif not Path(weights).is_file():
+    @classmethod
+    def options(cls, parameters: FSDiffRegParameterNode) -> RegisterOptions:
+        """The registration options chosen in the parameter node."""
+        weights = cls.weightsFile(parameters)
+        if weights and not Path(weights).is_file():
             raise InputError(_("Weights file not found: {path}").format(path=weights))
         return RegisterOptions(device=parameters.device.lower(), weights=weights,
                                refineSteps=parameters.refineSteps, smoothness=parameters.smoothness or None)
@@ -573,7 +582,7 @@ class FSDiffRegTest(ScriptedLoadableModuleTest):
         widget = slicer.modules.FSDiffRegWidget
         parameters = widget.logic.getParameterNode()
         self.assertEqual(parameters.device, "Auto")
-        self.assertIn(str(parameters.weightsFile), ("", "."))
+        self.assertEqual(parameters.weightsFile, "")
         fixed, moving, labels = self.loadSample()
         parameters.fixedVolume, parameters.movingVolume, parameters.movingLabels = fixed, moving, labels
         self.assertIs(widget.ui.fixedVolumeSelector.currentNode(), fixed)

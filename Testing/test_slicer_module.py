@@ -66,7 +66,7 @@ def test_fresh_parameter_node_has_the_defaults(module):
     assert all(getattr(parameters, field) is None for field in NODE_FIELDS)
     assert (parameters.device, parameters.refineSteps, parameters.smoothness) == ("Auto", DEFAULT_STEPS, 0.0)
     assert (parameters.showGrid, parameters.gridMode) == (False, "Grid")
-    assert str(parameters.weightsFile) in ("", ".")
+    assert parameters.weightsFile == ""
 
 
 def withSequences(scene):
@@ -88,7 +88,7 @@ def test_every_field_is_written_read_saved_and_loaded_back(module, tmp_path):
     values = {"fixedVolume": nodes["fixed"], "movingVolume": nodes["moving"], "movingLabels": nodes["segmentation"],
               "outputTransform": nodes["transform"], "warpedVolume": nodes["warped"],
               "jacobianVolume": nodes["jacobian"], "warpedLabels": nodes["labelmap"], "device": "CPU",
-              "refineSteps": 5, "smoothness": 2.5, "weightsFile": tmp_path / "mine.pt", "showGrid": True,
+              "refineSteps": 5, "smoothness": 2.5, "weightsFile": str(tmp_path / "mine.pt"), "showGrid": True,
               "gridMode": "Glyph", "cineVolumes": nodes["cine"], "referenceFrame": 19, "cineLabels": nodes["labelmap"],
               "cineTransforms": nodes["transforms"], "cineSegmentations": nodes["segmentations"],
               "cineTable": nodes["table"], "cineFunctionTable": nodes["function"], "cineChart": nodes["chart"],
@@ -122,7 +122,7 @@ def test_default_weights_are_not_an_install_path_in_the_saved_scene(module, tmp_
     saved = (tmp_path / "scene.mrml").read_text()
     assert "weightsFile" in saved and "FSDiffRegLib" not in saved and "fsdiffreg_acdc" not in saved
     assert module.FSDiffRegLogic.options(parameters).weights == ""  # the process's own default: the bundled weights
-    parameters.weightsFile = tmp_path / "missing.pt"
+    parameters.weightsFile = str(tmp_path / "missing.pt")
     with pytest.raises(module.InputError, match="missing.pt"):
         module.FSDiffRegLogic.options(parameters)
 
@@ -181,8 +181,9 @@ def widget(module, monkeypatch):
     widget.setup()
     widget.parent.isEntered = True
     widget.enter()
-    widget.calls = 0  # how often onParameterChanged ran (it updates the device choices each time)
-    widget.updateDeviceChoices = lambda: setattr(widget, "calls", widget.calls + 1)
+    widget.calls = 0  # how often onParameterChanged ran (it updates the deformation display each time)
+    updateDeformationDisplay = widget.updateDeformationDisplay
+    widget.updateDeformationDisplay = lambda: (setattr(widget, "calls", widget.calls + 1), updateDeformationDisplay())
     yield widget
     widget.cleanup()
 
@@ -192,8 +193,8 @@ def parameterWidgets(ui) -> list:
 
 
 def fields(module) -> int:
-    """How many parameters the parameter node has (each has one widget)."""
-    return len(module.FSDiffRegParameterNode.allParameters)
+    """How many parameters the parameter node connects to widgets (all but weightsFile, bound by the widget)."""
+    return len(module.FSDiffRegParameterNode.allParameters) - 1
 
 
 def test_entering_again_and_again_connects_the_gui_once(module, widget):
@@ -231,6 +232,22 @@ def test_transform_display_is_applied_only_when_its_parameters_change(module, wi
     assert display.GetVisualizationMode() == display.VIS_MODE_GLYPH and not display.GetVisibility2D()
     parameters.showGrid = True
     assert display.GetVisibility2D()
+
+
+def test_no_weights_file_is_an_empty_field_and_an_empty_parameter(module, widget, tmp_path):
+    field, parameters = widget.ui.weightsPathLineEdit, widget.logic.getParameterNode()
+    assert (field.currentPath, parameters.weightsFile) == ("", "")  # not Path("") shown as "."
+    chosen = str(tmp_path / "mine.pt")
+    field.currentPath = chosen
+    field.currentPathChanged.emit(chosen)
+    assert widget.logic.getParameterNode().weightsFile == chosen
+    field.currentPath = ""
+    field.currentPathChanged.emit("")
+    assert (field.currentPath, widget.logic.getParameterNode().weightsFile) == ("", "")
+    parameters.weightsFile = chosen
+    assert field.currentPath == chosen
+    parameters.parameterNode.SetParameter("weightsFile", ".")  # as scenes saved with a Path field hold it
+    assert field.currentPath == "" and module.FSDiffRegLogic.options(parameters).weights == ""
 
 
 def test_scene_close_moves_the_gui_to_the_new_parameter_node(module, widget):
