@@ -59,6 +59,9 @@ from FSDiffRegMRML.process import DeviceQuery, RegisterOptions, Worker, pythonSl
 DEVICES = ["Auto", "CPU", "CUDA"]
 DEFORMATION_MODES = ["Grid", "Glyph", "Contour"]
 POLL_MSEC = 200
+#: How long the worker (torch imported, maybe a CUDA context) outlives its last command: long enough for
+#: the next run to skip importing torch again, short enough not to hold memory and files all session.
+IDLE_STOP_MSEC = 10 * 60 * 1000
 RESOURCES = Path(__file__).resolve().parent / "Resources"
 #: Python packages the registration process needs beside torch, NumPy and SimpleITK.
 REQUIREMENTS = RESOURCES / "requirements.txt"
@@ -158,6 +161,11 @@ class FSDiffRegParameterNode:
 class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The GUI: Register (or Track) turns into Cancel while its process runs; one job at a time.
 
+    The worker process (torch imported) stays while it serves: during a job or the device query, and
+    ``IDLE_STOP_MSEC`` after, so that the next run starts at once; then it ends (``onIdle``), as it
+    does when the module is closed. Installing torch or packages ends it before, and asks the new
+    torch for its devices after.
+
     The GUI is connected once per parameter node (entering the module again reuses the
     connection), through ``connectParametersToGui``, which returns a tag in every Slicer
     release (5.8's ``connectGui`` does not), so the connection can always be undone.
@@ -190,6 +198,10 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceTimer = qt.QTimer()
         self._deviceTimer.setInterval(POLL_MSEC)
         self._deviceTimer.timeout.connect(self.onDeviceQueryPoll)
+        self._idleTimer = qt.QTimer()
+        self._idleTimer.setSingleShot(True)
+        self._idleTimer.setInterval(IDLE_STOP_MSEC)
+        self._idleTimer.timeout.connect(self.onIdle)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.weightsPathLineEdit.currentPathChanged.connect(self.onWeightsPathChanged)
@@ -200,6 +212,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._idleTimer.stop()
         self.cancelJob()
         if self._deviceQuery is not None:
             self._deviceQuery.cancel()
@@ -256,7 +269,10 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def startDeviceQuery(self) -> None:
         """Ask the worker which devices torch can use (the GUI never imports torch); it then stays,
-        torch imported, for the first Register."""
+        torch imported, for the first Register (``IDLE_STOP_MSEC``). A query running is dropped."""
+        if self._deviceQuery is not None:
+            self._deviceQuery.cancel()
+            self._deviceQuery = None
         if installedVersion("torch") is None:
             self.setDevices(["cpu"])
             return
@@ -274,6 +290,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._deviceTimer.stop()
         self._deviceQuery = None
+        self._idleTimer.start()
         if answer["error"]:
             logging.warning(f"FSDiffReg: PyTorch cannot list its devices: {answer['error']}")
         self.setDevices(answer["devices"] or ["cpu"])
@@ -284,15 +301,25 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateDeviceChoices()
 
     def updateDeviceChoices(self) -> None:
-        """Offer CUDA only where torch can use it; a CUDA choice (from a saved scene) falls back to Auto."""
-        if self._devices is None or "cuda" in self._devices:
+        """Offer CUDA only where torch can use it (again, once a new torch can); a CUDA choice (from a saved
+        scene) falls back to Auto."""
+        if self._devices is None:
+            return
+        index = self.ui.deviceComboBox.findText("CUDA")
+        if "cuda" in self._devices:
+            if index < 0:
+                self.ui.deviceComboBox.addItem("CUDA")
             return
         if self._parameterNode.device == "CUDA":
             logging.info("FSDiffReg: CUDA is not available on this computer; device set to Auto.")
             self._parameterNode.device = "Auto"
-        index = self.ui.deviceComboBox.findText("CUDA")
         if index >= 0:
             self.ui.deviceComboBox.removeItem(index)
+
+    def onIdle(self) -> None:
+        """End the worker when nothing has used it for ``IDLE_STOP_MSEC``."""
+        if self._job is None and self._deviceQuery is None:
+            self.logic.stopWorker()
 
     def onParameterChanged(self, caller=None, event=None) -> None:
         self.updateDeviceChoices()
@@ -324,15 +351,30 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onJobButton(_("Tracking could not start."), self.logic.startTracking)
 
     def onJobButton(self, failure: str, start) -> None:
-        """Start a job with ``start(parameters)``, or cancel the running one (its button reads Cancel)."""
+        """Start a job with ``start(parameters)``, or cancel the running one (its button reads Cancel).
+
+        What is missing is installed first, after asking: the questions never come under the wait cursor.
+        """
         if self._job is not None:
             self.cancelJob()
             return
+        self.ui.logText.clear()
+        self.ui.summaryLabel.text = ""
+        with slicer.util.tryWithErrorDisplay(failure):
+            self.ensureDependencies()
         with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
-            self.ui.logText.clear()
-            self.ui.summaryLabel.text = ""
             self._job = start(self._parameterNode)
             self.setRunning(True)
+
+    def ensureDependencies(self) -> None:
+        """Install what is missing (the logic asks first); the worker, ended for it, is asked for the new
+        torch's devices (CUDA appears without a restart)."""
+        if not self.logic.dependenciesMissing():
+            return
+        try:
+            self.logic.ensureDependencies()
+        finally:
+            self.startDeviceQuery()
 
     def onPoll(self) -> None:
         for line in self._job.poll():
@@ -383,8 +425,10 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if running:
             self.ui.progressBar.value = 0
             self._timer.start()
+            self._idleTimer.stop()
         else:
             self._timer.stop()
+            self._idleTimer.start()
 
 
 def showCineOutputs(outputs: CineOutputs, cine) -> None:
@@ -398,8 +442,9 @@ def showCineOutputs(outputs: CineOutputs, cine) -> None:
 def ensurePythonPackages(requirementsFile: Path) -> None:
     """Install what ``requirementsFile`` lists and is missing, after asking the user.
 
-    Slicer 5.12 and later: ``slicer.packaging.pip_ensure``; before: checked here and installed
-    with ``slicer.util.pip_install``. torch, NumPy and SimpleITK are never listed there.
+    Slicer 5.12 and later: ``slicer.packaging.pip_ensure`` (its own question and progress dialog);
+    before: checked here, asked, and installed with ``slicer.util.pip_install`` under a wait cursor.
+    torch, NumPy and SimpleITK are never listed there.
     """
     try:
         from slicer.packaging import load_requirements, pip_ensure
@@ -415,30 +460,36 @@ def ensurePythonPackages(requirementsFile: Path) -> None:
     if not slicer.util.confirmOkCancelDisplay(
             _("FSDiffReg needs these Python packages: {packages}. Install them now?").format(packages=packages)):
         raise RuntimeError(_("FSDiffReg cannot run without: {packages}").format(packages=packages))
-    slicer.util.pip_install(missing)
+    with slicer.util.WaitCursor():
+        slicer.util.pip_install(missing)
 
 
-def ensureTorch() -> bool:
+def ensureTorch() -> None:
     """torch (new enough for FSDiffReg and for Slicer's NumPy) through the PyTorch extension, after asking;
-    True when it installed or updated torch."""
+    installed under a wait cursor (the question never is)."""
     status = installedTorchStatus()
     if status == "ok":
-        return False
+        return
     try:
         import PyTorchUtils
     except ModuleNotFoundError:
         raise RuntimeError(_("FSDiffReg needs the PyTorch extension. Install 'PyTorch' from the "
                              "Extensions Manager, restart Slicer and try again.")) from None
     requirement = torchRequirement(installedVersion("numpy"))
-    if status == "old" and not slicer.util.confirmOkCancelDisplay(
-            _("FSDiffReg needs PyTorch {requirement} with this Slicer; PyTorch {version} is installed. "
-              "Update PyTorch now (this may take some minutes)?").format(
-                requirement=requirement, version=installedVersion("torch"))):
+    if status == "old":
+        question = _("FSDiffReg needs PyTorch {requirement} with this Slicer; PyTorch {version} is installed. "
+                     "Update PyTorch now (this may take some minutes)?").format(
+                        requirement=requirement, version=installedVersion("torch"))
+    else:
+        question = _("FSDiffReg needs PyTorch {requirement}, which is not installed. "
+                     "Install PyTorch now (this may take some minutes)?").format(requirement=requirement)
+    if not slicer.util.confirmOkCancelDisplay(question):
         raise RuntimeError(_("FSDiffReg needs PyTorch {requirement}.").format(requirement=requirement))
-    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if torchLogic.installTorch(askConfirmation=status == "missing", torchVersionRequirement=requirement) is None:
+    with slicer.util.WaitCursor():
+        installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                                  torchVersionRequirement=requirement)
+    if installed is None:
         raise RuntimeError(_("FSDiffReg needs PyTorch, which was not installed."))
-    return True
 
 
 class FSDiffRegLogic(ScriptedLoadableModuleLogic):
@@ -482,11 +533,22 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         return RegisterOptions(device=parameters.device.lower(), weights=weights,
                                refineSteps=parameters.refineSteps, smoothness=parameters.smoothness or None)
 
+    @staticmethod
+    def dependenciesMissing() -> bool:
+        """Whether torch is missing or too old, or a package of the requirements file is missing."""
+        return installedTorchStatus() != "ok" or bool(missingRequirements(readRequirements(REQUIREMENTS)))
+
     def ensureDependencies(self) -> None:
         """torch through the PyTorch extension, other packages through pip; asks before installing.
-        A torch installed or updated here ends the worker, which may hold the one replaced."""
-        if ensureTorch():
-            self.stopWorker()
+
+        The worker ends first: on Windows it holds torch's DLLs (and the packages' files) open, and an
+        install beside it fails half way. (PyTorchUtils' installTorch then imports the new torch into
+        Slicer's own process; the worker still runs every command.)
+        """
+        if not self.dependenciesMissing():
+            return
+        self.stopWorker()
+        ensureTorch()
         ensurePythonPackages(REQUIREMENTS)
 
     def startRegistration(self, parameters: FSDiffRegParameterNode) -> RegistrationJob:

@@ -172,10 +172,24 @@ def placeholderModule(name: str, known: dict | None = None, base: type = Inert) 
     return module
 
 
+class QApplication:
+    """``qt.QApplication``: its override cursor is ``slicer.app``'s (one stack, as in Qt)."""
+
+    @staticmethod
+    def setOverrideCursor(cursor):
+        sys.modules["slicer"].app.setOverrideCursor(cursor)
+
+    @staticmethod
+    def restoreOverrideCursor():
+        sys.modules["slicer"].app.restoreOverrideCursor()
+
+
 def qtModule() -> types.ModuleType:
-    return placeholderModule("qt", {"QComboBox": ComboBox, "QSpinBox": SpinBox, "QDoubleSpinBox": type(
-        "QDoubleSpinBox", (SpinBox,), {}), "QCheckBox": type("QCheckBox", (Widget,), {}), "QWidget": Widget,
-        "QTimer": type("QTimer", (Widget,), {"setInterval": lambda self, msec: None,
+    return placeholderModule("qt", {"QApplication": QApplication, "QComboBox": ComboBox, "QSpinBox": SpinBox,
+        "QDoubleSpinBox": type("QDoubleSpinBox", (SpinBox,), {}), "QCheckBox": type("QCheckBox", (Widget,), {}),
+        "QWidget": Widget,
+        "QTimer": type("QTimer", (Widget,), {"setInterval": lambda self, msec: setattr(self, "interval", msec),
+                                             "setSingleShot": lambda self, single: setattr(self, "singleShot", single),
                                              "start": lambda self: setattr(self, "active", True),
                                              "stop": lambda self: setattr(self, "active", False)})})
 
@@ -196,6 +210,9 @@ class Application:
 
     def testingEnabled(self) -> bool:
         return False
+
+    def processEvents(self):
+        pass
 
     def setOverrideCursor(self, cursor):
         self.overrideCursors += 1

@@ -20,6 +20,7 @@ from urllib.request import url2pathname, urlretrieve
 
 import pytest
 import slicer
+from slicer.util import tryWithErrorDisplay
 
 import slicer_standins as standins
 from FSDiffRegLib.defaults import DEFAULT_STEPS
@@ -437,27 +438,29 @@ class FakePyTorchUtils:
     """PyTorchUtils' interface: ``PyTorchUtilsLogic().installTorch(askConfirmation=, torchVersionRequirement=)``."""
 
     def __init__(self, installs: bool = True):
-        self.calls, self.installs = [], installs
+        self.calls, self.cursors, self.installs = [], [], installs
         self.PyTorchUtilsLogic = lambda: self
 
     def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
         self.calls.append((askConfirmation, torchVersionRequirement))
+        self.cursors.append(slicer.app.overrideCursors)
         return object() if self.installs else None
 
 
 @pytest.fixture
 def asked(monkeypatch):
     """Answers to slicer.util.confirmOkCancelDisplay (True by default) and what it was asked."""
-    questions = []
-    answer = types.SimpleNamespace(ok=True, questions=questions)
-    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
-                        lambda text, *args, **kwargs: questions.append(text) or answer.ok)
+    questions, cursors = [], []
+    answer = types.SimpleNamespace(ok=True, questions=questions, cursors=cursors)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *args, **kwargs: (
+        questions.append(text), cursors.append(slicer.app.overrideCursors))[0] or answer.ok)
     return answer
 
 
 @pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
 @pytest.mark.parametrize(("status", "accept", "calls"), [
-    ("ok", True, []), ("missing", True, [(True, ">=2.3")]), ("old", True, [(False, ">=2.3")]), ("old", False, []),
+    ("ok", True, []), ("missing", True, [(False, ">=2.3")]), ("missing", False, []), ("old", True, [(False, ">=2.3")]),
+    ("old", False, []),
 ])
 def test_torch_is_installed_or_updated_through_pytorchutils(module, monkeypatch, asked, status, accept, calls):
     utils = FakePyTorchUtils()
@@ -466,12 +469,14 @@ def test_torch_is_installed_or_updated_through_pytorchutils(module, monkeypatch,
     monkeypatch.setattr(module, "installedVersion", {"numpy": "2.0.2", "torch": "2.2.0"}.get)
     asked.ok = accept
     if accept:
-        assert module.ensureTorch() == (status != "ok")
+        module.ensureTorch()
     else:
         with pytest.raises(RuntimeError, match=">=2.3"):
             module.ensureTorch()
     assert utils.calls == calls
-    assert bool(asked.questions) == (status == "old") and all("2.2.0" in q for q in asked.questions)
+    assert bool(asked.questions) == (status != "ok")
+    assert all(("2.2.0" in question) == (status == "old") for question in asked.questions)
+    assert asked.cursors == [0] * len(asked.questions) and utils.cursors == [1] * len(calls)  # asked, then waited
 
 
 class FakeWorker:
@@ -485,17 +490,89 @@ class FakeWorker:
 
 
 @pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
-@pytest.mark.parametrize(("status", "restarted"), [("ok", False), ("missing", True), ("old", True)])
-def test_a_torch_installed_or_updated_ends_the_worker_that_may_hold_the_old_one(module, monkeypatch, status,
-                                                                               restarted):
+@pytest.mark.parametrize(("status", "packages"), [("ok", ()), ("missing", ()), ("old", ()),
+                                                  ("ok", ("surely-not-an-installed-package>=1",)),
+                                                  ("old", ("surely-not-an-installed-package>=1",))])
+def test_the_worker_is_stopped_before_any_install(module, monkeypatch, asked, tmp_path, status, packages):
+    """On Windows the idle worker holds torch's DLLs (and the packages' files) open: an install beside it
+    fails half way. Nothing to install: the worker stays."""
     monkeypatch.setattr(module, "Worker", FakeWorker)
     monkeypatch.setattr(module, "pythonSlicerExecutable", lambda: sys.executable)
-    monkeypatch.setattr(module, "ensureTorch", lambda: status != "ok")  # what it did, as it says
-    monkeypatch.setattr(module, "ensurePythonPackages", lambda requirements: None)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("".join(line + "\n" for line in packages))
+    monkeypatch.setattr(module, "REQUIREMENTS", requirements)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # Slicer 5.8 and 5.10: pip_install
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: status)
+    monkeypatch.setattr(module, "installedVersion", {"numpy": "2.0.2", "torch": "2.2.0"}.get)
     logic = module.FSDiffRegLogic()
     worker = logic.worker()
+    stoppedAtInstall = []
+    utils = FakePyTorchUtils()
+    utils.installTorch = lambda **kwargs: stoppedAtInstall.append(worker.stopped) or object()
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: stoppedAtInstall.append(worker.stopped))
     logic.ensureDependencies()
-    assert worker.stopped == restarted and (logic.worker() is worker) != restarted
+    installs = (status != "ok") + bool(packages)
+    assert stoppedAtInstall == [True] * installs and worker.stopped == bool(installs)
+    assert (logic.worker() is worker) == (not installs)
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+def test_install_asks_before_the_wait_cursor_and_the_devices_are_asked_again(module, quietPanel, monkeypatch,
+                                                                             tmp_path):
+    """An update of torch (too old for NumPy 2) from Register: the question comes without a wait cursor,
+    the job starts under one, and the new torch's devices are asked for (CUDA appears without a restart)."""
+    widget = quietPanel
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", tryWithErrorDisplay)  # Slicer's own: the wait cursor
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("")
+    monkeypatch.setattr(module, "REQUIREMENTS", requirements)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)
+    torch = {"status": "old"}
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: torch["status"])
+    monkeypatch.setattr(module, "installedVersion", {"numpy": "2.0.2", "torch": "2.2.0"}.get)
+    utils = FakePyTorchUtils()
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
+    answerDevices(widget, ["cpu"])  # the old torch: no CUDA
+    assert widget.ui.deviceComboBox.items == ["Auto", "CPU"]
+    cursors = {"asked": [], "started": []}
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
+                        lambda text, *args, **kwargs: cursors["asked"].append(slicer.app.overrideCursors) or True)
+    job = fakeTrackingJob(module)
+    monkeypatch.setattr(widget.logic, "startRegistration",
+                        lambda parameters: cursors["started"].append(slicer.app.overrideCursors) or job)
+    widget.onRegisterButton()
+    assert utils.calls == [(False, ">=2.3")] and widget._job is job
+    assert cursors == {"asked": [0], "started": [1]} and slicer.app.overrideCursors == 0
+    torch["status"] = "ok"
+    assert widget._deviceQuery is not None  # asked again, of the new torch
+    answerDevices(widget, ["cpu", "cuda"])
+    assert widget.ui.deviceComboBox.items == ["Auto", "CPU", "CUDA"]
+
+
+def test_an_idle_worker_ends_after_the_idle_time(module, quietPanel, monkeypatch, tmp_path):
+    """The worker the device query started (torch imported) stays for the next job, not for ever."""
+    widget = quietPanel
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("")
+    monkeypatch.setattr(module, "REQUIREMENTS", requirements)
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: "ok")
+    answerDevices(widget, ["cpu"])
+    timer = widget._idleTimer
+    assert timer.active and timer.singleShot and timer.interval == module.IDLE_STOP_MSEC
+    worker = widget.logic.worker()
+    worker.run(["devices"])
+    pid = worker.pid
+    job = fakeTrackingJob(module)
+    monkeypatch.setattr(widget.logic, "startTracking", lambda parameters: job)
+    widget.onTrackButton()
+    assert not timer.active  # no idle time while a job runs
+    timer.timeout.emit()  # a timeout already queued: a busy worker stays
+    assert widget.logic.worker() is worker and process_exists(pid)
+    widget.onTrackButton()  # cancelled: idle again
+    assert timer.active
+    timer.timeout.emit()
+    assert worker.pid is None and not process_exists(pid)
 
 
 def test_closing_the_module_ends_its_worker(widget):
@@ -507,7 +584,7 @@ def test_closing_the_module_ends_its_worker(widget):
 
 
 @pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
-def test_torch_not_installed_or_no_pytorch_extension_is_a_clear_error(module, monkeypatch):
+def test_torch_not_installed_or_no_pytorch_extension_is_a_clear_error(module, monkeypatch, asked):
     monkeypatch.setattr(module, "installedTorchStatus", lambda: "missing")
     monkeypatch.setitem(sys.modules, "PyTorchUtils", FakePyTorchUtils(installs=False))
     with pytest.raises(RuntimeError, match="not installed"):
@@ -532,13 +609,15 @@ def test_slicer_pip_ensure_is_used_where_it_exists(module, monkeypatch, tmp_path
 def test_before_slicer_512_missing_packages_are_pip_installed_after_asking(module, monkeypatch, asked, tmp_path):
     monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # Slicer 5.8 and 5.10
     installed = []
-    monkeypatch.setattr(slicer.util, "pip_install", installed.append)
+    monkeypatch.setattr(slicer.util, "pip_install",
+                        lambda missing: installed.append((missing, slicer.app.overrideCursors)))
     module.ensurePythonPackages(module.REQUIREMENTS)
     assert (asked.questions, installed) == ([], [])
     path = tmp_path / "requirements.txt"
     path.write_text("numpy>=1.0\nsurely-not-an-installed-package>=1\n")
     module.ensurePythonPackages(path)
-    assert installed == [["surely-not-an-installed-package>=1"]] and "surely-not" in asked.questions[0]
+    assert installed == [(["surely-not-an-installed-package>=1"], 1)] and "surely-not" in asked.questions[0]
+    assert asked.cursors == [0]  # asked, then installed under the wait cursor
     asked.ok = False
     with pytest.raises(RuntimeError, match="surely-not"):
         module.ensurePythonPackages(path)
