@@ -12,6 +12,7 @@ real types work however Slicer loads this file. So: ``Optional``/``Union``, neve
 
 import logging
 import time
+import unittest
 from pathlib import Path
 from typing import Annotated, Optional, Union
 
@@ -58,15 +59,18 @@ from FSDiffRegMRML.process import DeviceQuery, RegisterOptions, Worker, pythonSl
 DEVICES = ["Auto", "CPU", "CUDA"]
 DEFORMATION_MODES = ["Grid", "Glyph", "Contour"]
 POLL_MSEC = 200
+#: How long the worker (torch imported, maybe a CUDA context) outlives its last command: long enough for
+#: the next run to skip importing torch again, short enough not to hold memory and files all session.
+IDLE_STOP_MSEC = 10 * 60 * 1000
 RESOURCES = Path(__file__).resolve().parent / "Resources"
 #: Python packages the registration process needs beside torch, NumPy and SimpleITK.
 REQUIREMENTS = RESOURCES / "requirements.txt"
 DOCUMENTATION = "https://github.com/FSDiffReg/SlicerFSDiffReg#readme"
-SAMPLE_URL = "https://raw.githubusercontent.com/FSDiffReg/SlicerFSDiffReg/main/FSDiffRegLib/assets/sample/"
-#: The bundled sample pair (ACDC patient 091) offered in Sample Data: file, node name, SHA256 of the file.
+#: The bundled sample pair (ACDC patient 091) offered in Sample Data: its role in
+#: ``FSDiffRegLib.resources.sample_pair()``, node name, SHA256 of the file.
 SAMPLE_FILES = (
-    ("acdc091_ED.nii.gz", "acdc091_ED", "63ce6a74422112db6abc1d5a2e152b65da799d7e7a6126917d4dc912b987a0f3"),
-    ("acdc091_ES.nii.gz", "acdc091_ES", "47b2f5c068614f9e4c351c56b60e80abbf4589cc7b4a2b45f3ac86587a8166b0"),
+    ("fixed", "acdc091_ED", "63ce6a74422112db6abc1d5a2e152b65da799d7e7a6126917d4dc912b987a0f3"),
+    ("moving", "acdc091_ES", "47b2f5c068614f9e4c351c56b60e80abbf4589cc7b4a2b45f3ac86587a8166b0"),
 )
 
 
@@ -100,15 +104,19 @@ class FSDiffReg(ScriptedLoadableModule):
 
 
 def registerSampleData() -> None:
-    """Offer the bundled sample pair in the Sample Data module (fetched from the project, SHA256-checked)."""
+    """Offer the sample pair installed with the extension in the Sample Data module, by ``file://`` URIs:
+    SampleData copies them into its cache (``urlretrieve``) and checks their SHA256, offline too."""
     import SampleData
 
+    from FSDiffRegLib.resources import sample_pair
+
+    paths = [sample_pair()[role] for role, _, _ in SAMPLE_FILES]
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="FSDiffReg",
         sampleName="FSDiffRegCardiacPair",
         thumbnailFileName=str(RESOURCES / "Icons" / "FSDiffReg.png"),
-        uris=[SAMPLE_URL + fileName for fileName, _, _ in SAMPLE_FILES],
-        fileNames=[fileName for fileName, _, _ in SAMPLE_FILES],
+        uris=[path.as_uri() for path in paths],
+        fileNames=[path.name for path in paths],
         nodeNames=[nodeName for _, nodeName, _ in SAMPLE_FILES],
         checksums=[f"SHA256:{sha256}" for _, _, sha256 in SAMPLE_FILES],
     )
@@ -120,8 +128,9 @@ class FSDiffRegParameterNode:
 
     smoothness 0 means the refinement's default (6); refineSteps 0 means the network alone; an
     empty weightsFile means the weights bundled with the extension (never an install path, so a
-    saved scene works on any computer). A Union of node types lists None: the wrapper writes
-    every default into a fresh node, and a Union's default is None. The cine fields: a volume
+    saved scene works on any computer); it is a str, bound to its path field by the widget: a Path
+    field (5.8 to 5.12) holds ``Path("")`` and shows it as ".". A Union of node types lists None:
+    the wrapper writes every default into a fresh node, and a Union's default is None. The cine fields: a volume
     sequence, the frame (counted from 1) its labels belong to, those labels, and the last tracking's
     outputs; the options above apply to tracking too. The cine is a volume sequence or a multivolume
     (MultiVolumeImporter's vtkMRMLMultiVolumeNode, a scalar volume subclass that a module file cannot
@@ -134,7 +143,7 @@ class FSDiffRegParameterNode:
     device: Annotated[str, Choice(DEVICES)] = "Auto"
     refineSteps: Annotated[int, WithinRange(0, 1000)] = RegisterOptions.refineSteps
     smoothness: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
-    weightsFile: Path = Path()
+    weightsFile: str = ""
     outputTransform: vtkMRMLGridTransformNode
     warpedVolume: vtkMRMLScalarVolumeNode
     jacobianVolume: vtkMRMLScalarVolumeNode
@@ -155,6 +164,11 @@ class FSDiffRegParameterNode:
 class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The GUI: Register (or Track) turns into Cancel while its process runs; one job at a time.
 
+    The worker process (torch imported) stays while it serves: during a job or the device query, and
+    ``IDLE_STOP_MSEC`` after, so that the next run starts at once; then it ends (``onIdle``), as it
+    does when the module is closed. Installing torch or packages ends it before, and asks the new
+    torch for its devices after.
+
     The GUI is connected once per parameter node (entering the module again reuses the
     connection), through ``connectParametersToGui``, which returns a tag in every Slicer
     release (5.8's ``connectGui`` does not), so the connection can always be undone.
@@ -171,6 +185,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceQuery = None
         self._deviceTimer = None
         self._devices = None  # the devices torch can use here; None until known
+        self._deformationShown = None  # (transform, showGrid, gridMode) last applied to the transform's display
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -186,8 +201,13 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceTimer = qt.QTimer()
         self._deviceTimer.setInterval(POLL_MSEC)
         self._deviceTimer.timeout.connect(self.onDeviceQueryPoll)
+        self._idleTimer = qt.QTimer()
+        self._idleTimer.setSingleShot(True)
+        self._idleTimer.setInterval(IDLE_STOP_MSEC)
+        self._idleTimer.timeout.connect(self.onIdle)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.weightsPathLineEdit.currentPathChanged.connect(self.onWeightsPathChanged)
         self.ui.registerButton.clicked.connect(self.onRegisterButton)
         self.ui.trackButton.clicked.connect(self.onTrackButton)
         self.ui.cineVolumesSelector.addAttribute("vtkMRMLScalarVolumeNode", MULTIVOLUME_ATTRIBUTE)  # multivolumes
@@ -196,6 +216,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._idleTimer.stop()
         self.cancelJob()
         if self._deviceQuery is not None:
             self._deviceQuery.cancel()
@@ -252,7 +273,10 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def startDeviceQuery(self) -> None:
         """Ask the worker which devices torch can use (the GUI never imports torch); it then stays,
-        torch imported, for the first Register."""
+        torch imported, for the first Register (``IDLE_STOP_MSEC``). A query running is dropped."""
+        if self._deviceQuery is not None:
+            self._deviceQuery.cancel()
+            self._deviceQuery = None
         if installedVersion("torch") is None:
             self.setDevices(["cpu"])
             return
@@ -270,6 +294,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._deviceTimer.stop()
         self._deviceQuery = None
+        self._idleTimer.start()
         if answer["error"]:
             logging.warning(f"FSDiffReg: PyTorch cannot list its devices: {answer['error']}")
         self.setDevices(answer["devices"] or ["cpu"])
@@ -280,22 +305,48 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateDeviceChoices()
 
     def updateDeviceChoices(self) -> None:
-        """Offer CUDA only where torch can use it; a CUDA choice (from a saved scene) falls back to Auto."""
-        if self._devices is None or "cuda" in self._devices:
+        """Offer CUDA only where torch can use it (again, once a new torch can); a CUDA choice (from a saved
+        scene) falls back to Auto."""
+        if self._devices is None:
+            return
+        index = self.ui.deviceComboBox.findText("CUDA")
+        if "cuda" in self._devices:
+            if index < 0:
+                self.ui.deviceComboBox.addItem("CUDA")
             return
         if self._parameterNode.device == "CUDA":
             logging.info("FSDiffReg: CUDA is not available on this computer; device set to Auto.")
             self._parameterNode.device = "Auto"
-        index = self.ui.deviceComboBox.findText("CUDA")
         if index >= 0:
             self.ui.deviceComboBox.removeItem(index)
 
+    def onIdle(self) -> None:
+        """End the worker when nothing has used it for ``IDLE_STOP_MSEC``."""
+        if self._job is None and self._deviceQuery is None:
+            self.logic.stopWorker()
+
     def onParameterChanged(self, caller=None, event=None) -> None:
         self.updateDeviceChoices()
-        self.logic.updateDeformationDisplay(self._parameterNode)
+        self.updateDeformationDisplay()
+        weights = self.logic.weightsFile(self._parameterNode)
+        if self.ui.weightsPathLineEdit.currentPath != weights:
+            self.ui.weightsPathLineEdit.currentPath = weights
         hasTransform = self._parameterNode.outputTransform is not None
         self.ui.showGridCheckBox.enabled = hasTransform
         self.ui.gridModeComboBox.enabled = hasTransform
+
+    def onWeightsPathChanged(self, path: str) -> None:
+        if self._parameterNode is not None and self._parameterNode.weightsFile != path:
+            self._parameterNode.weightsFile = path
+
+    def updateDeformationDisplay(self) -> None:
+        """Show the output transform as chosen, only when the transform or the choice changed: what the
+        user set in the Transforms or Data module stays otherwise."""
+        parameters = self._parameterNode
+        shown = (parameters.outputTransform, parameters.showGrid, parameters.gridMode)
+        if shown != self._deformationShown:
+            self._deformationShown = shown
+            self.logic.updateDeformationDisplay(parameters)
 
     def onRegisterButton(self) -> None:
         self.onJobButton(_("Registration could not start."), self.logic.startRegistration)
@@ -304,15 +355,30 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onJobButton(_("Tracking could not start."), self.logic.startTracking)
 
     def onJobButton(self, failure: str, start) -> None:
-        """Start a job with ``start(parameters)``, or cancel the running one (its button reads Cancel)."""
+        """Start a job with ``start(parameters)``, or cancel the running one (its button reads Cancel).
+
+        What is missing is installed first, after asking: the questions never come under the wait cursor.
+        """
         if self._job is not None:
             self.cancelJob()
             return
+        self.ui.logText.clear()
+        self.ui.summaryLabel.text = ""
+        with slicer.util.tryWithErrorDisplay(failure):
+            self.ensureDependencies()
         with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
-            self.ui.logText.clear()
-            self.ui.summaryLabel.text = ""
             self._job = start(self._parameterNode)
             self.setRunning(True)
+
+    def ensureDependencies(self) -> None:
+        """Install what is missing (the logic asks first); the worker, ended for it, is asked for the new
+        torch's devices (CUDA appears without a restart)."""
+        if not self.logic.dependenciesMissing():
+            return
+        try:
+            self.logic.ensureDependencies()
+        finally:
+            self.startDeviceQuery()
 
     def onPoll(self) -> None:
         for line in self._job.poll():
@@ -363,8 +429,10 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if running:
             self.ui.progressBar.value = 0
             self._timer.start()
+            self._idleTimer.stop()
         else:
             self._timer.stop()
+            self._idleTimer.start()
 
 
 def showCineOutputs(outputs: CineOutputs, cine) -> None:
@@ -379,8 +447,9 @@ def showCineOutputs(outputs: CineOutputs, cine) -> None:
 def ensurePythonPackages(requirementsFile: Path) -> None:
     """Install what ``requirementsFile`` lists and is missing, after asking the user.
 
-    Slicer 5.12 and later: ``slicer.packaging.pip_ensure``; before: checked here and installed
-    with ``slicer.util.pip_install``. torch, NumPy and SimpleITK are never listed there.
+    Slicer 5.12 and later: ``slicer.packaging.pip_ensure`` (its own question and progress dialog);
+    before: checked here, asked, and installed with ``slicer.util.pip_install`` under a wait cursor.
+    torch, NumPy and SimpleITK are never listed there.
     """
     try:
         from slicer.packaging import load_requirements, pip_ensure
@@ -396,30 +465,36 @@ def ensurePythonPackages(requirementsFile: Path) -> None:
     if not slicer.util.confirmOkCancelDisplay(
             _("FSDiffReg needs these Python packages: {packages}. Install them now?").format(packages=packages)):
         raise RuntimeError(_("FSDiffReg cannot run without: {packages}").format(packages=packages))
-    slicer.util.pip_install(missing)
+    with slicer.util.WaitCursor():
+        slicer.util.pip_install(missing)
 
 
-def ensureTorch() -> bool:
+def ensureTorch() -> None:
     """torch (new enough for FSDiffReg and for Slicer's NumPy) through the PyTorch extension, after asking;
-    True when it installed or updated torch."""
+    installed under a wait cursor (the question never is)."""
     status = installedTorchStatus()
     if status == "ok":
-        return False
+        return
     try:
         import PyTorchUtils
     except ModuleNotFoundError:
         raise RuntimeError(_("FSDiffReg needs the PyTorch extension. Install 'PyTorch' from the "
                              "Extensions Manager, restart Slicer and try again.")) from None
     requirement = torchRequirement(installedVersion("numpy"))
-    if status == "old" and not slicer.util.confirmOkCancelDisplay(
-            _("FSDiffReg needs PyTorch {requirement} with this Slicer; PyTorch {version} is installed. "
-              "Update PyTorch now (this may take some minutes)?").format(
-                requirement=requirement, version=installedVersion("torch"))):
+    if status == "old":
+        question = _("FSDiffReg needs PyTorch {requirement} with this Slicer; PyTorch {version} is installed. "
+                     "Update PyTorch now (this may take some minutes)?").format(
+                        requirement=requirement, version=installedVersion("torch"))
+    else:
+        question = _("FSDiffReg needs PyTorch {requirement}, which is not installed. "
+                     "Install PyTorch now (this may take some minutes)?").format(requirement=requirement)
+    if not slicer.util.confirmOkCancelDisplay(question):
         raise RuntimeError(_("FSDiffReg needs PyTorch {requirement}.").format(requirement=requirement))
-    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if torchLogic.installTorch(askConfirmation=status == "missing", torchVersionRequirement=requirement) is None:
+    with slicer.util.WaitCursor():
+        installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                                  torchVersionRequirement=requirement)
+    if installed is None:
         raise RuntimeError(_("FSDiffReg needs PyTorch, which was not installed."))
-    return True
 
 
 class FSDiffRegLogic(ScriptedLoadableModuleLogic):
@@ -449,25 +524,36 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         return FSDiffRegParameterNode(super().getParameterNode())
 
     @staticmethod
-    def options(parameters: FSDiffRegParameterNode) -> RegisterOptions:
-        """The registration options chosen in the parameter node.
+    def weightsFile(parameters: FSDiffRegParameterNode) -> str:
+        """The chosen weights file; "" (the weights bundled with the registration process) for none,
+        also where a scene saved with the former Path field holds "."."""
+        return "" if parameters.weightsFile in ("", ".") else parameters.weightsFile
 
-        An empty weights field (``Path()`` reads back as ".") stays empty: the registration
-        process then uses the weights bundled with it.
-        """
-        weights = str(parameters.weightsFile)
-        if weights in ("", "."):
-            weights = ""
-        elif not Path(weights).is_file():
+    @classmethod
+    def options(cls, parameters: FSDiffRegParameterNode) -> RegisterOptions:
+        """The registration options chosen in the parameter node."""
+        weights = cls.weightsFile(parameters)
+        if weights and not Path(weights).is_file():
             raise InputError(_("Weights file not found: {path}").format(path=weights))
         return RegisterOptions(device=parameters.device.lower(), weights=weights,
                                refineSteps=parameters.refineSteps, smoothness=parameters.smoothness or None)
 
+    @staticmethod
+    def dependenciesMissing() -> bool:
+        """Whether torch is missing or too old, or a package of the requirements file is missing."""
+        return installedTorchStatus() != "ok" or bool(missingRequirements(readRequirements(REQUIREMENTS)))
+
     def ensureDependencies(self) -> None:
         """torch through the PyTorch extension, other packages through pip; asks before installing.
-        A torch installed or updated here ends the worker, which may hold the one replaced."""
-        if ensureTorch():
-            self.stopWorker()
+
+        The worker ends first: on Windows it holds torch's DLLs (and the packages' files) open, and an
+        install beside it fails half way. (PyTorchUtils' installTorch then imports the new torch into
+        Slicer's own process; the worker still runs every command.)
+        """
+        if not self.dependenciesMissing():
+            return
+        self.stopWorker()
+        ensureTorch()
         ensurePythonPackages(REQUIREMENTS)
 
     def startRegistration(self, parameters: FSDiffRegParameterNode) -> RegistrationJob:
@@ -525,21 +611,29 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
 class FSDiffRegTest(ScriptedLoadableModuleTest):
     """The panel, the parameter node and the input checks; a real registration of the bundled
     sample pair (ACDC patient 091, ES to ED) only where PyTorch is installed already: the
-    self-test never downloads it (build machines)."""
+    self-test never downloads it (build machines).
+
+    Each test that needs torch skips itself (``skipIfNoTorch``): the extension factory runs the
+    tests with ``slicer.testing.runUnitTest``, which loads them by name and never calls ``runTest``.
+    """
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        self.setUp()
-        self.test_PanelAndParameterNode()
-        self.setUp()
-        self.test_BadInputsChangeNothing()
-        self.setUp()
-        if installedTorchStatus() == "ok":
-            self.test_RegisterSamplePair()
-        else:
-            self.delayDisplay("PyTorch is not installed here (or too old): registration not tested")
+        for test in (self.test_PanelAndParameterNode, self.test_BadInputsChangeNothing, self.test_RegisterSamplePair):
+            self.setUp()
+            try:
+                test()
+            except unittest.SkipTest as reason:
+                self.delayDisplay(f"{test.__name__} skipped: {reason}")
+
+    def skipIfNoTorch(self) -> None:
+        """Skip the calling test where no usable torch is installed (it would be installed otherwise)."""
+        status = installedTorchStatus()
+        if status != "ok":
+            state = "not installed" if status == "missing" else "too old"
+            self.skipTest(f"PyTorch is {state} here (the self-test never installs it)")
 
     def loadSample(self):
         from FSDiffRegLib.resources import sample_pair
@@ -555,7 +649,7 @@ class FSDiffRegTest(ScriptedLoadableModuleTest):
         widget = slicer.modules.FSDiffRegWidget
         parameters = widget.logic.getParameterNode()
         self.assertEqual(parameters.device, "Auto")
-        self.assertIn(str(parameters.weightsFile), ("", "."))
+        self.assertEqual(parameters.weightsFile, "")
         fixed, moving, labels = self.loadSample()
         parameters.fixedVolume, parameters.movingVolume, parameters.movingLabels = fixed, moving, labels
         self.assertIs(widget.ui.fixedVolumeSelector.currentNode(), fixed)
@@ -566,6 +660,7 @@ class FSDiffRegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Panel and parameter node in sync")
 
     def test_RegisterSamplePair(self) -> None:
+        self.skipIfNoTorch()
         self.delayDisplay("Registering the sample pair")
         fixed, moving, labels = self.loadSample()
         before = slicer.util.arrayFromVolume(moving).copy()

@@ -19,6 +19,7 @@ import inspect
 import json
 import sys
 import types
+import unittest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,10 +192,24 @@ def placeholderModule(name: str, known: dict | None = None, base: type = Inert) 
     return module
 
 
+class QApplication:
+    """``qt.QApplication``: its override cursor is ``slicer.app``'s (one stack, as in Qt)."""
+
+    @staticmethod
+    def setOverrideCursor(cursor):
+        sys.modules["slicer"].app.setOverrideCursor(cursor)
+
+    @staticmethod
+    def restoreOverrideCursor():
+        sys.modules["slicer"].app.restoreOverrideCursor()
+
+
 def qtModule() -> types.ModuleType:
-    return placeholderModule("qt", {"QComboBox": ComboBox, "QSpinBox": SpinBox, "QDoubleSpinBox": type(
-        "QDoubleSpinBox", (SpinBox,), {}), "QCheckBox": type("QCheckBox", (Widget,), {}), "QWidget": Widget,
-        "QTimer": type("QTimer", (Widget,), {"setInterval": lambda self, msec: None,
+    return placeholderModule("qt", {"QApplication": QApplication, "QComboBox": ComboBox, "QSpinBox": SpinBox,
+        "QDoubleSpinBox": type("QDoubleSpinBox", (SpinBox,), {}), "QCheckBox": type("QCheckBox", (Widget,), {}),
+        "QWidget": Widget,
+        "QTimer": type("QTimer", (Widget,), {"setInterval": lambda self, msec: setattr(self, "interval", msec),
+                                             "setSingleShot": lambda self, single: setattr(self, "singleShot", single),
                                              "start": lambda self: setattr(self, "active", True),
                                              "stop": lambda self: setattr(self, "active", False)})})
 
@@ -204,16 +219,26 @@ def ctkModule() -> types.ModuleType:
 
 
 class Application:
-    """``slicer.app``: records what is connected to its signals."""
+    """``slicer.app``: records what is connected to its signals, and the override cursors set."""
 
     def __init__(self):
         self.connected = {}
+        self.overrideCursors = 0  # how many wait cursors are set (slicer.util.tryWithErrorDisplay's)
 
     def connect(self, signal, slot):
         self.connected.setdefault(signal, []).append(slot)
 
     def testingEnabled(self) -> bool:
         return False
+
+    def processEvents(self):
+        pass
+
+    def setOverrideCursor(self, cursor):
+        self.overrideCursors += 1
+
+    def restoreOverrideCursor(self):
+        self.overrideCursors -= 1
 
 
 class ModuleParent:
@@ -256,7 +281,9 @@ def scriptedLoadableModule() -> types.ModuleType:
                 node = slicer.mrmlScene.AddNode(node)
             return node
 
-    class ScriptedLoadableModuleTest:
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        """A unittest.TestCase, as in Slicer (``slicer.testing.runUnitTest`` loads its test methods by name)."""
+
         def delayDisplay(self, message, msec=None):
             pass
 

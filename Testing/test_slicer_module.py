@@ -12,16 +12,20 @@ import os
 import subprocess
 import sys
 import types
+import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname, urlretrieve
 
 import pytest
 import slicer
 import vtk
+from slicer.util import tryWithErrorDisplay
 
 import slicer_standins as standins
 from FSDiffRegLib.defaults import DEFAULT_STEPS
-from FSDiffRegLib.resources import SAMPLE
+from FSDiffRegLib.resources import SAMPLE, sample_pair
 from FSDiffRegLib.work_folders import process_exists
 
 UI = standins.MODULE_FILE.parent / "Resources" / "UI" / "FSDiffReg.ui"
@@ -64,7 +68,7 @@ def test_fresh_parameter_node_has_the_defaults(module):
     assert all(getattr(parameters, field) is None for field in NODE_FIELDS)
     assert (parameters.device, parameters.refineSteps, parameters.smoothness) == ("Auto", DEFAULT_STEPS, 0.0)
     assert (parameters.showGrid, parameters.gridMode) == (False, "Grid")
-    assert str(parameters.weightsFile) in ("", ".")
+    assert parameters.weightsFile == ""
 
 
 def withSequences(scene):
@@ -86,7 +90,7 @@ def test_every_field_is_written_read_saved_and_loaded_back(module, tmp_path):
     values = {"fixedVolume": nodes["fixed"], "movingVolume": nodes["moving"], "movingLabels": nodes["segmentation"],
               "outputTransform": nodes["transform"], "warpedVolume": nodes["warped"],
               "jacobianVolume": nodes["jacobian"], "warpedLabels": nodes["labelmap"], "device": "CPU",
-              "refineSteps": 5, "smoothness": 2.5, "weightsFile": tmp_path / "mine.pt", "showGrid": True,
+              "refineSteps": 5, "smoothness": 2.5, "weightsFile": str(tmp_path / "mine.pt"), "showGrid": True,
               "gridMode": "Glyph", "cineVolumes": nodes["cine"], "referenceFrame": 19, "cineLabels": nodes["labelmap"],
               "cineTransforms": nodes["transforms"], "cineSegmentations": nodes["segmentations"],
               "cineTable": nodes["table"], "cineFunctionTable": nodes["function"], "cineChart": nodes["chart"],
@@ -120,7 +124,7 @@ def test_default_weights_are_not_an_install_path_in_the_saved_scene(module, tmp_
     saved = (tmp_path / "scene.mrml").read_text()
     assert "weightsFile" in saved and "FSDiffRegLib" not in saved and "fsdiffreg_acdc" not in saved
     assert module.FSDiffRegLogic.options(parameters).weights == ""  # the process's own default: the bundled weights
-    parameters.weightsFile = tmp_path / "missing.pt"
+    parameters.weightsFile = str(tmp_path / "missing.pt")
     with pytest.raises(module.InputError, match="missing.pt"):
         module.FSDiffRegLogic.options(parameters)
 
@@ -179,8 +183,9 @@ def widget(module, monkeypatch):
     widget.setup()
     widget.parent.isEntered = True
     widget.enter()
-    widget.calls = 0
-    widget.logic.updateDeformationDisplay = lambda parameters: setattr(widget, "calls", widget.calls + 1)
+    widget.calls = 0  # how often onParameterChanged ran (it updates the deformation display each time)
+    updateDeformationDisplay = widget.updateDeformationDisplay
+    widget.updateDeformationDisplay = lambda: (setattr(widget, "calls", widget.calls + 1), updateDeformationDisplay())
     yield widget
     widget.cleanup()
 
@@ -190,8 +195,8 @@ def parameterWidgets(ui) -> list:
 
 
 def fields(module) -> int:
-    """How many parameters the parameter node has (each has one widget)."""
-    return len(module.FSDiffRegParameterNode.allParameters)
+    """How many parameters the parameter node connects to widgets (all but weightsFile, bound by the widget)."""
+    return len(module.FSDiffRegParameterNode.allParameters) - 1
 
 
 def test_entering_again_and_again_connects_the_gui_once(module, widget):
@@ -210,6 +215,41 @@ def test_entering_again_and_again_connects_the_gui_once(module, widget):
     widget.exit()
     module.FSDiffRegLogic().getParameterNode().refineSteps = 8
     assert widget.calls == 0  # our own observer goes on exit, whatever the release
+
+
+def test_transform_display_is_applied_only_when_its_parameters_change(module, widget):
+    """What the user sets in Transforms or Data stays, unless Show grid, its mode or the transform change."""
+    parameters = widget.logic.getParameterNode()
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    parameters.outputTransform = transform
+    display = transform.GetDisplayNode()
+    assert display is not None and not display.GetVisibility2D() and display.GetGridSpacingMm() == 5.0
+    display.SetGridSpacingMm(12.0)  # the user's own choices, in the Transforms module
+    display.SetVisibility2D(True)
+    parameters.refineSteps = 7
+    widget.exit()
+    widget.enter()
+    assert display.GetGridSpacingMm() == 12.0 and display.GetVisibility2D()
+    parameters.gridMode = "Glyph"
+    assert display.GetVisualizationMode() == display.VIS_MODE_GLYPH and not display.GetVisibility2D()
+    parameters.showGrid = True
+    assert display.GetVisibility2D()
+
+
+def test_no_weights_file_is_an_empty_field_and_an_empty_parameter(module, widget, tmp_path):
+    field, parameters = widget.ui.weightsPathLineEdit, widget.logic.getParameterNode()
+    assert (field.currentPath, parameters.weightsFile) == ("", "")  # not Path("") shown as "."
+    chosen = str(tmp_path / "mine.pt")
+    field.currentPath = chosen
+    field.currentPathChanged.emit(chosen)
+    assert widget.logic.getParameterNode().weightsFile == chosen
+    field.currentPath = ""
+    field.currentPathChanged.emit("")
+    assert (field.currentPath, widget.logic.getParameterNode().weightsFile) == ("", "")
+    parameters.weightsFile = chosen
+    assert field.currentPath == chosen
+    parameters.parameterNode.SetParameter("weightsFile", ".")  # as scenes saved with a Path field hold it
+    assert field.currentPath == "" and module.FSDiffRegLogic.options(parameters).weights == ""
 
 
 def test_scene_close_moves_the_gui_to_the_new_parameter_node(module, widget):
@@ -435,7 +475,7 @@ def test_no_device_query_without_torch(module, monkeypatch):
     assert widget._devices == ["cpu"]
 
 
-def test_module_description_and_sample_data(module, monkeypatch):
+def test_module_description_and_sample_data(module, monkeypatch, tmp_path):
     parent = types.SimpleNamespace()
     module.FSDiffReg(parent)
     assert all(" (" in name and name.endswith(")") for name in parent.contributors)
@@ -448,10 +488,15 @@ def test_module_description_and_sample_data(module, monkeypatch):
     monkeypatch.setitem(sys.modules, "SampleData", sampleData)
     module.registerSampleData()
     assert Path(registered["thumbnailFileName"]).is_file()
+    sample = sample_pair()
+    assert registered["fileNames"] == [sample["fixed"].name, sample["moving"].name] == ["acdc091_ED.nii.gz",
+                                                                                      "acdc091_ES.nii.gz"]
     for uri, fileName, checksum in zip(registered["uris"], registered["fileNames"], registered["checksums"]):
-        assert uri == module.SAMPLE_URL + fileName and uri.startswith("https://raw.githubusercontent.com/")
-        assert checksum == "SHA256:" + hashlib.sha256((SAMPLE / fileName).read_bytes()).hexdigest()
-    assert registered["fileNames"] == ["acdc091_ED.nii.gz", "acdc091_ES.nii.gz"]
+        assert uri.startswith("file:///") and Path(url2pathname(urlsplit(uri).path)) == SAMPLE / fileName
+        # as SampleDataLogic.downloadFile does (5.8.1 to 5.12.3): urlretrieve into the cache, then the checksum
+        copy = tmp_path / fileName
+        urlretrieve(uri, copy)
+        assert checksum == "SHA256:" + hashlib.sha256(copy.read_bytes()).hexdigest()
 
 
 def standinReport(python: str, release: str) -> dict:
@@ -482,27 +527,29 @@ class FakePyTorchUtils:
     """PyTorchUtils' interface: ``PyTorchUtilsLogic().installTorch(askConfirmation=, torchVersionRequirement=)``."""
 
     def __init__(self, installs: bool = True):
-        self.calls, self.installs = [], installs
+        self.calls, self.cursors, self.installs = [], [], installs
         self.PyTorchUtilsLogic = lambda: self
 
     def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
         self.calls.append((askConfirmation, torchVersionRequirement))
+        self.cursors.append(slicer.app.overrideCursors)
         return object() if self.installs else None
 
 
 @pytest.fixture
 def asked(monkeypatch):
     """Answers to slicer.util.confirmOkCancelDisplay (True by default) and what it was asked."""
-    questions = []
-    answer = types.SimpleNamespace(ok=True, questions=questions)
-    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
-                        lambda text, *args, **kwargs: questions.append(text) or answer.ok)
+    questions, cursors = [], []
+    answer = types.SimpleNamespace(ok=True, questions=questions, cursors=cursors)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *args, **kwargs: (
+        questions.append(text), cursors.append(slicer.app.overrideCursors))[0] or answer.ok)
     return answer
 
 
 @pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
 @pytest.mark.parametrize(("status", "accept", "calls"), [
-    ("ok", True, []), ("missing", True, [(True, ">=2.3")]), ("old", True, [(False, ">=2.3")]), ("old", False, []),
+    ("ok", True, []), ("missing", True, [(False, ">=2.3")]), ("missing", False, []), ("old", True, [(False, ">=2.3")]),
+    ("old", False, []),
 ])
 def test_torch_is_installed_or_updated_through_pytorchutils(module, monkeypatch, asked, status, accept, calls):
     utils = FakePyTorchUtils()
@@ -511,12 +558,14 @@ def test_torch_is_installed_or_updated_through_pytorchutils(module, monkeypatch,
     monkeypatch.setattr(module, "installedVersion", {"numpy": "2.0.2", "torch": "2.2.0"}.get)
     asked.ok = accept
     if accept:
-        assert module.ensureTorch() == (status != "ok")
+        module.ensureTorch()
     else:
         with pytest.raises(RuntimeError, match=">=2.3"):
             module.ensureTorch()
     assert utils.calls == calls
-    assert bool(asked.questions) == (status == "old") and all("2.2.0" in q for q in asked.questions)
+    assert bool(asked.questions) == (status != "ok")
+    assert all(("2.2.0" in question) == (status == "old") for question in asked.questions)
+    assert asked.cursors == [0] * len(asked.questions) and utils.cursors == [1] * len(calls)  # asked, then waited
 
 
 class FakeWorker:
@@ -530,17 +579,89 @@ class FakeWorker:
 
 
 @pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
-@pytest.mark.parametrize(("status", "restarted"), [("ok", False), ("missing", True), ("old", True)])
-def test_a_torch_installed_or_updated_ends_the_worker_that_may_hold_the_old_one(module, monkeypatch, status,
-                                                                               restarted):
+@pytest.mark.parametrize(("status", "packages"), [("ok", ()), ("missing", ()), ("old", ()),
+                                                  ("ok", ("surely-not-an-installed-package>=1",)),
+                                                  ("old", ("surely-not-an-installed-package>=1",))])
+def test_the_worker_is_stopped_before_any_install(module, monkeypatch, asked, tmp_path, status, packages):
+    """On Windows the idle worker holds torch's DLLs (and the packages' files) open: an install beside it
+    fails half way. Nothing to install: the worker stays."""
     monkeypatch.setattr(module, "Worker", FakeWorker)
     monkeypatch.setattr(module, "pythonSlicerExecutable", lambda: sys.executable)
-    monkeypatch.setattr(module, "ensureTorch", lambda: status != "ok")  # what it did, as it says
-    monkeypatch.setattr(module, "ensurePythonPackages", lambda requirements: None)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("".join(line + "\n" for line in packages))
+    monkeypatch.setattr(module, "REQUIREMENTS", requirements)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # Slicer 5.8 and 5.10: pip_install
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: status)
+    monkeypatch.setattr(module, "installedVersion", {"numpy": "2.0.2", "torch": "2.2.0"}.get)
     logic = module.FSDiffRegLogic()
     worker = logic.worker()
+    stoppedAtInstall = []
+    utils = FakePyTorchUtils()
+    utils.installTorch = lambda **kwargs: stoppedAtInstall.append(worker.stopped) or object()
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: stoppedAtInstall.append(worker.stopped))
     logic.ensureDependencies()
-    assert worker.stopped == restarted and (logic.worker() is worker) != restarted
+    installs = (status != "ok") + bool(packages)
+    assert stoppedAtInstall == [True] * installs and worker.stopped == bool(installs)
+    assert (logic.worker() is worker) == (not installs)
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+def test_install_asks_before_the_wait_cursor_and_the_devices_are_asked_again(module, quietPanel, monkeypatch,
+                                                                             tmp_path):
+    """An update of torch (too old for NumPy 2) from Register: the question comes without a wait cursor,
+    the job starts under one, and the new torch's devices are asked for (CUDA appears without a restart)."""
+    widget = quietPanel
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", tryWithErrorDisplay)  # Slicer's own: the wait cursor
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("")
+    monkeypatch.setattr(module, "REQUIREMENTS", requirements)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)
+    torch = {"status": "old"}
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: torch["status"])
+    monkeypatch.setattr(module, "installedVersion", {"numpy": "2.0.2", "torch": "2.2.0"}.get)
+    utils = FakePyTorchUtils()
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
+    answerDevices(widget, ["cpu"])  # the old torch: no CUDA
+    assert widget.ui.deviceComboBox.items == ["Auto", "CPU"]
+    cursors = {"asked": [], "started": []}
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
+                        lambda text, *args, **kwargs: cursors["asked"].append(slicer.app.overrideCursors) or True)
+    job = fakeTrackingJob(module)
+    monkeypatch.setattr(widget.logic, "startRegistration",
+                        lambda parameters: cursors["started"].append(slicer.app.overrideCursors) or job)
+    widget.onRegisterButton()
+    assert utils.calls == [(False, ">=2.3")] and widget._job is job
+    assert cursors == {"asked": [0], "started": [1]} and slicer.app.overrideCursors == 0
+    torch["status"] = "ok"
+    assert widget._deviceQuery is not None  # asked again, of the new torch
+    answerDevices(widget, ["cpu", "cuda"])
+    assert widget.ui.deviceComboBox.items == ["Auto", "CPU", "CUDA"]
+
+
+def test_an_idle_worker_ends_after_the_idle_time(module, quietPanel, monkeypatch, tmp_path):
+    """The worker the device query started (torch imported) stays for the next job, not for ever."""
+    widget = quietPanel
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("")
+    monkeypatch.setattr(module, "REQUIREMENTS", requirements)
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: "ok")
+    answerDevices(widget, ["cpu"])
+    timer = widget._idleTimer
+    assert timer.active and timer.singleShot and timer.interval == module.IDLE_STOP_MSEC
+    worker = widget.logic.worker()
+    worker.run(["devices"])
+    pid = worker.pid
+    job = fakeTrackingJob(module)
+    monkeypatch.setattr(widget.logic, "startTracking", lambda parameters: job)
+    widget.onTrackButton()
+    assert not timer.active  # no idle time while a job runs
+    timer.timeout.emit()  # a timeout already queued: a busy worker stays
+    assert widget.logic.worker() is worker and process_exists(pid)
+    widget.onTrackButton()  # cancelled: idle again
+    assert timer.active
+    timer.timeout.emit()
+    assert worker.pid is None and not process_exists(pid)
 
 
 def test_closing_the_module_ends_its_worker(widget):
@@ -552,7 +673,7 @@ def test_closing_the_module_ends_its_worker(widget):
 
 
 @pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
-def test_torch_not_installed_or_no_pytorch_extension_is_a_clear_error(module, monkeypatch):
+def test_torch_not_installed_or_no_pytorch_extension_is_a_clear_error(module, monkeypatch, asked):
     monkeypatch.setattr(module, "installedTorchStatus", lambda: "missing")
     monkeypatch.setitem(sys.modules, "PyTorchUtils", FakePyTorchUtils(installs=False))
     with pytest.raises(RuntimeError, match="not installed"):
@@ -577,26 +698,80 @@ def test_slicer_pip_ensure_is_used_where_it_exists(module, monkeypatch, tmp_path
 def test_before_slicer_512_missing_packages_are_pip_installed_after_asking(module, monkeypatch, asked, tmp_path):
     monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # Slicer 5.8 and 5.10
     installed = []
-    monkeypatch.setattr(slicer.util, "pip_install", installed.append)
+    monkeypatch.setattr(slicer.util, "pip_install",
+                        lambda missing: installed.append((missing, slicer.app.overrideCursors)))
     module.ensurePythonPackages(module.REQUIREMENTS)
     assert (asked.questions, installed) == ([], [])
     path = tmp_path / "requirements.txt"
     path.write_text("numpy>=1.0\nsurely-not-an-installed-package>=1\n")
     module.ensurePythonPackages(path)
-    assert installed == [["surely-not-an-installed-package>=1"]] and "surely-not" in asked.questions[0]
+    assert installed == [(["surely-not-an-installed-package>=1"], 1)] and "surely-not" in asked.questions[0]
+    assert asked.cursors == [0]  # asked, then installed under the wait cursor
     asked.ok = False
     with pytest.raises(RuntimeError, match="surely-not"):
         module.ensurePythonPackages(path)
     assert len(installed) == 1
 
 
+def loadVolumeFile(path, nodeClass: str = "vtkMRMLScalarVolumeNode"):
+    """A volume node read into slicer.mrmlScene by Slicer's volume storage node (loadVolume needs the app)."""
+    node = slicer.mrmlScene.AddNewNodeByClass(nodeClass)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node), path
+    return node
+
+
+def sampleNodes(selfTest):
+    """FSDiffRegTest.loadSample's nodes, read without the application."""
+    sample = sample_pair()
+    return (loadVolumeFile(sample["fixed"]), loadVolumeFile(sample["moving"]),
+            loadVolumeFile(sample["moving_labels"], "vtkMRMLLabelMapVolumeNode"))
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+@pytest.mark.parametrize("status", ["missing", "old"])
+def test_self_test_loaded_by_name_skips_registration_without_torch(module, monkeypatch, status):
+    """As the extension factory runs it: slicer.testing.runUnitTest loads the module's test methods by name
+    (unittest's loader) and never calls runTest; without a usable torch the registration test is skipped,
+    and nothing asks PyTorchUtils to install torch."""
+    utils = FakePyTorchUtils(installs=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
+    monkeypatch.setitem(sys.modules, "FSDiffReg", module)
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: status)
+    monkeypatch.setattr(module.FSDiffRegTest, "loadSample", sampleNodes)
+    suite = unittest.TestLoader().loadTestsFromName("FSDiffReg")  # runUnitTest([...], "FSDiffReg") at 5.8.1-5.12.3
+    tests = {test.id(): test for group in suite for test in group}
+    assert "FSDiffReg.FSDiffRegTest.runTest" not in tests
+    registration = tests["FSDiffReg.FSDiffRegTest.test_RegisterSamplePair"]
+    result = unittest.TestResult()
+    registration.run(result)
+    assert (result.errors, result.failures) == ([], [])
+    assert [(test.id(), "PyTorch" in reason) for test, reason in result.skipped] == [(registration.id(), True)]
+    assert utils.calls == []
+
+
 @pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
 @pytest.mark.parametrize("status", ["ok", "missing", "old"])
 def test_self_test_registers_only_where_torch_is_installed(module, monkeypatch, status):
+    """Reload and Test (runTest) runs every test; the registration says why it is skipped."""
+
+    class Reached(Exception):
+        """The registration test went past its guard."""
+
+    def reached(selfTest):
+        raise Reached
+
     monkeypatch.setattr(module, "installedTorchStatus", lambda: status)
-    selfTest, ran = module.FSDiffRegTest(), []
-    tests = ("test_PanelAndParameterNode", "test_BadInputsChangeNothing", "test_RegisterSamplePair")
-    for name in tests:
+    monkeypatch.setattr(module.FSDiffRegTest, "loadSample", reached)
+    selfTest, ran, shown = module.FSDiffRegTest(), [], []
+    selfTest.delayDisplay = lambda message, msec=None: shown.append(message)
+    for name in ("test_PanelAndParameterNode", "test_BadInputsChangeNothing"):
         setattr(selfTest, name, lambda name=name: ran.append(name))
-    selfTest.runTest()
-    assert ran == list(tests if status == "ok" else tests[:2])
+    if status == "ok":
+        with pytest.raises(Reached):
+            selfTest.runTest()
+    else:
+        selfTest.runTest()
+        assert "PyTorch" in shown[-1] and "skipped" in shown[-1]
+    assert ran == ["test_PanelAndParameterNode", "test_BadInputsChangeNothing"]

@@ -22,7 +22,9 @@ MRML = MODULE / "FSDiffRegMRML"
 
 #: The widget class each kind of parameter must be bound to (Slicer's GUI connectors).
 WIDGET_FOR = {"choice": "QComboBox", "int": "QSpinBox", "float": "QDoubleSpinBox", "bool": "QCheckBox",
-              "Path": "ctkPathLineEdit", "node": "qMRMLNodeComboBox"}
+              "node": "qMRMLNodeComboBox"}
+#: Parameters the widget binds itself (no connector of 5.8 to 5.12 binds a str to a path field), and their widget.
+BOUND_BY_HAND = {"weightsFile": "weightsPathLineEdit"}
 
 
 def module_tree() -> ast.Module:
@@ -73,10 +75,14 @@ def test_every_widget_the_code_names_exists_in_the_ui():
 
 
 def test_every_slicer_parameter_name_is_a_field_and_every_field_has_a_widget():
-    assert set(parameter_names()) == set(parameter_fields())
+    assert set(parameter_names()) == set(parameter_fields()) - set(BOUND_BY_HAND)
+    source = SOURCE.read_text()
+    for field, widget in BOUND_BY_HAND.items():
+        assert ui_widgets()[widget].get("class") == "ctkPathLineEdit" and parameter_fields()[field] == "str"
+        assert f"self.ui.{widget}.currentPathChanged.connect(" in source
 
 
-@pytest.mark.parametrize("field", sorted(parameter_fields()))
+@pytest.mark.parametrize("field", sorted(set(parameter_fields()) - set(BOUND_BY_HAND)))
 def test_parameter_is_bound_to_a_widget_its_type_can_use(field):
     annotation = parameter_fields()[field]
     widget = ui_widgets()[parameter_names()[field]]
@@ -154,7 +160,29 @@ def test_module_cmake_ships_every_module_file():
         assert (MODULE / resource).is_file(), resource
     assert "Resources/requirements.txt" in resources  # read by ensurePythonPackages at run time
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
-    assert "FSDiffRegLib/*.py" in text and "FSDiffRegLib/assets/weights/*" in text
+    assert "FSDiffRegLib/*.py" in text and "FSDiffRegLib/assets/sample/*" in text
+
+
+def cmake_glob(text: str, variable: str) -> set[Path]:
+    """The files ``file(GLOB variable ... RELATIVE ${PROJECT_SOURCE_DIR} patterns)`` finds in this repository."""
+    body = re.search(rf"file\(GLOB {variable} (.*?)\)", text, re.S).group(1)
+    prefix = "${PROJECT_SOURCE_DIR}/"
+    patterns = [p.removeprefix(prefix) for p in body.split() if p.startswith(prefix)]
+    return {path for pattern in patterns for path in (ROOT / pattern).parent.glob(Path(pattern).name)
+            if path.is_file()}
+
+
+def test_slicer_gets_the_weights_the_library_names_not_the_ablation_weights():
+    """The bundled weights (FSDiffRegLib.resources), their checksums and heart heads, and the model card;
+    the ablation weights only the benchmark reads stay out of Slicer."""
+    from FSDiffRegLib.heart import heart_path
+    from FSDiffRegLib.resources import NAMED_WEIGHTS, WEIGHTS
+
+    installed = {p for p in cmake_glob((MODULE / "CMakeLists.txt").read_text(), "_lib_data") if p.parent == WEIGHTS}
+    named = [*NAMED_WEIGHTS.values(), *(heart_path(w) for w in NAMED_WEIGHTS.values())]
+    expected = {WEIGHTS / "MODEL_CARD.md"} | {p for w in named for p in (w, w.with_name(w.name + ".sha256"))
+                                               if p.is_file()}
+    assert installed == expected, sorted(p.name for p in installed ^ expected)
 
 
 def cmake_setting(name: str) -> str:

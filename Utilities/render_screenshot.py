@@ -68,7 +68,7 @@ from FSDiffRegLib.resources import sample_pair  # noqa: E402
 from FSDiffRegMRML.display import showDeformation  # noqa: E402
 from FSDiffRegMRML.job import RegistrationJob  # noqa: E402
 from FSDiffRegMRML.outputs import RegistrationOutputs, summary  # noqa: E402
-from FSDiffRegMRML.process import RegisterOptions  # noqa: E402
+from FSDiffRegMRML.process import RegisterOptions, Worker  # noqa: E402
 
 #: The size of the screenshot (16:9; the Extensions Index names no size).
 SIZE = QSize(1280, 720)
@@ -117,7 +117,11 @@ def register(scene, python: str):
     moving = loadVolume(scene, sample["moving"])
     labels = loadVolume(scene, sample["moving_labels"], slicer.vtkMRMLLabelMapVolumeNode)
     log: list[str] = []
-    outputs = RegistrationJob(fixed, moving, labels, RegisterOptions(), python).wait(onLines=log.extend)
+    worker = Worker(python)
+    try:
+        outputs = RegistrationJob(fixed, moving, labels, RegisterOptions(), worker).wait(onLines=log.extend)
+    finally:
+        worker.stop()
     showDeformation(outputs.transform, True, "grid", fixed)
     return {"fixedVolume": fixed, "movingVolume": moving, "movingLabels": labels,
             "outputTransform": outputs.transform, "warpedVolume": outputs.warped,
