@@ -83,12 +83,12 @@ def third_party_imports(module: str) -> set[str]:
     tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
     names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
-    return {name.split(".")[0] for name in names if name} - set(sys.stdlib_module_names) - {"__future__"}
+    return {name.split(".")[0] for name in names if name} - set(sys.stdlib_module_names)  # novermin (3.10: skipped)
 
 
 def distribution(name: str) -> str:
     """The normalised name of the distribution that installs the import ``name`` (the name itself if none here)."""
-    found = importlib.metadata.packages_distributions().get(name, [name])
+    found = importlib.metadata.packages_distributions().get(name, [name])  # novermin (3.10: skipped)
     return re.sub(r"[-_.]+", "-", found[0]).lower()
 
 
