@@ -109,9 +109,9 @@ def _demo(args: argparse.Namespace) -> None:
     result = register_files(request, log=_say, also=figure)
     out = Path(args.out_dir).resolve()
     print(f"registered the bundled ACDC sample (patient 091, ES -> ED): {_summary(result.metrics)}")
-    figure = f"; figure {out / 'figure.png'}" if (out / "figure.png").is_file() else ""
+    picture = f"; figure {out / 'figure.png'}" if (out / "figure.png").is_file() else ""  # none without matplotlib
     print(f"outputs in {out}: displacement.nii.gz warped.nii.gz jacobian.nii.gz warped_labels.nii.gz "
-          f"metrics.json{figure}")
+          f"metrics.json{picture}")
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ import gzip
 import shutil
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import SimpleITK as sitk
@@ -71,7 +72,7 @@ def write_field(field: sitk.Image, path: Path, compression: int = 6) -> None:
         plain.unlink(missing_ok=True)
 
 
-def set_intent(file, name: str) -> None:
+def set_intent(file: BinaryIO, name: str) -> None:
     """Turn the intent of the NIfTI-1 file open in ``file`` from vector to displacement vector."""
     header = file.read(INTENT_OFFSET + 2)
     order = next((o for o in "<>" if struct.unpack(f"{o}i", header[:4])[0] == 348), None)
