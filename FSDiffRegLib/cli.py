@@ -103,14 +103,15 @@ def _demo(args: argparse.Namespace) -> None:
     fixed, moving = sample["fixed"], sample["moving"]
 
     def figure(result, folder: Path) -> None:
-        save_figure(sitk.ReadImage(str(fixed)), sitk.ReadImage(str(moving)), result, folder / "figure.png")
+        save_figure(sitk.ReadImage(str(fixed)), sitk.ReadImage(str(moving)), result, folder / "figure.png", _say)
 
     request = RegisterRequest(fixed, moving, args.out_dir, sample["moving_labels"], args.weights, args.device)
     result = register_files(request, log=_say, also=figure)
     out = Path(args.out_dir).resolve()
     print(f"registered the bundled ACDC sample (patient 091, ES -> ED): {_summary(result.metrics)}")
+    picture = f"; figure {out / 'figure.png'}" if (out / "figure.png").is_file() else ""  # none without matplotlib
     print(f"outputs in {out}: displacement.nii.gz warped.nii.gz jacobian.nii.gz warped_labels.nii.gz "
-          f"metrics.json; figure {out / 'figure.png'}")
+          f"metrics.json{picture}")
 
 
 def _train(args: argparse.Namespace) -> None:

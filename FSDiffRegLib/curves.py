@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from .function import structure_names  # noqa: E402
+from .function import structure_names
+from .plotting import pyplot
 
 
 def _mark_frames(ax, x: list[float], function: dict) -> None:
@@ -30,9 +27,15 @@ def _title(function: dict) -> str:
 
 
 def save_curves(volumes: list[dict[str, float]], function: dict, times_ms: list[float] | None,
-                path: str | Path) -> Path:
+                path: str | Path, log: Callable[[str], None] = lambda message: None) -> Path | None:
     """Volume curves (ml) and, when ``function`` has strain, strain curves (%), against the frame
-    number or the frame time (ms) when known; ``function`` is the dict of ``cardiac_function``."""
+    number or the frame time (ms) when known; ``function`` is the dict of ``cardiac_function``.
+    None (and one line to ``log``) where matplotlib is missing."""
+    plt = pyplot(Path(path).name, log)
+    if plt is None:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
     x = list(range(1, len(volumes) + 1)) if times_ms is None else list(times_ms)
     strain = function.get("strain")
     fig, axes = plt.subplots(1, 2 if strain else 1, figsize=(12 if strain else 6.5, 4.5), squeeze=False)

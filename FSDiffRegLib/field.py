@@ -1,4 +1,4 @@
-"""Displacement fields in physical space: from network flows to ITK fields, and applying them.
+"""Displacement fields in physical space: from network flows to ITK fields, applying and writing them.
 
 An ITK displacement field holds, at each point x of its grid, the vector u(x) in LPS
 millimetres such that x + u(x) is the corresponding point of the moving image.
@@ -6,8 +6,17 @@ millimetres such that x + u(x) is the corresponding point of the moving image.
 
 from __future__ import annotations
 
+import gzip
+import shutil
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
 import numpy as np
 import SimpleITK as sitk
+
+NIFTI_VECTOR, NIFTI_DISPLACEMENT = 1007, 1006  # NIfTI intent codes: vector, displacement vector
+INTENT_OFFSET = 68  # of intent_code (int16) in a NIfTI-1 header
 
 
 def flow_to_field(flow: np.ndarray, grid: sitk.Image) -> sitk.Image:
@@ -37,3 +46,37 @@ def apply_field(image: sitk.Image, field: sitk.Image, nearest: bool = False) -> 
     transform = sitk.DisplacementFieldTransform(sitk.Image(field))  # it takes ownership: pass a copy
     interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     return sitk.Resample(image, field, transform, interp, 0.0, image.GetPixelID())
+
+
+def write_field(field: sitk.Image, path: Path, compression: int = 6) -> None:
+    """``field`` as a gzipped NIfTI displacement field, as Slicer and ITK 5.4 write one: intent 1006
+    (displacement vector), its vectors stored in RAS; ITK 5.4 and later (Slicer 5.8+, SimpleITK 2.4+) read
+    them back in LPS. Slicer warns that a field of any other intent "may not contain valid displacement field".
+
+    SimpleITK writes a vector image with intent 1007 (vector), as stored: so the vectors are turned to RAS,
+    written uncompressed beside ``path`` (hidden), given intent 1006 and compressed into ``path``.
+    """
+    ras = sitk.GetArrayFromImage(field)
+    ras[..., :2] *= -1
+    image = sitk.GetImageFromArray(ras, isVector=True)
+    image.CopyInformation(field)
+    plain = path.with_name(f".{path.name.split('.')[0]}.nii")
+    try:
+        sitk.WriteImage(image, str(plain))
+        with plain.open("r+b") as file:
+            set_intent(file, path.name)
+            file.seek(0)
+            with gzip.open(path, "wb", compresslevel=compression) as packed:
+                shutil.copyfileobj(file, packed)
+    finally:
+        plain.unlink(missing_ok=True)
+
+
+def set_intent(file: BinaryIO, name: str) -> None:
+    """Turn the intent of the NIfTI-1 file open in ``file`` from vector to displacement vector."""
+    header = file.read(INTENT_OFFSET + 2)
+    order = next((o for o in "<>" if struct.unpack(f"{o}i", header[:4])[0] == 348), None)
+    if order is None or struct.unpack_from(f"{order}h", header, INTENT_OFFSET)[0] != NIFTI_VECTOR:
+        raise OSError(f"cannot write {name}: SimpleITK wrote no NIfTI-1 vector image")
+    file.seek(INTENT_OFFSET)
+    file.write(struct.pack(f"{order}h", NIFTI_DISPLACEMENT))

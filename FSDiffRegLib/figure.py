@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
-import matplotlib
+import numpy as np
+import SimpleITK as sitk
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
-
-from .field import field_to_flow, resample_field  # noqa: E402
-from .preprocess import normalized, resample_to  # noqa: E402
+from .field import field_to_flow, resample_field
+from .plotting import pyplot
+from .preprocess import normalized, resample_to
 
 GRID_STEP = 4
 
@@ -23,8 +20,15 @@ def _slice(image: sitk.Image, grid: sitk.Image, default: float = -1.0) -> np.nda
     return array[array.shape[0] // 2]
 
 
-def save_figure(fixed: sitk.Image, moving: sitk.Image, result, path: Path) -> Path:
-    """Middle slice of the heart-centred grid: fixed, moving, warped, |f-m|, |f-w|, det J, grid."""
+def save_figure(fixed: sitk.Image, moving: sitk.Image, result, path: Path,
+                log: Callable[[str], None] = lambda message: None) -> Path | None:
+    """Middle slice of the heart-centred grid: fixed, moving, warped, |f-m|, |f-w|, det J, grid.
+    None (and one line to ``log``) where matplotlib is missing."""
+    plt = pyplot(Path(path).name, log)
+    if plt is None:
+        return None
+    from matplotlib.colors import TwoSlopeNorm
+
     grid = result.grid
     f, m, w = (_slice(normalized(x), grid) for x in (fixed, moving, result.warped))
     jac = _slice(result.jacobian, grid, 1.0)

@@ -14,7 +14,7 @@ import torch
 from .defaults import DEFAULT_REFINE, RefineOptions
 from .device import pick_device
 from .errors import InputError
-from .field import apply_field, flow_to_field, resample_field
+from .field import apply_field, flow_to_field, resample_field, write_field
 from .heart import blurred_outside, decoder_outputs
 from .imageio import check_image, check_labels, read_image
 from .metrics import jacobian_determinant, jacobian_stats, ncc
@@ -135,6 +135,7 @@ def write_files(result: Registration, folder: Path) -> None:
               "warped_labels.nii.gz": result.warped_labels}
     images = {name: image for name, image in images.items() if image is not None}
     refuse_non_finite(images)
+    write_field(images.pop("displacement.nii.gz"), folder / "displacement.nii.gz")
     for name, image in images.items():
         sitk.WriteImage(image, str(folder / name))
     write_metrics(folder, result.metrics)

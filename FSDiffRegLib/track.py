@@ -27,7 +27,7 @@ from .curves import save_curves
 from .defaults import TRACK_REFINE, RefineOptions
 from .device import pick_device
 from .errors import InputError
-from .field import apply_field, flow_to_field, resample_field
+from .field import apply_field, flow_to_field, resample_field, write_field
 from .function import cardiac_function, myocardial_strain, structure_volumes, volumes_csv
 from .imageio import read_image
 from .network import FSDiffRegNet
@@ -196,23 +196,29 @@ def zero_field(frame: sitk.Image) -> sitk.Image:
     return zero
 
 
-def field_name(frame: int, frames: int) -> str:
-    """``field_07.nii.gz``: 1-based, zero-padded to the frame count's width (at least 2 digits)."""
-    return f"field_{frame:0{max(2, len(str(frames)))}d}.nii.gz"
+def frame_file(stem: str, frame: int, frames: int) -> str:
+    """``field_07.nii.gz``, ``labels_07.nii.gz``: 1-based, zero-padded to the frame count's width (at least 2
+    digits)."""
+    return f"{stem}_{frame:0{max(2, len(str(frames)))}d}.nii.gz"
 
 
 def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[str], None]) -> None:
-    """The output set into ``folder`` (field_NN.nii.gz per frame, labels.nii.gz, volumes.csv, function.json,
-    function.png), metrics.json last."""
+    """The output set into ``folder`` (field_NN.nii.gz and labels_NN.nii.gz per frame, labels.nii.gz, volumes.csv,
+    function.json, function.png where matplotlib is installed), metrics.json last.
+
+    labels.nii.gz holds every frame's labels as one 4D image; the 3D labels_NN.nii.gz are the same frames for
+    readers of 3D images only (Slicer reads a volume sequence from NRRD only).
+    """
     n = len(tracking.fields)
-    refuse_non_finite({field_name(k, n): image for k, image in enumerate(tracking.fields, start=1)})
-    for k, image in enumerate(tracking.fields, start=1):
-        sitk.WriteImage(image, str(folder / field_name(k, n)), useCompression=True, compressionLevel=1)
+    refuse_non_finite({frame_file("field", k, n): image for k, image in enumerate(tracking.fields, start=1)})
+    for k, (image, labels) in enumerate(zip(tracking.fields, tracking.labels), start=1):
+        write_field(image, folder / frame_file("field", k, n), compression=1)
+        sitk.WriteImage(labels, str(folder / frame_file("labels", k, n)), useCompression=True)
         log(f"writing {k}/{n} frames")
     sitk.WriteImage(join_frames(tracking.labels, cine.times_ms), str(folder / "labels.nii.gz"), useCompression=True)
     (folder / "volumes.csv").write_text(volumes_csv(tracking.volumes, cine.times_ms))
     write_json(folder / "function.json", tracking.function)
-    save_curves(tracking.volumes, tracking.function, cine.times_ms, folder / "function.png")
+    save_curves(tracking.volumes, tracking.function, cine.times_ms, folder / "function.png", log)
     write_metrics(folder, tracking.metrics)
 
 

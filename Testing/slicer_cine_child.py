@@ -3,7 +3,8 @@ loop (FSDiffRegLib.worker) with the same arguments, log lines and output folder 
 known contents.
 
 Frame k's field is a uniform shift of (k - reference) mm along LPS x (zero at the reference frame);
-its labels are the given labels rolled by (k - reference) voxels along i; volumes.csv and
+its labels are the given labels rolled by (k - reference) voxels along i, written as ``track`` writes
+them (labels_NN.nii.gz per frame and labels.nii.gz, 4D; the fields with intent 1006); volumes.csv and
 function.json hold the values ``expected_volumes`` and ``expected_function`` give. What the child
 was given is recorded as JSON where ``FAKE_TRACK_RECORD`` says. ``FAKE_TRACK`` picks a behaviour:
 ``ok`` (default), ``error`` (the CLI's error line), ``crash`` (an exception that ends the worker),
@@ -25,6 +26,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from FSDiffRegLib import worker  # noqa: E402
+from FSDiffRegLib.field import write_field  # noqa: E402
 
 NAMES = {1: "RV", 2: "Myo", 3: "LV"}
 
@@ -96,16 +98,16 @@ def write_outputs(out: Path, frames: list[sitk.Image], labels: sitk.Image, refer
     n = len(frames)
     width = max(2, len(str(n)))
     out.mkdir(parents=True)
+    tracked = [rolled(labels, k - reference) for k in range(1, n + 1)]
+    if mode == "wrong-grid":
+        for image in tracked:
+            image.SetOrigin([o + 7.0 for o in image.GetOrigin()])
     for k, frame in enumerate(frames, 1):
         if mode != "missing-field" or k != n:
-            path = out / f"field_{k:0{width}d}.nii.gz"
-            sitk.WriteImage(shift_field(frame, float(k - reference)), str(path))
+            write_field(shift_field(frame, float(k - reference)), out / f"field_{k:0{width}d}.nii.gz")
+        sitk.WriteImage(tracked[k - 1], str(out / f"labels_{k:0{width}d}.nii.gz"))
         say(f"writing {k}/{n} frames")
-    tracked = [rolled(labels, k - reference) for k in range(1, n + 1)]
-    joined = sitk.JoinSeries(tracked)
-    if mode == "wrong-grid":
-        joined.SetOrigin([o + 7.0 for o in joined.GetOrigin()])
-    sitk.WriteImage(joined, str(out / "labels.nii.gz"))
+    sitk.WriteImage(sitk.JoinSeries(tracked), str(out / "labels.nii.gz"))
     values = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v > 0]
     rows = []
     for k in range(1, n + 1):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -244,6 +245,25 @@ def test_a_non_finite_field_is_never_written(tmp_path, value):
     with pytest.raises(ValueError, match="NaN or infinite values in displacement.nii.gz"):
         write_outputs(small_result(field_value=value), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_displacement_is_a_nifti_displacement_field_in_ras_read_back_in_lps(tmp_path):
+    """Intent 1006 (displacement vector), as Slicer writes and expects; NIfTI stores it in RAS, and ITK 5.4
+    (SimpleITK 2.4+, Slicer) reads it back in LPS, ITK's own convention."""
+    result = small_result()
+    lps = np.random.default_rng(0).normal(size=(8, 8, 8, 3))
+    field = sitk.GetImageFromArray(lps, isVector=True)
+    field.SetOrigin((-3.0, 4.0, 5.5))
+    result.field = field
+    out = write_outputs(result, tmp_path / "out")
+    assert {p.name for p in out.iterdir()} == SET
+    stored = nibabel.load(str(out / "displacement.nii.gz"))
+    assert stored.header.get_intent()[0] == "displacement vector"
+    on_disk = np.asarray(stored.dataobj)[:, :, :, 0, :].transpose(2, 1, 0, 3)  # (x, y, z, t, c) -> (z, y, x, c)
+    np.testing.assert_array_equal(on_disk, lps * [-1.0, -1.0, 1.0])
+    read = sitk.ReadImage(str(out / "displacement.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), lps)
+    assert read.GetOrigin() == field.GetOrigin() and read.GetPixelID() == sitk.sitkVectorFloat64
 
 
 def test_a_non_finite_metric_is_never_written(tmp_path):

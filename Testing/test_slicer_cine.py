@@ -41,8 +41,10 @@ from FSDiffRegMRML.cine_outputs import (  # noqa: E402
     cineSummary,
     functionRows,
     newSequence,
+    readLabelFrame,
 )
 from FSDiffRegMRML.process import RegisterOptions, TrackingProcess, Worker, trackCommand  # noqa: E402
+from slicer_releases import release_sequence_reading, vtk_log
 from test_slicer_outputs import ijk_to_ras, load_volume, rotation, voxels
 from test_slicer_process import drain, live_members, printing, scene_state, stand_in_worker, survivors
 
@@ -329,6 +331,42 @@ def test_two_segments_naming_one_structure_is_an_error():
     assert "\n" not in str(error.value)
 
 
+# --- reading the outputs as the Slicer releases read them -------------------------------------
+
+
+def test_the_releases_read_a_volume_sequence_from_nrrd_only(tmp_path):
+    """The stand-in of the releases' sequence reader (Testing/slicer_releases.py) refuses the 4D NIfTI that
+    slicer-core 5.13 reads, and reads the NRRD sequence Slicer writes."""
+    scene, logics = new_scene()
+    cine = load_cine(scene, logics, write_cine(tmp_path, count=3)[0])
+    writer = scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
+    writer.SetFileName(str(tmp_path / "cine.seq.nrrd"))
+    assert writer.WriteData(cine)
+    with release_sequence_reading():
+        for name, read in (("cine.nii.gz", False), ("cine.seq.nrrd", True)):
+            sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode")
+            storage = scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
+            storage.SetFileName(str(tmp_path / name))
+            assert bool(storage.ReadData(sequence)) == read, name
+    assert sequence.GetNumberOfDataNodes() == 3
+
+
+def test_a_single_slice_label_file_is_read_alone_not_with_the_files_named_alike(tmp_path):
+    """Slicer's volume reader takes a single-slice file with the files named alike as one volume, unless told
+    it is a single file."""
+    frame = sitk.Image(SIZE[0], SIZE[1], 1, sitk.sitkFloat32)
+    frame.SetSpacing(SPACING)
+    for k in (1, 2, 3):
+        labels = sitk.GetImageFromArray(np.full((1, SIZE[1], SIZE[0]), k, np.uint8))
+        labels.CopyInformation(frame)
+        sitk.WriteImage(labels, str(tmp_path / f"labels_{k:02d}.nii.gz"))
+    sitk.WriteImage(frame, str(tmp_path / "frame.nii.gz"))
+    scene, _ = new_scene()
+    labelmap = readLabelFrame(tmp_path / "labels_02.nii.gz", load_volume(scene, tmp_path / "frame.nii.gz"))
+    assert labelmap.IsA("vtkMRMLLabelMapVolumeNode") and labelmap.GetImageData().GetDimensions() == (*SIZE[:2], 1)
+    assert np.all(voxels(labelmap) == 2)
+
+
 # --- a tracking that succeeds -----------------------------------------------------------------
 
 CASES = {  # labels as the user picks them, reference frame, time column in volumes.csv, how the cine arrives
@@ -380,7 +418,7 @@ def run(request, tmp_path_factory):
         labels = segmentation_of(scene, swappedNode, ["LV blood pool", "myocardium", "Right Ventricle"])
     before = scene_state(scene)
     record = folder / "record.json"
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, release_sequence_reading():
         patch.setenv("FAKE_TRACK_RECORD", str(record))
         job = TrackingJob(cine, reference, labels, logics["sequences"],
                           RegisterOptions(device="cpu", refineSteps=4), Worker(launcher(folder)))
@@ -629,7 +667,7 @@ def cine_scene(tmp_path):
     ("error", TrackingError, "^labels must be integer-valued, got float$"),
     ("crash", TrackingError, r"^tracking failed \(exit code 1\): MemoryError$"),
     ("missing-field", OSError, "field_05.nii.gz"),
-    ("wrong-grid", OSError, "frame 1 of the tracking output labels.nii.gz is not on the cine's voxel grid"),
+    ("wrong-grid", OSError, "^the tracking output labels_01.nii.gz is not on the cine's voxel grid$"),
 ])
 def test_a_failing_child_adds_nothing(cine_scene, tmp_path, monkeypatch, mode, error, message):
     scene, logics, cine, labels = cine_scene
@@ -637,7 +675,7 @@ def test_a_failing_child_adds_nothing(cine_scene, tmp_path, monkeypatch, mode, e
     monkeypatch.setenv("FAKE_TRACK", mode)
     job = TrackingJob(cine, 2, labels, logics["sequences"], RegisterOptions(device="cpu", refineSteps=0),
                       Worker(launcher(tmp_path)))
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message), release_sequence_reading():
         job.wait()
     assert scene_state(scene) == before and not job.workDir.exists()
 
@@ -793,7 +831,8 @@ def test_the_good_inputs_of_the_bad_scene_pass(bad):
 
 def test_the_real_track_command_gives_outputs_slicer_loads(tmp_path, untrained_weights):
     """The real ``fsdiffreg track`` in the real worker (untrained weights, network only) on a 3-frame cine:
-    its output folder must load whole (the contract of TRACK-DESIGN.md)."""
+    its output folder must load whole (the contract of TRACK-DESIGN.md), read as the Slicer releases read,
+    without a warning or an error from Slicer's readers."""
     scene, logics = new_scene()
     cinePath, labelsPath = write_cine(tmp_path, count=3)
     cine = load_cine(scene, logics, cinePath)
@@ -801,7 +840,9 @@ def test_the_real_track_command_gives_outputs_slicer_loads(tmp_path, untrained_w
     options = RegisterOptions(device="cpu", weights=str(untrained_weights), refineSteps=0)
     job = TrackingJob(cine, 2, labels, logics["sequences"], options, Worker(sys.executable))
     lines: list[str] = []
-    out = job.wait(onLines=lines.extend)
+    with release_sequence_reading(), vtk_log() as log:
+        out = job.wait(onLines=lines.extend)
+    assert log.text == ""
     assert "fsdiffreg: reading cine" in lines and job.progress == 95
     assert out.transforms.GetNumberOfDataNodes() == out.segmentations.GetNumberOfDataNodes() == 3
     out.browser.SetSelectedItemNumber(1)  # the reference frame: no motion, the given labels

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -24,6 +25,7 @@ from FSDiffRegLib.register import Registration, write_outputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 from FSDiffRegMRML import display, inputs, outputs  # noqa: E402
+from slicer_releases import vtk_log  # noqa: E402
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 SHIFT_LPS = np.array([3.0, -2.0, 1.5])  # mm: towards Left, Anterior, Superior
@@ -182,6 +184,17 @@ def test_transform_matches_slicers_own_reading_of_displacement_file(case):
     for p in points:
         np.testing.assert_allclose(ours.TransformPoint(p), theirs.TransformPoint(p), atol=1e-6)
     case["scene"].RemoveNode(node)
+
+
+def test_slicer_reads_the_displacement_file_as_a_displacement_field_without_a_warning(case):
+    """Slicer's transform reader (all releases) warns "NIFTI file may not contain valid displacement field,
+    the transform may be incorrect" unless the NIfTI intent is 1006 (displacement vector)."""
+    path = case["out"] / "displacement.nii.gz"
+    assert nibabel.load(str(path)).header["intent_code"] == 1006
+    with vtk_log() as log:
+        transform = outputs.readTransform(path)
+    assert log.text == ""
+    assert transform.GetTransformFromParent().IsA("vtkOrientedGridTransform")
 
 
 def resampled_through(transform, moving, fixed) -> np.ndarray:

@@ -63,7 +63,7 @@ def tracked(pair: acdc.AcdcPair, cine_folder: Path, tmp_path_factory: pytest.Tem
 def test_outputs_are_whole_and_agree(tracked: Path):
     names = sorted(p.name for p in tracked.iterdir())
     assert names == ["field_01.nii.gz", "field_02.nii.gz", "function.json", "function.png", "labels.nii.gz",
-                     "metrics.json", "volumes.csv"]
+                     "labels_01.nii.gz", "labels_02.nii.gz", "metrics.json", "volumes.csv"]
     function = json.loads((tracked / "function.json").read_text())
     rows = list(csv.DictReader((tracked / "volumes.csv").open()))
     assert [r["frame"] for r in rows] == ["1", "2"]
@@ -122,6 +122,12 @@ def test_reference_field_is_zero_and_labels_follow_the_fields(pair: acdc.AcdcPai
     field = sitk.ReadImage(str(tracked / "field_02.nii.gz"))
     through = apply_field(ed_labels, field, nearest=True)
     assert np.array_equal(sitk.GetArrayFromImage(through), sitk.GetArrayFromImage(frames[1]))
+    for k, frame in enumerate(frames, 1):  # each frame's labels also as a 3D file, on the frame's grid
+        alone = sitk.ReadImage(str(tracked / f"labels_{k:02d}.nii.gz"))
+        assert alone.GetDimension() == 3 and alone.GetPixelID() == ed_labels.GetPixelID()
+        assert np.array_equal(sitk.GetArrayFromImage(alone), sitk.GetArrayFromImage(frame))
+        np.testing.assert_allclose(alone.GetOrigin(), ed_labels.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(alone.GetDirection(), ed_labels.GetDirection(), atol=1e-6)
 
 
 def test_labels_land_on_the_es_frame(pair: acdc.AcdcPair, tracked: Path):

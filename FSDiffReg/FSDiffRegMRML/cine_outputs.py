@@ -3,8 +3,10 @@
 - ``field_NN.nii.gz`` -> a sequence of grid transforms, read as Register's displacement
   field is (``outputs.readTransform``): the transform of frame N maps a point of frame N to the
   reference frame, so the reference frame placed under it lines up with frame N;
-- ``labels.nii.gz`` (4D) -> a sequence of segmentations, one per frame, segments named after
-  the structures (RV, Myo, LV);
+- ``labels_NN.nii.gz`` -> a sequence of segmentations, one per frame, segments named after
+  the structures (RV, Myo, LV); each frame's labels are read from its own 3D file with Slicer's
+  volume reader, as every release reads it (the releases read a volume sequence from NRRD only,
+  so not the 4D ``labels.nii.gz`` the folder also holds);
 - ``volumes.csv`` and the strain of ``function.json`` -> a table with a row per frame;
 - the other values of ``function.json`` (ED and ES frames, EDV, ESV, SV, EF, mass, peak
   strain) -> a second table, one quantity per row; ``function.json`` and ``metrics.json`` whole
@@ -59,9 +61,10 @@ class CineOutputs:
     metrics: dict
 
 
-def fieldPath(outDir: Path, number: int, frames: int) -> Path:
-    """``field_01.nii.gz``: 1-based, zero-padded to the width of the frame count, at least 2 digits."""
-    return outDir / f"field_{number:0{max(2, len(str(frames)))}d}.nii.gz"
+def framePath(outDir: Path, stem: str, number: int, frames: int) -> Path:
+    """``field_01.nii.gz``, ``labels_01.nii.gz``: 1-based, zero-padded to the width of the frame count, at least
+    2 digits."""
+    return outDir / f"{stem}_{number:0{max(2, len(str(frames)))}d}.nii.gz"
 
 
 def frameIndex(cine) -> tuple[str, str, list[str]]:
@@ -98,34 +101,27 @@ def newSequence(cine, itemNodes: Iterable, name: str):
 def readTransforms(outDir: Path, cine):
     """The displacement field of every frame, as a sequence of grid transforms."""
     frames = frameCount(cine)
-    return newSequence(cine, (readTransform(fieldPath(outDir, n, frames)) for n in range(1, frames + 1)), "transform")
+    paths = (framePath(outDir, "field", n, frames) for n in range(1, frames + 1))
+    return newSequence(cine, (readTransform(path) for path in paths), "transform")
 
 
-def readLabelFrames(path: Path, frames: list) -> list:
-    """New label maps (in no scene), one per frame, from the 4D label file, given the frames' grid exactly.
+def readLabelFrame(path: Path, frame):
+    """A new label map (in no scene) from the 3D label file ``path``, given ``frame``'s grid exactly.
 
-    Read with Slicer's own 4D reader (in a scene of its own, which it needs); NIfTI keeps the grid in
-    single precision, so each frame's IJK-to-RAS is copied after checking that it agrees.
+    Read with Slicer's volume reader as a single file: otherwise it reads a single-slice file with the
+    files named alike (``labels_02.nii.gz``, ...) as one volume. NIfTI keeps the grid in single
+    precision, so the frame's IJK-to-RAS is copied after checking that it agrees.
     """
-    scene = slicer.vtkMRMLScene()
-    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode")
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetSingleFile(1)
     storage.SetFileName(str(path))
-    if not storage.ReadData(sequence):
+    if not storage.ReadData(labelmap):
         raise OSError(f"cannot read the tracking output {path.name}")
-    if sequence.GetNumberOfDataNodes() != len(frames):
-        raise OSError(f"the tracking output {path.name} has {sequence.GetNumberOfDataNodes()} frames, "
-                      f"the cine {len(frames)}")
-    labelmaps = []
-    for number, (item, frame) in enumerate(zip(cineFrames(sequence), frames), 1):
-        labelmap = slicer.vtkMRMLLabelMapVolumeNode()
-        labelmap.SetAndObserveImageData(item.GetImageData())
-        labelmap.CopyOrientation(item)
-        if not sameGeometry(labelmap, frame):
-            raise OSError(f"frame {number} of the tracking output {path.name} is not on the cine's voxel grid")
-        labelmap.CopyOrientation(frame)
-        labelmaps.append(labelmap)
-    return labelmaps
+    if not sameGeometry(labelmap, frame):
+        raise OSError(f"the tracking output {path.name} is not on the cine's voxel grid")
+    labelmap.CopyOrientation(frame)
+    return labelmap
 
 
 def segmentId(value: int) -> str:
@@ -156,7 +152,8 @@ def readSegmentations(outDir: Path, cine, structures: dict[int, Structure]):
     """The tracked labels of every frame, as a sequence of segmentations."""
     frames = cineFrames(cine)
     scene = slicer.vtkMRMLScene()  # where the segmentations are made (and get display nodes) before being copied
-    labelmaps = readLabelFrames(outDir / "labels.nii.gz", frames)
+    labelmaps = [readLabelFrame(framePath(outDir, "labels", n, len(frames)), frame)
+                 for n, frame in enumerate(frames, 1)]
     return newSequence(cine, (labelSegmentation(labelmap, frame, structures, scene)
                               for labelmap, frame in zip(labelmaps, frames)), "labels")
 
