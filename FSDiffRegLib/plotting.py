@@ -1,5 +1,5 @@
-"""matplotlib, imported only where a picture is drawn: Slicer's Python has none until the module installs it
-(Resources/requirements.txt), and a missing plotting library costs the picture, never the run."""
+"""matplotlib, imported only where a picture is drawn: Slicer's Python has none (the module does not install it:
+Resources/requirements.txt), and a missing plotting library costs the picture, never the run."""
 
 from __future__ import annotations
 

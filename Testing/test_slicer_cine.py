@@ -97,12 +97,25 @@ def new_scene():
 
 
 def load_cine(scene, logics, path: Path):
-    """As Slicer loads a 4D NIfTI: a sequence of volumes read by its sequence reader, and a browser of it."""
-    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
-    sequence.SetAndObserveStorageNodeID(storage.GetID())
-    storage.SetFileName(str(path))
-    assert storage.ReadData(sequence)
+    """As Slicer 5.8 to 5.12 load a cine saved as a volume sequence (``.seq.nrrd``): read by the releases'
+    sequence reader (NRRD only), with a browser of it. No release reads a 4D NIfTI as a sequence, so the
+    4D NIfTI test files are first written as ``.seq.nrrd`` as Slicer writes one (slicer-core reading the
+    NIfTI only to convert it)."""
+    with tempfile.TemporaryDirectory() as folder:
+        converted = Path(folder) / (path.name.split(".")[0] + ".seq.nrrd")
+        source = slicer.vtkMRMLSequenceNode()
+        reader = slicer.vtkMRMLVolumeSequenceStorageNode()
+        reader.SetFileName(str(path))
+        assert reader.ReadData(source)
+        writer = slicer.vtkMRMLVolumeSequenceStorageNode()
+        writer.SetFileName(str(converted))
+        assert writer.WriteData(source)
+        sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+        storage = scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
+        sequence.SetAndObserveStorageNodeID(storage.GetID())
+        storage.SetFileName(str(converted))
+        with release_sequence_reading():
+            assert storage.ReadData(sequence)
     browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
     browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
     logics["sequences"].UpdateProxyNodesFromSequences(browser)
