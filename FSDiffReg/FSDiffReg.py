@@ -349,23 +349,31 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.updateDeformationDisplay(parameters)
 
     def onRegisterButton(self) -> None:
-        self.onJobButton(_("Registration could not start."), self.logic.startRegistration)
+        self.onJobButton(_("Registration could not start."), self.logic.checkRegistration,
+                         self.logic.startRegistration)
 
     def onTrackButton(self) -> None:
-        self.onJobButton(_("Tracking could not start."), self.logic.startTracking)
+        self.onJobButton(_("Tracking could not start."), self.logic.checkTracking, self.logic.startTracking)
 
-    def onJobButton(self, failure: str, start) -> None:
+    def onJobButton(self, failure: str, check, start) -> None:
         """Start a job with ``start(parameters)``, or cancel the running one (its button reads Cancel).
 
-        What is missing is installed first, after asking: the questions never come under the wait cursor.
+        The inputs are checked first (``check(parameters)``), then what is missing is installed, after
+        asking: nothing is offered for inputs that cannot run, the questions never come under the wait
+        cursor, and a refused or failed install starts nothing.
         """
         if self._job is not None:
             self.cancelJob()
             return
         self.ui.logText.clear()
         self.ui.summaryLabel.text = ""
+        ready = False
         with slicer.util.tryWithErrorDisplay(failure):
+            check(self._parameterNode)
             self.ensureDependencies()
+            ready = True
+        if not ready:
+            return
         with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
             self._job = start(self._parameterNode)
             self.setRunning(True)
@@ -556,13 +564,17 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         ensureTorch()
         ensurePythonPackages(REQUIREMENTS)
 
+    def checkRegistration(self, parameters: FSDiffRegParameterNode) -> None:
+        """InputError naming the first problem with the registration's inputs and options."""
+        checkInputs(parameters.fixedVolume, parameters.movingVolume, parameters.movingLabels)
+        self.options(parameters)
+
     def startRegistration(self, parameters: FSDiffRegParameterNode) -> RegistrationJob:
         """Check the inputs, make sure torch is there, and start the registration process."""
-        checkInputs(parameters.fixedVolume, parameters.movingVolume, parameters.movingLabels)
-        options = self.options(parameters)
+        self.checkRegistration(parameters)
         self.ensureDependencies()
         return RegistrationJob(parameters.fixedVolume, parameters.movingVolume, parameters.movingLabels,
-                               options, self.worker())
+                               self.options(parameters), self.worker())
 
     def finishRegistration(self, job: RegistrationJob, parameters: FSDiffRegParameterNode) -> RegistrationOutputs:
         """Load a finished job's outputs as new nodes and remember them in the parameter node."""
@@ -574,13 +586,17 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         logging.info(f"FSDiffReg: {summary(outputs.metrics)}")
         return outputs
 
+    def checkTracking(self, parameters: FSDiffRegParameterNode) -> None:
+        """InputError naming the first problem with the cine, its labels and the options."""
+        checkCine(parameters.cineVolumes, parameters.referenceFrame, parameters.cineLabels)
+        self.options(parameters)
+
     def startTracking(self, parameters: FSDiffRegParameterNode) -> TrackingJob:
         """Check the cine and its labels, make sure torch is there, and start the tracking process."""
-        checkCine(parameters.cineVolumes, parameters.referenceFrame, parameters.cineLabels)
-        options = self.options(parameters)
+        self.checkTracking(parameters)
         self.ensureDependencies()
         return TrackingJob(parameters.cineVolumes, parameters.referenceFrame, parameters.cineLabels,
-                           slicer.modules.sequences.logic(), options, self.worker())
+                           slicer.modules.sequences.logic(), self.options(parameters), self.worker())
 
     def finishTracking(self, job: TrackingJob, parameters: FSDiffRegParameterNode) -> CineOutputs:
         """Load a finished tracking's outputs as new nodes and remember them in the parameter node."""

@@ -307,6 +307,7 @@ def quietPanel(widget, monkeypatch):
 def test_track_turns_into_cancel_and_blocks_register_until_cancelled(module, quietPanel, monkeypatch):
     widget, ui = quietPanel, quietPanel.ui
     job = fakeTrackingJob(module)
+    monkeypatch.setattr(widget.logic, "checkTracking", lambda parameters: None)
     monkeypatch.setattr(widget.logic, "startTracking", lambda parameters: job)
     widget.onTrackButton()
     assert (ui.trackButton.text, ui.registerButton.text) == ("Cancel", "Register")
@@ -331,6 +332,7 @@ def test_finished_tracking_fills_the_parameter_node_and_the_panel(module, quietP
     shown = []
     monkeypatch.setattr(module, "showCineOutputs", lambda outputs, cine: shown.append(outputs))
     job = fakeTrackingJob(module, outputs)
+    monkeypatch.setattr(widget.logic, "checkTracking", lambda parameters: None)
     monkeypatch.setattr(widget.logic, "startTracking", lambda parameters: job)
     widget.onTrackButton()
     job.done = True
@@ -628,6 +630,7 @@ def test_install_asks_before_the_wait_cursor_and_the_devices_are_asked_again(mod
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
                         lambda text, *args, **kwargs: cursors["asked"].append(slicer.app.overrideCursors) or True)
     job = fakeTrackingJob(module)
+    monkeypatch.setattr(widget.logic, "checkRegistration", lambda parameters: None)
     monkeypatch.setattr(widget.logic, "startRegistration",
                         lambda parameters: cursors["started"].append(slicer.app.overrideCursors) or job)
     widget.onRegisterButton()
@@ -637,6 +640,38 @@ def test_install_asks_before_the_wait_cursor_and_the_devices_are_asked_again(mod
     assert widget._deviceQuery is not None  # asked again, of the new torch
     answerDevices(widget, ["cpu", "cuda"])
     assert widget.ui.deviceComboBox.items == ["Auto", "CPU", "CUDA"]
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+def test_inputs_are_checked_before_any_install_is_offered(module, monkeypatch, quietPanel):
+    """A user without torch who clicks Register or Track with inputs that cannot run is told what is wrong with
+    them, and is not asked to install anything; a declined install starts nothing and is asked once."""
+    widget, errors = quietPanel, []
+
+    @contextlib.contextmanager
+    def shown(failure, waitCursor=False):
+        try:
+            yield
+        except Exception as error:
+            errors.append(str(error))
+
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", shown)
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: "missing")
+    utils = FakePyTorchUtils(installs=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
+    asked = []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *args, **kwargs: asked.append(text))
+    widget.onRegisterButton()
+    widget.onTrackButton()
+    assert [e.split(":")[0] for e in errors] == ["Select a fixed volume.", "Select a cine"] and utils.calls == []
+    assert asked == [] and widget._job is None
+    errors.clear()
+    monkeypatch.setattr(widget.logic, "checkRegistration", lambda parameters: None)
+    started = []
+    monkeypatch.setattr(widget.logic, "startRegistration", started.append)
+    widget.onRegisterButton()  # the question declined
+    assert len(asked) == 1 and utils.calls == [] and started == [] and widget._job is None
+    assert len(errors) == 1 and errors[0].startswith("FSDiffReg needs PyTorch")
 
 
 def test_an_idle_worker_ends_after_the_idle_time(module, quietPanel, monkeypatch, tmp_path):
@@ -653,6 +688,7 @@ def test_an_idle_worker_ends_after_the_idle_time(module, quietPanel, monkeypatch
     worker.run(["devices"])
     pid = worker.pid
     job = fakeTrackingJob(module)
+    monkeypatch.setattr(widget.logic, "checkTracking", lambda parameters: None)
     monkeypatch.setattr(widget.logic, "startTracking", lambda parameters: job)
     widget.onTrackButton()
     assert not timer.active  # no idle time while a job runs
