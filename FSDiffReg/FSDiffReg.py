@@ -67,10 +67,13 @@ RESOURCES = Path(__file__).resolve().parent / "Resources"
 REQUIREMENTS = RESOURCES / "requirements.txt"
 DOCUMENTATION = "https://github.com/FSDiffReg/SlicerFSDiffReg#readme"
 #: The bundled sample pair (ACDC patient 091) offered in Sample Data: its role in
-#: ``FSDiffRegLib.resources.sample_pair()``, node name, SHA256 of the file.
+#: ``FSDiffRegLib.resources.sample_pair()``, node name, SHA256 of the file, and Slicer's file type
+#: (the moving labels arrive as a segmentation, ready to be carried by Register).
 SAMPLE_FILES = (
-    ("fixed", "acdc091_ED", "63ce6a74422112db6abc1d5a2e152b65da799d7e7a6126917d4dc912b987a0f3"),
-    ("moving", "acdc091_ES", "47b2f5c068614f9e4c351c56b60e80abbf4589cc7b4a2b45f3ac86587a8166b0"),
+    ("fixed", "acdc091_ED", "63ce6a74422112db6abc1d5a2e152b65da799d7e7a6126917d4dc912b987a0f3", "VolumeFile"),
+    ("moving", "acdc091_ES", "47b2f5c068614f9e4c351c56b60e80abbf4589cc7b4a2b45f3ac86587a8166b0", "VolumeFile"),
+    ("moving_labels", "acdc091_ES_labels", "a000bf1701d5a529cf9d58b6bf63bbb887131ad070ea8eb343b08ca3c01402e3",
+     "SegmentationFile"),
 )
 
 
@@ -110,15 +113,16 @@ def registerSampleData() -> None:
 
     from FSDiffRegLib.resources import sample_pair
 
-    paths = [sample_pair()[role] for role, _, _ in SAMPLE_FILES]
+    paths = [sample_pair()[role] for role, _, _, _ in SAMPLE_FILES]
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="FSDiffReg",
         sampleName="FSDiffRegCardiacPair",
         thumbnailFileName=str(RESOURCES / "Icons" / "FSDiffReg.png"),
         uris=[path.as_uri() for path in paths],
         fileNames=[path.name for path in paths],
-        nodeNames=[nodeName for _, nodeName, _ in SAMPLE_FILES],
-        checksums=[f"SHA256:{sha256}" for _, _, sha256 in SAMPLE_FILES],
+        nodeNames=[nodeName for _, nodeName, _, _ in SAMPLE_FILES],
+        checksums=[f"SHA256:{sha256}" for _, _, sha256, _ in SAMPLE_FILES],
+        loadFileTypes=[fileType for _, _, _, fileType in SAMPLE_FILES],
     )
 
 

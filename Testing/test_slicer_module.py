@@ -491,8 +491,10 @@ def test_module_description_and_sample_data(module, monkeypatch, tmp_path):
     module.registerSampleData()
     assert Path(registered["thumbnailFileName"]).is_file()
     sample = sample_pair()
-    assert registered["fileNames"] == [sample["fixed"].name, sample["moving"].name] == ["acdc091_ED.nii.gz",
-                                                                                      "acdc091_ES.nii.gz"]
+    assert registered["fileNames"] == [sample[role].name for role in ("fixed", "moving", "moving_labels")] == [
+        "acdc091_ED.nii.gz", "acdc091_ES.nii.gz", "acdc091_ES_labels.nii.gz"]
+    # Slicer's file types (5.8.1 to 5.12.3: qSlicerSegmentationsReader reads a .nii.gz label image)
+    assert registered["loadFileTypes"] == ["VolumeFile", "VolumeFile", "SegmentationFile"]
     for uri, fileName, checksum in zip(registered["uris"], registered["fileNames"], registered["checksums"]):
         assert uri.startswith("file:///") and Path(url2pathname(urlsplit(uri).path)) == SAMPLE / fileName
         # as SampleDataLogic.downloadFile does (5.8.1 to 5.12.3): urlretrieve into the cache, then the checksum
