@@ -77,9 +77,8 @@ class Marker:
 
 def our_run_folder(run: Path) -> Path:
     """A run folder as ``train`` leaves it before its first checkpoint (its mark, config, log)."""
-    from FSDiffRegLib.train import start_run_folder
-
-    start_run_folder(run)
+    run.mkdir()
+    (run / "fsdiffreg-run.json").write_text('{"fsdiffreg": "0.1.0", "run": "train"}')  # train.RUN_MARK
     (run / "config.json").write_text(TINY.to_json())
     (run / "log.csv").write_text("epoch,step,loss,diffusion,ncc,smooth,dice,seconds\n")
     return run
@@ -233,11 +232,9 @@ def test_stale_work_folders_without_the_mark_stay(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
-    user, stale = users_folder(tmp_path / f"FSDiffReg-{ended.pid}-notes"), tmp_path / f"FSDiffReg-{ended.pid}-abc"
-    stale.mkdir()
-    work_folders.mark(stale)
+    user = users_folder(tmp_path / f"FSDiffReg-{ended.pid}-notes")  # named as a work folder of an ended process
     work_folders.new_work_folder()
-    assert (user / "results.csv").is_file() and not stale.exists()
+    assert (user / "results.csv").is_file()
 
 
 # --- the worker: its protocol ----------------------------------------------------------------------------
