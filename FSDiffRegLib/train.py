@@ -157,25 +157,24 @@ def check_data(data_dir: Path) -> None:
             raise InputError(f"cannot read the ACDC data in {data_dir}: {first_line(err)}") from None
 
 
-def start_run_folder(run_dir: Path) -> Path | None:
-    """Make ``run_dir`` a run folder (its mark first) unless it is one. What a failure before the first
-    checkpoint removes: the topmost folder made, or the run folder's contents (it was empty); None for a run
-    of ours."""
+def start_run_folder(run_dir: Path) -> tuple[bool, Path | None]:
+    """Make ``run_dir`` a run folder (its mark first) unless it is one: whether it was not (a new run), and the
+    topmost folder made (None when the run folder existed)."""
     if is_run_folder(run_dir):
-        return None
-    made = next((folder for folder in reversed((run_dir, *run_dir.parents)) if not folder.exists()), run_dir)
+        return False, None
+    made = next((folder for folder in reversed((run_dir, *run_dir.parents)) if not folder.exists()), None)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / RUN_MARK, "x", encoding="utf-8") as handle:
             json.dump({"fsdiffreg": __version__, "run": "train"}, handle)
     except OSError as err:
         raise InputError(f"cannot make the run folder {run_dir}: {err.strerror or first_line(err)}") from None
-    return made
+    return True, made
 
 
-def remove_new_run(run_dir: Path, made: Path) -> None:
+def remove_new_run(run_dir: Path, made: Path | None) -> None:
     """Undo ``start_run_folder``: remove the folders it made, or empty the folder it was given empty."""
-    if made != run_dir or not run_dir.is_dir():
+    if made is not None:
         shutil.rmtree(made, ignore_errors=True)
         return
     for entry in os.scandir(run_dir):
@@ -203,15 +202,16 @@ def random_state() -> dict:
     """The random generators' states as tensors and numbers (a checkpoint loads them with weights_only)."""
     _, keys, position, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,  # this rank's device
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
                       "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}}
 
 
 def set_random_state(state: dict) -> None:
+    """Set the generators to ``random_state()``'s; every rank takes rank 0's (they draw alike: ``training_loss``)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     numpy = state["numpy"]
     np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), int(numpy["pos"]),
                          int(numpy["has_gauss"]), float(numpy["cached_gaussian"])))
@@ -336,12 +336,15 @@ def _train(
     state = _resume(last, checkpoint, model, optimizer) if checkpoint is not None else TrainState()
     if init_weights is not None and not resuming:
         load_state(model, checked_payload(init_weights)[0]["state_dict"], f"the initial weights {init_weights}")
-    made = on_main(lambda: start_run_folder(run_dir))
+    new, made = on_main(lambda: start_run_folder(run_dir))
     try:
-        return _run(data_dir, run_dir, cfg, device, max_minutes, train_limit, val_limit, model, optimizer, state,
-                    init_weights if not resuming else None)
+        if main:
+            (run_dir / "config.json").write_text(cfg.to_json())
+            if init_weights is not None and not resuming:
+                _log(run_dir, f"initialised from {init_weights}")
+        return _run(data_dir, run_dir, cfg, device, max_minutes, train_limit, val_limit, model, optimizer, state)
     except BaseException:
-        if main and made is not None and not last.is_file():  # a new run that failed before its first checkpoint
+        if main and new and not last.is_file():  # a new run that failed before its first checkpoint
             remove_new_run(run_dir, made)
         raise
 
@@ -349,15 +352,11 @@ def _train(
 def _run(
     data_dir: Path, run_dir: Path, cfg: Config, device: torch.device, max_minutes: float | None,
     train_limit: int | None, val_limit: int | None, model: FSDiffRegNet, optimizer: torch.optim.Optimizer,
-    state: TrainState, init_weights: Path | None,
+    state: TrainState,
 ) -> TrainState:
     """Train in the run folder, from ``state``: the checks passed, the folder is a run of ours."""
     main, rank, ranks = distributed.is_main(), distributed.rank(), distributed.world_size()
-    if main:
-        (run_dir / "config.json").write_text(cfg.to_json())
     train_items, val_items = _load_items(data_dir, run_dir, cfg, train_limit, val_limit)
-    if main and init_weights is not None:
-        _log(run_dir, f"initialised from {init_weights}")
     if main:
         _drop_steps_after(run_dir / "log.csv", state.step)
         _log(run_dir, f"start epoch {state.epoch} step {state.step}; {parameter_count(model)} parameters; "

@@ -110,6 +110,24 @@ def test_a_refused_train_leaves_an_empty_folder_empty(tmp_path, config):
     assert list(run.iterdir()) == []
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(data_dir, tmp_path, monkeypatch, existing):
+    """A damaged data file found while preprocessing: the folders the run made go, an empty one is emptied."""
+    from FSDiffRegLib import train
+    from FSDiffRegLib.errors import InputError
+
+    def damaged(*args):
+        raise InputError("cannot read image patient001_frame01.nii.gz: damaged")
+
+    monkeypatch.setattr(train, "_load_items", damaged)
+    run = tmp_path / "empty" if existing else tmp_path / "new" / "run"
+    if existing:
+        run.mkdir()
+    with pytest.raises(InputError, match="damaged"):
+        train.train(data_dir, run, TINY, torch.device("cpu"))
+    assert list(tmp_path.iterdir()) == ([run] if existing else []) and (not existing or list(run.iterdir()) == [])
+
+
 # --- train: checkpoints and initial weights hold no code -----------------------------------------------------
 
 def test_a_last_pt_holding_code_is_refused_without_running_it(tmp_path, data, config):
