@@ -7,8 +7,9 @@ validates and writes checkpoints.
 The run folder is new, empty, or a run of ours (it holds ``RUN_MARK``, written first), checked
 with the data, the checkpoint to resume and the initial weights before anything is written: a
 refused run writes nothing, and a run that fails before its first checkpoint removes the folder
-it made. Checkpoints hold only tensors, numbers, strings, lists and dicts, and are read with
-``weights_only=True``: a checkpoint can never run code.
+it made. One run at a time trains in a folder (``RUN_LOCK``). Checkpoints hold only tensors,
+numbers, strings, lists and dicts, and are read with ``weights_only=True``: a checkpoint can never
+run code.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import random
 import shutil
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -38,12 +40,14 @@ from .errors import InputError, WeightsError
 from .losses import diffusion_loss, one_hot, score_weights, sdg_ncc_loss, smoothness_loss, soft_dice_loss
 from .metrics import heart_dice
 from .network import FSDiffRegNet, parameter_count
+from .outputs import OutputError, locked
 from .spatial import warp
 from .weights import checked_payload, first_line, load_safely, load_state, save_weights
 
 LOG_FIELDS = ["epoch", "step", "loss", "diffusion", "ncc", "smooth", "dice", "seconds"]
 STRUCTURES = 3  # ACDC labels 1 RV, 2 Myo, 3 LV
 RUN_MARK = "fsdiffreg-run.json"  # the first file of a run folder: {"fsdiffreg": version, "run": "train"}
+RUN_LOCK = ".fsdiffreg-train-lock"  # held by rank 0 while a run trains: a second run in the folder is refused
 CHECKPOINT_KEYS = {"model", "optimizer", "state", "config", "rng"}
 T = TypeVar("T")
 
@@ -155,6 +159,16 @@ def check_data(data_dir: Path) -> None:
             raise InputError(str(err)) from None
         except (OSError, KeyError, ValueError) as err:  # an unreadable Info.cfg
             raise InputError(f"cannot read the ACDC data in {data_dir}: {first_line(err)}") from None
+
+
+def start_run(run_dir: Path, held: ExitStack) -> tuple[bool, Path | None]:
+    """``start_run_folder``, then its lock, held until ``held`` closes; refused while another run holds it."""
+    new, made = start_run_folder(run_dir)
+    try:
+        held.enter_context(locked(run_dir / RUN_LOCK, run_dir))
+    except OutputError as err:
+        raise InputError(str(err).replace("the output folder", "the run folder")) from None
+    return new, made
 
 
 def start_run_folder(run_dir: Path) -> tuple[bool, Path | None]:
@@ -336,17 +350,18 @@ def _train(
     state = _resume(last, checkpoint, model, optimizer) if checkpoint is not None else TrainState()
     if init_weights is not None and not resuming:
         load_state(model, checked_payload(init_weights)[0]["state_dict"], f"the initial weights {init_weights}")
-    new, made = on_main(lambda: start_run_folder(run_dir))
-    try:
-        if main:
-            (run_dir / "config.json").write_text(cfg.to_json())
-            if init_weights is not None and not resuming:
-                _log(run_dir, f"initialised from {init_weights}")
-        return _run(data_dir, run_dir, cfg, device, max_minutes, train_limit, val_limit, model, optimizer, state)
-    except BaseException:
-        if main and new and not last.is_file():  # a new run that failed before its first checkpoint
-            remove_new_run(run_dir, made)
-        raise
+    with ExitStack() as held:
+        new, made = on_main(lambda: start_run(run_dir, held))
+        try:
+            if main:
+                (run_dir / "config.json").write_text(cfg.to_json())
+                if init_weights is not None and not resuming:
+                    _log(run_dir, f"initialised from {init_weights}")
+            return _run(data_dir, run_dir, cfg, device, max_minutes, train_limit, val_limit, model, optimizer, state)
+        except BaseException:
+            if main and new and not last.is_file():  # a new run that failed before its first checkpoint
+                remove_new_run(run_dir, made)
+            raise
 
 
 def _run(
