@@ -197,6 +197,20 @@ def test_a_checkpoint_holds_only_what_weights_only_loads(data_dir, tmp_path):
     assert np.array_equal(checkpoint["rng"]["numpy"]["keys"].numpy().astype(np.uint32), np.random.get_state()[1])
 
 
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 half a zip", b"\x80\x04 a pickle"])
+def test_a_damaged_preprocessing_cache_is_made_again(data_dir, tmp_path, damage):
+    """A run killed while writing its cache, or a file put there: the pairs are preprocessed again."""
+    from FSDiffRegLib import acdc
+    from FSDiffRegLib.dataset import load_grid_pairs
+
+    pairs, cfg, cache = acdc.split(data_dir, "validation")[:1], Config(**TINY.__dict__), tmp_path / "cache.npz"
+    made = load_grid_pairs(pairs, cfg, cache)
+    cache.write_bytes(damage)
+    again = load_grid_pairs(pairs, cfg, cache)
+    assert again[0].patient == made[0].patient and (again[0].fixed == made[0].fixed).all()
+    assert load_grid_pairs(pairs, cfg, cache)[0].patient == made[0].patient  # written whole again
+
+
 def test_saving_weights_never_writes_over_a_file_beside_them(tmp_path):
     """The temporary file of a save is a new one: a user's ``w.tmp`` beside ``w.pt`` stays."""
     (tmp_path / "w.tmp").write_bytes(b"the user's file")
