@@ -304,6 +304,16 @@ def test_a_newline_in_an_argument_cannot_forge_the_finished_line(tmp_path):
         worker.stop()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in launcher is a shell script")
+def test_a_last_line_without_its_newline_does_not_hide_the_status(tmp_path):
+    from test_slicer_process import RegistrationProcess, stand_in_worker
+
+    command = "def run(args):\n    sys.stdout.write('fsdiffreg: error: no newline')\n    return 2\n"
+    process = RegistrationProcess(stand_in_worker(tmp_path, command).run(["register"]))
+    assert drain(process) == ["fsdiffreg: error: no newline"]
+    assert process.command.returncode == 2 and process.failure() == "no newline"
+
+
 @pytest.fixture
 def raw_worker():
     process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.worker"], cwd=ROOT, stdin=subprocess.PIPE,
