@@ -119,7 +119,13 @@ def _train(args: argparse.Namespace) -> None:
     from .device import pick_device
     from .train import train
 
-    state = train(Path(args.data), Path(args.out), Config.load(args.config), pick_device(args.device),
+    if not args.out.strip():
+        raise InputError("the run folder is empty text: name a folder, e.g. --out runs/first")
+    try:
+        cfg = Config.load(args.config)
+    except (ValueError, TypeError) as err:  # not JSON, or not a configuration
+        raise InputError(f"configuration {args.config}: {err}") from None
+    state = train(Path(args.data), Path(args.out), cfg, pick_device(args.device),
                   max_minutes=args.max_minutes, train_limit=args.train_limit, val_limit=args.val_limit,
                   init_weights=Path(args.init_weights) if args.init_weights else None)
     print(f"stopped at epoch {state.epoch}, step {state.step}; best validation mean Dice {state.best_dice:.4f}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -41,23 +43,37 @@ def grid_pair(pair: AcdcPair, cfg: Config) -> GridPair:
 
 
 def load_grid_pairs(pairs: list[AcdcPair], cfg: Config, cache: Path | None = None) -> list[GridPair]:
-    """Preprocess pairs, reading and writing an .npz cache when one is named."""
-    if cache is not None and cache.is_file():
-        with np.load(cache) as data:  # each data[key] decompresses the whole array: read each once
-            names = [str(n) for n in data["patients"]]
-            if names == [p.patient for p in pairs]:
-                arrays = [data[k] for k in ("fixed", "moving", "fixed_labels", "moving_labels")]
-                return [GridPair(n, *(a[i] for a in arrays)) for i, n in enumerate(names)]
+    """Preprocess pairs, reading and writing an .npz cache when one is named (written whole, or not at all)."""
+    cached = cached_pairs(cache, pairs) if cache is not None and cache.is_file() else None
+    if cached is not None:
+        return cached
     items = [grid_pair(p, cfg) for p in pairs]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            cache,
-            patients=np.array([g.patient for g in items]),
-            **{k: np.stack([getattr(g, k) for g in items])
-               for k in ("fixed", "moving", "fixed_labels", "moving_labels")},
-        )
+        tmp = cache.with_name(cache.name + ".tmp")
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(
+                handle,
+                patients=np.array([g.patient for g in items]),
+                **{k: np.stack([getattr(g, k) for g in items])
+                   for k in ("fixed", "moving", "fixed_labels", "moving_labels")},
+            )
+        os.replace(tmp, cache)
     return items
+
+
+def cached_pairs(cache: Path, pairs: list[AcdcPair]) -> list[GridPair] | None:
+    """The pairs in ``cache``; None when it holds other pairs or cannot be read (they are then made again).
+    Arrays only: a cache never runs code (``allow_pickle`` stays off)."""
+    try:
+        with np.load(cache) as data:  # each data[key] decompresses the whole array: read each once
+            names = [str(n) for n in data["patients"]]
+            if names != [p.patient for p in pairs]:
+                return None
+            arrays = [data[k] for k in ("fixed", "moving", "fixed_labels", "moving_labels")]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged, or not our cache
+        return None
+    return [GridPair(n, *(a[i] for a in arrays)) for i, n in enumerate(names)]
 
 
 class Sample(NamedTuple):

@@ -12,6 +12,7 @@ Jacobian's spread lies there (README, "Instance refinement").
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -191,11 +192,13 @@ def head_dice(model: FSDiffRegNet, head: HeartHead, pairs: list[acdc.AcdcPair]) 
 def make_heart(data_dir: Path, weights: str | None, out: Path | None, options: HeartTraining,
                log: Callable[[str], None] = lambda message: None) -> dict:
     """Train a head for ``weights`` on the ACDC training split, measure it on the validation split and save
-    it to ``out`` (default: beside the weights, where ``register`` finds it); an existing file is refused.
+    it to ``out`` (default: beside the weights, where ``register`` finds it); an existing file (or checksum file
+    beside it) is refused.
     Returns the head's info: the network it reads, its training and its validation Dice."""
     out = out or heart_path(weights_path(weights))
-    if out.exists():
-        raise OutputError(f"{out} exists: remove it first, or name another --out")
+    for path in (out, out.with_name(out.name + ".sha256")):
+        if os.path.lexists(path):
+            raise OutputError(f"{path} exists: remove it first, or name another --out")
     model, about = load_model(weights)
     log(f"features of {options.pairs} training pairs through {about['name']}")
     head = train_heart(model, acdc.split(data_dir, "train"), options, log)

@@ -3,6 +3,13 @@
 Under torchrun each process (rank) trains its share of every global batch of
 ``batch_size`` x world size samples in DistributedDataParallel; rank 0 alone logs,
 validates and writes checkpoints.
+
+The run folder is new, empty, or a run of ours (it holds ``RUN_MARK``, written first), checked
+with the data, the checkpoint to resume and the initial weights before anything is written: a
+refused run writes nothing, and a run that fails before its first checkpoint removes the folder
+it made. One run at a time trains in a folder (``RUN_LOCK``). Checkpoints hold only tensors,
+numbers, strings, lists and dicts, and are read with ``weights_only=True``: a checkpoint can never
+run code.
 """
 
 from __future__ import annotations
@@ -12,29 +19,37 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 import warnings
-from dataclasses import dataclass, replace
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import acdc, distributed
+from . import __version__, acdc, distributed
 from .config import Config
 from .dataset import GridPair, load_grid_pairs, training_sample
 from .diffusion import NoiseSchedule
-from .errors import InputError
+from .errors import InputError, WeightsError
 from .losses import diffusion_loss, one_hot, score_weights, sdg_ncc_loss, smoothness_loss, soft_dice_loss
 from .metrics import heart_dice
 from .network import FSDiffRegNet, parameter_count
+from .outputs import OutputError, locked
 from .spatial import warp
-from .weights import save_weights
+from .weights import checked_payload, first_line, load_safely, load_state, save_weights
 
 LOG_FIELDS = ["epoch", "step", "loss", "diffusion", "ncc", "smooth", "dice", "seconds"]
 STRUCTURES = 3  # ACDC labels 1 RV, 2 Myo, 3 LV
+RUN_MARK = "fsdiffreg-run.json"  # the first file of a run folder: {"fsdiffreg": version, "run": "train"}
+RUN_LOCK = ".fsdiffreg-train-lock"  # held by rank 0 while a run trains: a second run in the folder is refused
+CHECKPOINT_KEYS = {"model", "optimizer", "state", "config", "rng"}
+T = TypeVar("T")
 
 
 @dataclass
@@ -113,21 +128,137 @@ def learning_rate(cfg: Config, epoch: int) -> float:
     return cfg.lr
 
 
+def is_run_folder(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds the mark of a run of ``fsdiffreg train``."""
+    try:
+        mark = json.loads((run_dir / RUN_MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(mark, dict) and "fsdiffreg" in mark and mark.get("run") == "train"
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse a run folder that is neither new, nor empty, nor a run of ours (InputError, one line)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"the run folder {run_dir} is a file: name a folder")
+    if not run_dir.is_dir() or is_run_folder(run_dir):
+        return
+    entries = sorted(entry.name for entry in os.scandir(run_dir))
+    if entries:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise InputError(f"the run folder {run_dir} holds {shown} but no {RUN_MARK}: it is not a run of fsdiffreg "
+                         "train to resume; name a new or empty folder")
+
+
+def check_data(data_dir: Path) -> None:
+    """Refuse a data folder without ACDC training and validation patients."""
+    for which in ("train", "validation"):
+        try:
+            acdc.split(data_dir, which)
+        except FileNotFoundError as err:  # no patients there
+            raise InputError(str(err)) from None
+        except (OSError, KeyError, ValueError) as err:  # an unreadable Info.cfg
+            raise InputError(f"cannot read the ACDC data in {data_dir}: {first_line(err)}") from None
+
+
+def start_run(run_dir: Path, held: ExitStack) -> tuple[bool, Path | None]:
+    """``start_run_folder``, then its lock, held until ``held`` closes; refused while another run holds it."""
+    new, made = start_run_folder(run_dir)
+    try:
+        held.enter_context(locked(run_dir / RUN_LOCK, run_dir))
+    except OutputError as err:
+        raise InputError(str(err).replace("the output folder", "the run folder")) from None
+    return new, made
+
+
+def start_run_folder(run_dir: Path) -> tuple[bool, Path | None]:
+    """Make ``run_dir`` a run folder (its mark first) unless it is one: whether it was not (a new run), and the
+    topmost folder made (None when the run folder existed)."""
+    if is_run_folder(run_dir):
+        return False, None
+    made = next((folder for folder in reversed((run_dir, *run_dir.parents)) if not folder.exists()), None)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / RUN_MARK, "x", encoding="utf-8") as handle:
+            json.dump({"fsdiffreg": __version__, "run": "train"}, handle)
+    except OSError as err:
+        raise InputError(f"cannot make the run folder {run_dir}: {err.strerror or first_line(err)}") from None
+    return True, made
+
+
+def remove_new_run(run_dir: Path, made: Path | None) -> None:
+    """Undo ``start_run_folder``: remove the folders it made, or empty the folder it was given empty."""
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
+        return
+    for entry in os.scandir(run_dir):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            os.remove(entry.path)
+
+
+def on_main(check: Callable[[], T]) -> T:
+    """``check()`` run by rank 0 alone; its value, or its one-line refusal, on every rank."""
+    value, error = None, None
+    if distributed.is_main():
+        try:
+            value = check()
+        except (InputError, WeightsError) as err:
+            error = err
+    value, error = distributed.from_main((value, error))
+    if error is not None:
+        raise error
+    return value
+
+
+def random_state() -> dict:
+    """The random generators' states as tensors and numbers (a checkpoint loads them with weights_only)."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,  # this rank's device
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}}
+
+
+def set_random_state(state: dict) -> None:
+    """Set the generators to ``random_state()``'s; every rank takes rank 0's (they draw alike: ``training_loss``)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), int(numpy["pos"]),
+                         int(numpy["has_gauss"]), float(numpy["cached_gaussian"])))
+
+
 def _save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "state": state.__dict__, "config": json.loads(model.cfg.to_json()),
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}, tmp)
+                "state": asdict(state), "config": json.loads(model.cfg.to_json()), "rng": random_state()}, tmp)
     tmp.replace(path)
 
 
-def _resume(path: Path, model, optimizer) -> TrainState:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    np.random.set_state(ckpt["rng"]["numpy"])
-    return TrainState(**ckpt["state"])
+def read_checkpoint(path: Path) -> tuple[dict, Config]:
+    """A run's last checkpoint and its configuration, read safely; WeightsError in one line otherwise."""
+    checkpoint = load_safely(path, "the checkpoint")
+    if not (isinstance(checkpoint, dict) and CHECKPOINT_KEYS <= checkpoint.keys()):
+        raise WeightsError(f"cannot resume from {path}: not a checkpoint of fsdiffreg train (a dict with "
+                           f"{', '.join(sorted(CHECKPOINT_KEYS))})")
+    try:
+        return checkpoint, Config.from_dict(checkpoint["config"])
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"cannot resume from {path}: invalid configuration: {first_line(err)}") from None
+
+
+def _resume(path: Path, checkpoint: dict, model, optimizer) -> TrainState:
+    """Put the checkpoint's weights, optimiser and random state in place; its training state."""
+    load_state(model, checkpoint["model"], f"the checkpoint {path}")
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_random_state(checkpoint["rng"])
+        return TrainState(**checkpoint["state"])
+    except Exception as err:  # a damaged or foreign checkpoint: many types
+        raise WeightsError(f"cannot resume from {path}: a damaged checkpoint ({first_line(err)})") from None
 
 
 def _drop_steps_after(log_csv: Path, step: int) -> None:
@@ -201,27 +332,46 @@ def _train(
     data_dir: Path, run_dir: Path, cfg: Config, device: torch.device, max_minutes: float | None,
     train_limit: int | None, val_limit: int | None, init_weights: Path | None,
 ) -> TrainState:
-    main, rank, ranks = distributed.is_main(), distributed.rank(), distributed.world_size()
+    main, rank = distributed.is_main(), distributed.rank()
     last = run_dir / "last.pt"
+    on_main(lambda: check_run_folder(run_dir))
     resuming = last.is_file()
     if distributed.from_main(resuming) != resuming:
         raise InputError(f"rank {rank} does not see the run folder {run_dir} as rank 0 does: "
                          "every node needs it on a shared filesystem")
+    checkpoint = None
     if resuming:  # a resumed run keeps its configuration but for the epoch budget and lr schedule
-        stored = Config.from_dict(torch.load(last, map_location="cpu", weights_only=False)["config"])
+        checkpoint, stored = read_checkpoint(last)
         cfg = replace(stored, epochs=cfg.epochs, lr_schedule=cfg.lr_schedule)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.to_json())
+    on_main(lambda: check_data(data_dir))
     seed_everything(cfg.seed)
-    train_items, val_items = _load_items(data_dir, run_dir, cfg, train_limit, val_limit)
     model = FSDiffRegNet(cfg).to(device, memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    state = _resume(last, model, optimizer) if resuming else TrainState()
+    state = _resume(last, checkpoint, model, optimizer) if checkpoint is not None else TrainState()
     if init_weights is not None and not resuming:
-        model.load_state_dict(torch.load(init_weights, map_location="cpu", weights_only=True)["state_dict"])
-        if main:
-            _log(run_dir, f"initialised from {init_weights}")
+        load_state(model, checked_payload(init_weights)[0]["state_dict"], f"the initial weights {init_weights}")
+    with ExitStack() as held:
+        new, made = on_main(lambda: start_run(run_dir, held))
+        try:
+            if main:
+                (run_dir / "config.json").write_text(cfg.to_json())
+                if init_weights is not None and not resuming:
+                    _log(run_dir, f"initialised from {init_weights}")
+            return _run(data_dir, run_dir, cfg, device, max_minutes, train_limit, val_limit, model, optimizer, state)
+        except BaseException:
+            if main and new and not last.is_file():  # a new run that failed before its first checkpoint
+                remove_new_run(run_dir, made)
+            raise
+
+
+def _run(
+    data_dir: Path, run_dir: Path, cfg: Config, device: torch.device, max_minutes: float | None,
+    train_limit: int | None, val_limit: int | None, model: FSDiffRegNet, optimizer: torch.optim.Optimizer,
+    state: TrainState,
+) -> TrainState:
+    """Train in the run folder, from ``state``: the checks passed, the folder is a run of ours."""
+    main, rank, ranks = distributed.is_main(), distributed.rank(), distributed.world_size()
+    train_items, val_items = _load_items(data_dir, run_dir, cfg, train_limit, val_limit)
     if main:
         _drop_steps_after(run_dir / "log.csv", state.step)
         _log(run_dir, f"start epoch {state.epoch} step {state.step}; {parameter_count(model)} parameters; "

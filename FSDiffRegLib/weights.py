@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import re
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -36,12 +38,18 @@ def save_weights(model: FSDiffRegNet, path: Path, info: dict | None = None) -> s
 
 
 def write_with_checksum(payload: dict, path: Path) -> str:
-    """``torch.save`` the payload whole (through a temporary file) and a ``.sha256`` file beside it; return the
-    digest."""
+    """``torch.save`` the payload whole (through a new hidden temporary file beside it, never a file already
+    there) and a ``.sha256`` file beside it; return the digest."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     digest = sha256(path)
     path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
     return digest
@@ -64,22 +72,28 @@ def first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def read_payload(path: Path) -> dict:
-    """The {config, state_dict, info} dict, read with ``weights_only=True``; each failure said in one line."""
+def load_safely(path: Path, what: str = "weights") -> object:
+    """``torch.load`` with ``weights_only=True`` (tensors, numbers, strings, lists, dicts: never code); each
+    failure said in one line, ``cannot load <what> <path>: ...``."""
     if path.stat().st_size == 0:
-        raise WeightsError(f"cannot load weights {path}: the file is empty")
+        raise WeightsError(f"cannot load {what} {path}: the file is empty")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         with open(path, "rb") as handle:
             pickled = zipfile.is_zipfile(path) or handle.read(1) == b"\x80"  # torch's zip, or a bare pickle
         if pickled:
-            raise WeightsError(f"cannot load weights {path}: the file contains code or Python objects that are not "
+            raise WeightsError(f"cannot load {what} {path}: the file contains code or Python objects that are not "
                                "plain weights, refused for safety") from None
-        raise WeightsError(f"cannot load weights {path}: not a PyTorch weights file") from None
+        raise WeightsError(f"cannot load {what} {path}: not a PyTorch weights file") from None
     except Exception as err:  # torch raises many types for a damaged file
-        raise WeightsError(f"cannot load weights {path}: not a PyTorch weights file, or a damaged one "
+        raise WeightsError(f"cannot load {what} {path}: not a PyTorch weights file, or a damaged one "
                            f"({first_line(err)})") from None
+
+
+def read_payload(path: Path) -> dict:
+    """The {config, state_dict, info} dict, read with ``load_safely``; each failure said in one line."""
+    payload = load_safely(path)
     if not (isinstance(payload, dict) and {"config", "state_dict"} <= payload.keys()):
         raise WeightsError(f"cannot load weights {path}: not FSDiffReg weights (a dict with 'config' and "
                            "'state_dict')")
@@ -99,6 +113,18 @@ def state_mismatch(expected: dict, given: object) -> str:
     reshaped = [k for k in expected if k in given and getattr(given[k], "shape", None) != expected[k].shape]
     parts = (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
     return ", ".join(f"{len(keys)} {what} ({few(keys)})" for what, keys in parts if keys)
+
+
+def load_state(model: FSDiffRegNet, state: object, what: str) -> None:
+    """Load ``state`` (the state_dict of ``what``, e.g. 'weights w.pt') into ``model``; WeightsError in one
+    line when it does not fit."""
+    mismatch = state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise WeightsError(f"cannot load {what}: they do not fit the network: {mismatch}")
+    try:
+        model.load_state_dict(state)
+    except Exception as err:  # e.g. a value that is not a tensor
+        raise WeightsError(f"cannot load {what}: {first_line(err)}") from None
 
 
 def checked_payload(path: Path) -> tuple[dict, str]:
@@ -129,13 +155,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         model = FSDiffRegNet(Config.from_dict(payload["config"]))
     except (TypeError, ValueError, RuntimeError) as err:
         raise WeightsError(f"cannot load weights {path}: invalid configuration: {first_line(err)}") from None
-    mismatch = state_mismatch(model.state_dict(), payload["state_dict"])
-    if mismatch:
-        raise WeightsError(f"cannot load weights {path}: they do not fit the network: {mismatch}")
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except Exception as err:  # e.g. a value that is not a tensor
-        raise WeightsError(f"cannot load weights {path}: {first_line(err)}") from None
+    load_state(model, payload["state_dict"], f"weights {path}")
     model.heart = load_heart(path, digest)
     model.to(device, memory_format=torch.channels_last_3d).eval()
     info = payload.get("info", {})

@@ -5,25 +5,57 @@ work folder in the system's temporary folder. A Slicer that dies (crash, kill, p
 does not remove it, so the module names its work folders ``FSDiffReg-<its process id>-<random>``
 and removes those of processes that no longer run before making a new one
 (``new_work_folder``); the worker removes the folder of the command it was running when
-Slicer ends (FSDiffRegLib.worker). No heavy imports.
+Slicer ends (FSDiffRegLib.worker). Only folders made here are ever removed (``made_here``):
+directly in the temporary folder, so named, and holding the mark written when they were made
+(``MARK``, a random token); a user's folder of the same name elsewhere, or without the mark,
+stays. No heavy imports.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
 
 PREFIX = "FSDiffReg-"
 WORK_FOLDER = re.compile(re.escape(PREFIX) + r"(\d+)-\w+")
+MARK = ".fsdiffreg-work-folder"  # the file that marks a folder made by new_work_folder: a random token
+TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
 def new_work_folder() -> Path:
-    """A new, empty work folder named after this process (stale ones of ended processes go first)."""
+    """A new work folder named after this process, holding only its mark (stale ones of ended processes
+    go first)."""
     remove_stale_work_folders()
-    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    mark(folder)
+    return folder
+
+
+def mark(folder: Path) -> None:
+    """Write the mark of a work folder into ``folder`` (a new file: never one already there)."""
+    with open(folder / MARK, "x", encoding="ascii") as handle:
+        handle.write(secrets.token_hex(16))
+
+
+def made_here(folder: Path) -> bool:
+    """Whether ``folder`` is a work folder ``new_work_folder`` made: a folder (not a link) directly in the
+    temporary folder, named as one, holding its mark."""
+    folder = Path(os.path.abspath(folder))
+    try:
+        if owner(folder) is None or folder.is_symlink() or not folder.is_dir():
+            return False
+        if not os.path.samefile(folder.parent, tempfile.gettempdir()):
+            return False
+        marked = folder / MARK
+        if marked.is_symlink() or not marked.is_file() or marked.stat().st_size != 32:
+            return False
+        return TOKEN.fullmatch(marked.read_text(encoding="ascii")) is not None
+    except (OSError, ValueError):  # unreadable, or a path the system refuses (a NUL character)
+        return False
 
 
 def owner(folder: Path) -> int | None:
@@ -35,8 +67,7 @@ def owner(folder: Path) -> int | None:
 def remove_stale_work_folders() -> None:
     """Remove the work folders in the temporary folder whose process no longer runs."""
     for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
-        pid = owner(folder)
-        if pid is not None and not folder.is_symlink() and folder.is_dir() and not process_exists(pid):
+        if made_here(folder) and not process_exists(owner(folder)):
             shutil.rmtree(folder, ignore_errors=True)
 
 

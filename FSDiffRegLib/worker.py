@@ -2,14 +2,18 @@
 
 The Slicer module keeps one worker so that Python starts, torch is imported and its kernels are
 warmed up once, not at every Register. Each line on stdin is one command, a JSON object
-``{"args": [...], "work_folder": path or null}`` (``args`` as after ``fsdiffreg``). The worker runs
-it as the command line would, printing the same lines, then ``fsdiffreg: finished <exit status>``.
+``{"args": [...], "work_folder": path or null, "token": text}`` (``args`` as after ``fsdiffreg``;
+``work_folder`` and ``token`` optional). The worker runs it as the command line would, printing
+the same lines, then ``fsdiffreg: finished <token> <exit status>`` (without a token: ``fsdiffreg:
+finished <exit status>``). The parent makes a new random token for each command, so neither the
+arguments nor what a command prints can forge its status line. A line that is not such a command
+gets one error line and status 2, and the worker goes on.
 
 Its parent holds stdin, and the system closes it when the parent ends, however it ends (a crash, a
 kill, a power cut), through a launcher such as ``PythonSlicer`` too. At the end of stdin the worker
 ends at once: with status 0 when idle (the parent stopped it), else with PARENT_GONE after removing
-the running command's work folder (FSDiffRegLib.work_folders). No heavy imports until a command needs
-them.
+the running command's work folder if the parent made it for the run (FSDiffRegLib.work_folders.made_here).
+No heavy imports until a command needs them.
 """
 
 from __future__ import annotations
@@ -21,16 +25,18 @@ import io
 import json
 import os
 import queue
+import re
 import shutil
 import sys
 import threading
 from pathlib import Path
 
 from .cli import main
-from .work_folders import owner
+from .work_folders import made_here
 
 FINISHED = "fsdiffreg: finished"
 PARENT_GONE = 3  # exit status of a worker whose input ended while it ran a command
+TOKEN = re.compile(r"[0-9A-Za-z_-]{8,64}")
 
 
 class Worker:
@@ -49,7 +55,7 @@ class Worker:
         for line in io.FileIO(0, closefd=False):
             self.commands.put(line.decode("utf-8", "replace"))
         folder = self.work_folder
-        if folder is not None and owner(folder) is not None:
+        if folder is not None and made_here(folder):
             shutil.rmtree(folder, ignore_errors=True)
         os._exit(PARENT_GONE if self.running else 0)
 
@@ -57,28 +63,40 @@ class Worker:
         """Run commands one at a time, forever (``read`` ends the process)."""
         threading.Thread(target=self.read, daemon=True).start()
         while True:
-            command = parse(self.commands.get())
-            if command is None:
+            line = self.commands.get()
+            value = loaded(line)
+            token = value.get("token") if isinstance(value, dict) else None
+            token = token if isinstance(token, str) and TOKEN.fullmatch(token) else None
+            problem = refusal(value)
+            if problem:
+                print(f"fsdiffreg: error: the worker was sent {problem}: {line.strip()[:80]!r}", file=sys.stderr,
+                      flush=True)
                 status = 2
             else:
-                self.work_folder = Path(command["work_folder"]) if command["work_folder"] else None
+                self.work_folder = Path(value["work_folder"]) if value.get("work_folder") else None
                 self.running = True
-                status = run(command["args"])
+                status = run(value["args"])
                 self.running, self.work_folder = False, None
-            print(f"{FINISHED} {status}", flush=True)
+            print(f"{FINISHED} {token} {status}" if token else f"{FINISHED} {status}", flush=True)
 
 
-def parse(line: str) -> dict | None:
-    """A command line's JSON object; None (and an error line) when it is not one."""
+def loaded(line: str) -> object:
+    """A command line's JSON value; None when it is not JSON (or nested too deeply to read)."""
     try:
-        command = json.loads(line)
-        if isinstance(command["args"], list) and all(isinstance(a, str) for a in command["args"]):
-            command.setdefault("work_folder", None)
-            return command
-    except (ValueError, TypeError, KeyError):
-        pass
-    print(f"fsdiffreg: error: the worker was sent something other than a command: {line.strip()[:80]!r}",
-          file=sys.stderr, flush=True)
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+
+
+def refusal(value: object) -> str | None:
+    """What is wrong with a command's JSON value (a few words); None when it is a command."""
+    if not (isinstance(value, dict) and isinstance(value.get("args"), list)
+            and all(isinstance(a, str) for a in value["args"])):
+        return "something other than a command"
+    if not isinstance(value.get("work_folder"), (str, type(None))):
+        return "a work_folder that is not a path"
+    if "token" in value and not (isinstance(value["token"], str) and TOKEN.fullmatch(value["token"])):
+        return "a token that is not 8 to 64 letters, digits, '-' or '_'"
     return None
 
 

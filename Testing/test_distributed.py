@@ -17,7 +17,7 @@ import torch.distributed as dist
 from FSDiffRegLib.cli import main
 from FSDiffRegLib.config import Config
 from FSDiffRegLib.network import FSDiffRegNet
-from FSDiffRegLib.train import global_batches
+from FSDiffRegLib.train import RUN_MARK, global_batches
 from FSDiffRegLib.weights import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +72,7 @@ def test_two_processes_learn_log_once_and_resume(ddp_run: Path):
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.05, losses
     model, info = load_model(ddp_run / "best.pt")  # plain weights: no DDP 'module.' prefixes
     assert isinstance(model, FSDiffRegNet) and info["info"]["epoch"] >= 1
-    ckpt = torch.load(ddp_run / "last.pt", weights_only=False)
+    ckpt = torch.load(ddp_run / "last.pt", weights_only=True)
     FSDiffRegNet(Config.from_dict(ckpt["config"])).load_state_dict(ckpt["model"])
     assert ckpt["state"]["step"] == EPOCHS
 
@@ -80,10 +80,11 @@ def test_two_processes_learn_log_once_and_resume(ddp_run: Path):
 @needs_gloo
 def test_one_step_on_two_processes_equals_one_process_on_the_same_global_batch(ddp_run: Path, data_dir: Path):
     single = ddp_run.parent / "single"
-    shutil.copytree(ddp_run / "cache", single / "cache")  # the same preprocessed pairs
+    shutil.copytree(ddp_run / "cache", single / "cache")  # the same preprocessed pairs, in a run folder of ours
+    shutil.copy(ddp_run / RUN_MARK, single / RUN_MARK)
     assert main(train_args(data_dir, single, Config(**{**TINY, "batch_size": 2}, epochs=1))) == 0
-    one = torch.load(single / "last.pt", weights_only=False)
-    two = torch.load(ddp_run.parent / "one_step.pt", weights_only=False)
+    one = torch.load(single / "last.pt", weights_only=True)
+    two = torch.load(ddp_run.parent / "one_step.pt", weights_only=True)
     assert one["state"]["step"] == two["state"]["step"] == 1
     torch.manual_seed(0)
     start = FSDiffRegNet(Config(**TINY))

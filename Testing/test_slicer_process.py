@@ -17,6 +17,7 @@ import pytest
 import slicer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
+from FSDiffRegLib import work_folders
 from FSDiffRegLib.defaults import DEFAULT_STEPS
 from FSDiffRegLib.resources import sample_pair
 from FSDiffRegLib.work_folders import process_exists
@@ -452,6 +453,7 @@ def test_the_next_job_removes_work_folders_of_ended_processes_only(tmp_path, mon
         stale, live = tmp_path / f"FSDiffReg-{ended.pid}-abcd1234", tmp_path / f"FSDiffReg-{running.pid}-abcd1234"
         for folder in (stale, live):
             folder.mkdir()
+            work_folders.mark(folder)
             (folder / "fixed.nrrd").write_bytes(b"patient")
         scene, _ = new_scene()
         sample = sample_pair()

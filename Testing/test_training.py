@@ -67,7 +67,7 @@ def test_training_resumes_from_its_last_checkpoint(data_dir, tmp_path):
     with open(tmp_path / "log.csv") as handle:
         assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2]
     assert "start epoch 1 step 1" in (tmp_path / "train.log").read_text()
-    assert Config.from_dict(torch.load(tmp_path / "last.pt", weights_only=False)["config"]).base_width == 4
+    assert Config.from_dict(torch.load(tmp_path / "last.pt", weights_only=True)["config"]).base_width == 4
 
 
 def test_the_preprocessing_cache_gives_the_same_pairs_and_reads_each_array_once(data_dir, tmp_path):
@@ -114,7 +114,7 @@ def test_a_new_run_starts_from_the_given_weights_and_a_resumed_one_ignores_them(
     run = tmp_path / "run"
     main(["train", "--data", str(data_dir), "--out", str(run), "--config", str(write_config(cfg, tmp_path)),
           "--train-limit", "2", "--val-limit", "1", "--init-weights", str(tmp_path / "start.pt")])
-    trained = torch.load(run / "last.pt", weights_only=False)["model"]
+    trained = torch.load(run / "last.pt", weights_only=True)["model"]
     for name, value in start.state_dict().items():  # one step at lr 1e-6 stays next to the start
         assert torch.allclose(trained[name].float(), value.float(), atol=1e-4), name
     assert "initialised from" in (run / "train.log").read_text()

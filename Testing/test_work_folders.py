@@ -38,6 +38,7 @@ def test_stale_work_folders_of_ended_processes_go_the_rest_stays(tmp_path, monke
                 tmp_path / "FSDiffReg-abcd1234", tmp_path / "FSDiffReg-notes"]
         for folder in (stale, *kept):
             folder.mkdir()
+            work_folders.mark(folder)
             (folder / "fixed.nrrd").write_bytes(b"patient")
         link = tmp_path / f"FSDiffReg-{dead}-link0000"
         link.symlink_to(elsewhere, target_is_directory=True)

@@ -84,8 +84,15 @@ def input_ends_mid_command(python: list[str], folder: Path) -> int:
         worker.wait()
 
 
+def in_temporary_folder(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``folder`` the temporary folder of this process and of the workers it starts."""
+    monkeypatch.setattr("tempfile.tempdir", str(folder))
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.setenv(name, str(folder))
+
+
 def test_the_end_of_input_mid_command_ends_the_worker_and_removes_the_work_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    in_temporary_folder(tmp_path, monkeypatch)
     work = work_folders.new_work_folder()
     (work / "fixed.nrrd").write_bytes(b"patient")
     assert input_ends_mid_command([sys.executable], work) == PARENT_GONE and not work.exists()
@@ -105,6 +112,6 @@ def test_through_a_launcher_the_worker_still_sees_the_end(tmp_path, monkeypatch)
     launcher = tmp_path / "PythonLauncher"
     launcher.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\nexit $?\n')
     launcher.chmod(0o755)
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    in_temporary_folder(tmp_path, monkeypatch)
     work = work_folders.new_work_folder()
     assert input_ends_mid_command([str(launcher)], work) == PARENT_GONE and not work.exists()

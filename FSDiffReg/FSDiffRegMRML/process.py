@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -44,7 +45,6 @@ REFINED_PERCENT = re.compile(r"^refining (\d+(?:\.\d+)?) %")
 ERROR_LINE = re.compile(r"^fsdiffreg(?: \w+)?: error: (.*)$")
 STAGE_LINE = re.compile(r"^fsdiffreg: (.*)$")
 KILLED = -9  # the exit status of a cancelled command
-FINISHED_LINE = re.compile("^" + re.escape(FINISHED) + r" (-?\d+)$")
 
 
 def libraryRoot() -> Path:
@@ -190,12 +190,16 @@ class ChildProcess:
 class WorkerRun:
     """One command given to a ``Worker``: its lines, then its exit status once the worker says it finished.
 
+    The worker's status line carries a random token of this command's, which only the worker's stdin
+    carries: neither the arguments nor what the command prints can forge it (FSDiffRegLib.worker).
     ``poll()`` never blocks; ``finished`` once the status is known and every line was polled.
     """
 
     def __init__(self, worker: Worker, args: list[str], workDir: Path | None):
         self.worker = worker
-        self.request = json.dumps({"args": args, "work_folder": str(workDir) if workDir else None})
+        token = secrets.token_hex(16)
+        self.request = json.dumps({"args": args, "work_folder": str(workDir) if workDir else None, "token": token})
+        self._finished = re.compile(re.escape(f"{FINISHED} {token} ") + r"(-?\d+)$")
         self.sent = False
         self.returncode: int | None = None
         self.cancelled = False
@@ -203,11 +207,14 @@ class WorkerRun:
         self._lines: list[str] = []
 
     def take(self, line: str) -> None:
-        """A line of the worker's while this command runs."""
-        finished = FINISHED_LINE.match(line)
+        """A line of the worker's while this command runs; the status line may follow a last line that the
+        command did not end."""
+        finished = self._finished.search(line)
         if finished:
             self.returncode = int(finished.group(1))
-            return
+            line = line[:finished.start()]
+            if not line:
+                return
         if line.strip():
             self.lastLine = line
         self._lines.append(line)
