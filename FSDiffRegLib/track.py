@@ -28,10 +28,10 @@ from .defaults import TRACK_REFINE, RefineOptions
 from .device import pick_device
 from .errors import InputError
 from .field import apply_field, flow_to_field, resample_field
-from .function import cardiac_function, myocardial_strain, structure_volumes, volumes_csv
-from .imageio import read_image
+from .function import cardiac_function, check_structures, myocardial_strain, structure_volumes, volumes_csv
+from .imageio import read_image, write_image
 from .network import FSDiffRegNet
-from .outputs import output_folder, write_json, write_metrics
+from .outputs import output_folder, write_json, write_metrics, written
 from .preprocess import canonical, network_grid, normalized, resample_to
 from .refine import refine_flow
 from .register import describe, field_metrics, refuse_non_finite
@@ -154,7 +154,8 @@ def track_frames(
     log: Callable[[str], None] = lambda message: None,
 ) -> Tracking:
     """Register every frame of ``cine`` to frame index ``reference`` (0-based) whose labels are ``labels``."""
-    check_cine_labels(labels, cine)
+    labels = check_cine_labels(labels, cine)
+    check_structures(labels, "ED")
     start = time.time()
     frames = cine.frames
     others = [i for i in range(len(frames)) if i != reference]
@@ -203,16 +204,18 @@ def field_name(frame: int, frames: int) -> str:
 
 def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[str], None]) -> None:
     """The output set into ``folder`` (field_NN.nii.gz per frame, labels.nii.gz, volumes.csv, function.json,
-    function.png), metrics.json last."""
+    function.png), each checked as written, metrics.json last."""
     n = len(tracking.fields)
     refuse_non_finite({field_name(k, n): image for k, image in enumerate(tracking.fields, start=1)})
     for k, image in enumerate(tracking.fields, start=1):
-        sitk.WriteImage(image, str(folder / field_name(k, n)), useCompression=True, compressionLevel=1)
+        write_image(image, folder / field_name(k, n), use_compression=True, compression_level=1)
         log(f"writing {k}/{n} frames")
-    sitk.WriteImage(join_frames(tracking.labels, cine.times_ms), str(folder / "labels.nii.gz"), useCompression=True)
-    (folder / "volumes.csv").write_text(volumes_csv(tracking.volumes, cine.times_ms))
+    write_image(join_frames(tracking.labels, cine.times_ms), folder / "labels.nii.gz", use_compression=True)
+    with written(folder / "volumes.csv"):
+        (folder / "volumes.csv").write_text(volumes_csv(tracking.volumes, cine.times_ms))
     write_json(folder / "function.json", tracking.function)
-    save_curves(tracking.volumes, tracking.function, cine.times_ms, folder / "function.png")
+    with written(folder / "function.png"):
+        save_curves(tracking.volumes, tracking.function, cine.times_ms, folder / "function.png")
     write_metrics(folder, tracking.metrics)
 
 
