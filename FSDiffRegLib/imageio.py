@@ -53,12 +53,12 @@ def read_file(path: Path, role: str) -> sitk.Image:
     if not io:
         raise InputError(f"{role} image {path} is not in an image format SimpleITK reads (NIfTI, NRRD, MetaImage, "
                          "DICOM, ...)")
+    if io == "NiftiImageIO":
+        check_nifti(path, role)
     try:
         image = sitk.ReadImage(str(path), imageIO=io)
     except RuntimeError:
         raise InputError(f"{role} image {path} is incomplete or damaged: {io} cannot read its voxels") from None
-    if io == "NiftiImageIO":
-        check_nifti(path, role)
     if io == "GDCMImageIO" and image.GetSize()[-1] == 1:
         raise InputError(f"{role} image {path} is one DICOM slice: give the folder holding its whole series")
     return image
@@ -66,7 +66,7 @@ def read_file(path: Path, role: str) -> sitk.Image:
 
 def check_nifti(path: Path, role: str) -> None:
     """Read a NIfTI file's voxels raw (nibabel): ITK zero-fills missing data and reads NaN or infinity as 0,
-    and coerces a sheared sform to perpendicular axes."""
+    and coerces a sheared sform to perpendicular axes (or, without a qform, fails)."""
     try:
         nifti = nibabel.load(str(path))
         voxels = np.asanyarray(nifti.dataobj)
