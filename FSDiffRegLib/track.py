@@ -155,12 +155,12 @@ def track_frames(
 ) -> Tracking:
     """Register every frame of ``cine`` to frame index ``reference`` (0-based) whose labels are ``labels``."""
     labels = check_cine_labels(labels, cine)
-    check_structures(labels, "ED")
     start = time.time()
     frames = cine.frames
     others = [i for i in range(len(frames)) if i != reference]
     whole = network_grid(canonical(frames[reference]), heart_centre(labels), model.cfg)
     region = heart_region(labels, whole, model.cfg.grid_multiple)
+    check_structures(labels, "ED")
     grid = region_grid(whole, region)
     moving = frames_on_grid([frames[reference]], grid).to(device)
     fixed = frames_on_grid([frames[i] for i in others], grid).to(device)
