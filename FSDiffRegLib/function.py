@@ -3,9 +3,10 @@
 Volumes: the number of voxels of each label times the voxel volume, in ml. ACDC labels:
 1 = RV (right ventricular blood pool), 2 = Myo (LV myocardium), 3 = LV (LV blood pool);
 any other value v is named ``label<v>``. Background (0) is not a structure. RV, Myo and LV
-need MIN_STRUCTURE_VOXELS voxels in the reference labels (``check_structures``): fewer, and a
-voxel more or less changes the volume by over 1 %, so EF and mass mean nothing (two voxels
-of LV give an EF of 100 % when the carried blood pool misses the grid's voxels).
+need MIN_STRUCTURE_VOXELS voxels in the reference labels (``check_structures``): in fewer (less
+than a 3 x 3 x 3 block) every voxel lies on the structure's surface, where carrying the labels
+by nearest neighbour can lose them all, so EF and mass mean nothing (two voxels of LV gave an
+EF of 100 %).
 
 Global myocardial strain (Lagrangian, in per cent, relative to ED):
 
@@ -45,7 +46,7 @@ STRUCTURES = {1: "RV", 2: "Myo", 3: "LV"}
 MYO, LV = 2, 3
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
 DECIMALS = 2  # function.json; volumes.csv has 3 decimals
-MIN_STRUCTURE_VOXELS = 100  # fewest voxels of RV, Myo or LV in the reference labels: one voxel is then 1 %
+MIN_STRUCTURE_VOXELS = 27  # fewest voxels of RV, Myo or LV in the reference labels (module docstring)
 
 
 @dataclass

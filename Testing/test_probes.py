@@ -295,7 +295,7 @@ def test_a_label_file_in_a_frames_folder_is_refused_not_taken_for_a_frame(tmp_pa
 def test_a_structure_of_a_few_voxels_is_refused_not_given_an_ef(tmp_path, cine):
     """Two voxels of LV gave LV EF 100 %."""
     array = np.zeros_like(sitk.GetArrayFromImage(sitk.ReadImage(str(ED_LABELS))))
-    array[4, 110, 90:92] = 3
+    array[4, 110, 90:92] = 3  # far fewer than MIN_STRUCTURE_VOXELS
     labels = written_like(tmp_path / "two.nii.gz", ED_LABELS, array)
     out = tmp_path / "out"
     refused(run("track", cine, "--labels", labels, "--out-dir", out, *FAST),
