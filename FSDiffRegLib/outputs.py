@@ -76,7 +76,10 @@ def output_folder(out_dir: str | Path, inputs: Mapping[str, str | Path | None] |
         refuse_foreign(out)
         in_place = beside == out or (out.is_dir() and (mount_point(out) or holds_cwd(out)))
         staging = (out if in_place else beside) / f".{out.name}.fsdiffreg-stage-{secrets.token_hex(4)}"
-        os.mkdir(staging)
+        try:
+            os.mkdir(staging)
+        except OSError as err:
+            raise OutputError(f"cannot write the output folder {out}: {err.strerror.lower()}") from None
         try:
             yield staging
             if not (staging / METRICS).is_file():
