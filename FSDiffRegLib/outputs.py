@@ -129,8 +129,8 @@ def writable(folder: Path) -> bool:
 
 
 def read_only(folder: Path) -> bool:
-    """Whether ``folder`` lies on a file system mounted read-only (a bind mount too, which os.access misses
-    for no one but root)."""
+    """Whether ``folder`` lies on a file system mounted read-only (the out-dir a read-only bind mount in a
+    writable parent: the set could be neither swapped in nor filled in place)."""
     try:
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except (AttributeError, OSError):  # Windows has no statvfs

@@ -168,6 +168,19 @@ def test_a_read_only_out_dir_is_refused_before_the_run_and_kept(tmp_path):
     kept(out, before)
 
 
+def test_an_out_dir_that_is_a_bind_mount_is_filled_in_place(tmp_path):
+    """A mount point cannot be renamed away: a bind mount of the same file system (which os.path.ismount misses)
+    ended the run after all its computing with 'Device or resource busy'."""
+    out = tmp_path / "out"
+    previous_set(out)
+    quoted = shlex.quote(str(out))
+    result = in_mount_namespace(f"mount --bind {quoted} {quoted} && "
+                                + shlex.join(command("register", FIXED, MOVING, "--out-dir", out, *FAST))
+                                + f" && ls -A {quoted}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-4:] == ["displacement.nii.gz", "jacobian.nii.gz", "metrics.json", "warped.nii.gz"]
+
+
 # --- labels: integer-valued, few values; one check for register and track ---
 
 def test_an_intensity_image_as_moving_labels_is_refused(tmp_path):
