@@ -15,6 +15,7 @@ from .errors import InputError
 from .imageio import check_image, check_labels, grid_difference, read_file
 
 MS_PER_TIME_UNIT = {"sec": 1000.0, "msec": 1.0, "usec": 0.001}  # nibabel's names of NIfTI's time units
+LABEL_FILE = re.compile(r"(^|[-_.])(gt|labels?|seg|segmentation|mask)(\.[a-z0-9]+)+$", re.IGNORECASE)  # ACDC: _gt
 ONE_FRAME = "cine {} has one frame: tracking needs at least 2"
 
 
@@ -88,11 +89,19 @@ def frame_times_ms(header: nibabel.Nifti1Header, count: int) -> list[float] | No
 
 
 def read_frames_folder(folder: Path) -> Cine:
-    """The 3D image files of a folder (hidden files, subfolders left out) in natural order of names, on one grid."""
+    """The 3D image files of a folder (hidden files, subfolders left out) in natural order of names, on one grid.
+
+    A folder holding label files (named like ``LABEL_FILE``: ACDC's ``frame01_gt.nii.gz``) is refused: they
+    are not frames, and the labels go with ``--labels``."""
     files = sorted((f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")),
                    key=natural_key)
     if not files:
         raise InputError(f"cine folder {folder} holds no frame files: give a 4D image or a folder of 3D frames")
+    labels = [f.name for f in files if LABEL_FILE.search(f.name)]
+    if labels:
+        shown = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+        raise InputError(f"cine folder {folder} holds label files ({shown}): a frames folder holds only the cine's "
+                         "frames; move the labels out and give the reference frame's with --labels")
     frames = []
     for file in files:
         frame = read_file(file, "cine frame")
@@ -126,9 +135,9 @@ def reference_index(cine: Cine, frame: int) -> int:
     return int(frame) - 1
 
 
-def check_cine_labels(labels: sitk.Image, cine: Cine) -> None:
-    """The reference frame's labels: a 3D image of whole numbers on the frames' grid, else InputError."""
-    check_labels(labels, cine.frames[0], "ED")
+def check_cine_labels(labels: sitk.Image, cine: Cine) -> sitk.Image:
+    """The reference frame's labels as an integer image (``imageio.check_labels``: on the frames' grid)."""
+    return check_labels(labels, cine.frames[0], "ED")
 
 
 def join_frames(images: list[sitk.Image], times_ms: list[float] | None) -> sitk.Image:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +27,7 @@ from .defaults import (
     checked_steps,
 )
 from .errors import DeviceError, InputError, WeightsError
-from .outputs import OutputError
+from .outputs import OutputError, written
 from .resources import sample_pair
 
 DEFAULT_DATA = Path("../shared/data/ACDC")
@@ -103,7 +105,8 @@ def _demo(args: argparse.Namespace) -> None:
     fixed, moving = sample["fixed"], sample["moving"]
 
     def figure(result, folder: Path) -> None:
-        save_figure(sitk.ReadImage(str(fixed)), sitk.ReadImage(str(moving)), result, folder / "figure.png", _say)
+        with written(folder / "figure.png"):
+            save_figure(sitk.ReadImage(str(fixed)), sitk.ReadImage(str(moving)), result, folder / "figure.png", _say)
 
     request = RegisterRequest(fixed, moving, args.out_dir, sample["moving_labels"], args.weights, args.device)
     result = register_files(request, log=_say, also=figure)
@@ -203,9 +206,10 @@ def frame_number(text: str) -> int:
 
 @option
 def times_ms(text: str) -> tuple[float, ...]:
-    """``--frame-times-ms``: comma-separated finite times in ms, each later than the one before."""
+    """``--frame-times-ms``: comma-separated finite times in ms, each later than the one before, from any
+    origin (negative times are before it)."""
     values = tuple(number(part) for part in text.split(","))
-    if not all(math.isfinite(v) for v in values) or any(b <= a for a, b in zip(values, values[1:])):
+    if not math.isfinite(values[-1] - values[0]) or any(b <= a for a, b in zip(values, values[1:])):
         raise InputError(f"must be finite times in ms, each later than the one before, got {text}")
     return values
 
@@ -289,11 +293,31 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(BENCHMARK_OUT), help="Markdown file for the table")
 
 
+SIGNED_LISTS = ("--frame-times-ms",)  # options whose value may start with a minus sign and hold commas
+NEGATIVE = re.compile(r"-\.?\d")  # a value starting with a negative number; no option starts so
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line: 'fsdiffreg register: error: argument --refine: ...'."""
+    """argparse whose errors are one line: 'fsdiffreg register: error: argument --refine: ...', and which takes
+    '--frame-times-ms -10,20,50' (argparse takes '-10,20,50' for an option: it is no single number)."""
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        return super().parse_known_args(joined(sys.argv[1:] if args is None else list(args)), namespace)
+
+
+def joined(args: list[str]) -> list[str]:
+    """``args`` with each option of SIGNED_LISTS and a negative value after it joined: '--frame-times-ms=-10,20'."""
+    out: list[str] = []
+    for arg in args:
+        if out and out[-1] in SIGNED_LISTS and NEGATIVE.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-frame", type=frame_number, default=1, metavar="N",
                    help="the frame the labels belong to, counted from 1 (default 1)")
     p.add_argument("--frame-times-ms", type=times_ms, metavar="T1,T2,...",
-                   help="the time of each frame in ms (default: from a 4D NIfTI's header where plausible)")
+                   help="the time of each frame in ms, increasing, from any origin (e.g. -10,20,50); default: from "
+                        "a 4D NIfTI's header where plausible")
     p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_refine_arguments(p, TRACK_REFINE)

@@ -15,6 +15,9 @@ from typing import BinaryIO
 import numpy as np
 import SimpleITK as sitk
 
+from .imageio import holds, write_image
+from .outputs import WriteError, write_failure, written
+
 NIFTI_VECTOR, NIFTI_DISPLACEMENT = 1007, 1006  # NIfTI intent codes: vector, displacement vector
 INTENT_OFFSET = 68  # of intent_code (int16) in a NIfTI-1 header
 
@@ -54,7 +57,8 @@ def write_field(field: sitk.Image, path: Path, compression: int = 6) -> None:
     them back in LPS. Slicer warns that a field of any other intent "may not contain valid displacement field".
 
     SimpleITK writes a vector image with intent 1007 (vector), as stored: so the vectors are turned to RAS,
-    written uncompressed beside ``path`` (hidden), given intent 1006 and compressed into ``path``.
+    written uncompressed beside ``path`` (hidden), given intent 1006 and compressed into ``path``, which is
+    then read back whole (WriteError, naming ``path`` and the cause, where it does not hold the field).
     """
     ras = sitk.GetArrayFromImage(field)
     ras[..., :2] *= -1
@@ -62,14 +66,19 @@ def write_field(field: sitk.Image, path: Path, compression: int = 6) -> None:
     image.CopyInformation(field)
     plain = path.with_name(f".{path.name.split('.')[0]}.nii")
     try:
-        sitk.WriteImage(image, str(plain))
-        with plain.open("r+b") as file:
+        try:
+            write_image(image, plain)
+        except WriteError as err:
+            raise WriteError(path, err.cause) from None
+        with written(path), plain.open("r+b") as file:
             set_intent(file, path.name)
             file.seek(0)
             with gzip.open(path, "wb", compresslevel=compression) as packed:
                 shutil.copyfileobj(file, packed)
     finally:
         plain.unlink(missing_ok=True)
+    if not holds(path, image):
+        raise WriteError(path, write_failure(path))
 
 
 def set_intent(file: BinaryIO, name: str) -> None:

@@ -2,7 +2,11 @@
 
 Volumes: the number of voxels of each label times the voxel volume, in ml. ACDC labels:
 1 = RV (right ventricular blood pool), 2 = Myo (LV myocardium), 3 = LV (LV blood pool);
-any other value v is named ``label<v>``. Background (0) is not a structure.
+any other value v is named ``label<v>``. Background (0) is not a structure. RV, Myo and LV
+need MIN_STRUCTURE_VOXELS voxels in the reference labels (``check_structures``): in fewer (less
+than a 3 x 3 x 3 block) every voxel lies on the structure's surface, where carrying the labels
+by nearest neighbour can lose them all, so EF and mass mean nothing (two voxels of LV gave an
+EF of 100 %).
 
 Global myocardial strain (Lagrangian, in per cent, relative to ED):
 
@@ -36,10 +40,13 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import InputError
+
 STRUCTURES = {1: "RV", 2: "Myo", 3: "LV"}
 MYO, LV = 2, 3
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
 DECIMALS = 2  # function.json; volumes.csv has 3 decimals
+MIN_STRUCTURE_VOXELS = 27  # fewest voxels of RV, Myo or LV in the reference labels (module docstring)
 
 
 @dataclass
@@ -62,6 +69,16 @@ def structure_names(volumes: list[dict[str, float]]) -> list[str]:
         return (0, known.index(name)) if name in known else (1, int(name[len("label"):]))
 
     return sorted({name for frame in volumes for name in frame}, key=order)
+
+
+def check_structures(labels: sitk.Image, role: str) -> None:
+    """InputError where RV, Myo or LV has fewer than MIN_STRUCTURE_VOXELS voxels in ``labels``."""
+    values, counts = np.unique(sitk.GetArrayViewFromImage(labels), return_counts=True)
+    small = [f"{STRUCTURES[v]} (label {v}) has {n} voxels" for v, n in zip(values.tolist(), counts.tolist())
+             if v in STRUCTURES and n < MIN_STRUCTURE_VOXELS]
+    if small:
+        raise InputError(f"{role} labels: {', '.join(small)}, too few to measure a volume (at least "
+                         f"{MIN_STRUCTURE_VOXELS}): are these the heart's labels?")
 
 
 def structure_volumes(labels: sitk.Image) -> dict[str, float]:

@@ -13,12 +13,16 @@
   old metrics.json goes first, the new one last, so a set without metrics.json is incomplete.
 - A lock file beside the staging folder keeps a second run out while one writes; the hidden
   folders a killed run left (``.<name>.fsdiffreg-stage-*`` and ``-old-*``) go at the next run.
+- Every file is checked as it is written (images read back whole: ``imageio.write_image``); a
+  write that fails (file-size limit, full disk) ends the run with one line naming the file and
+  the cause (``WriteError``), the out-dir left as it was.
 
 Imports nothing heavy: the command line catches ``OutputError``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -38,10 +42,19 @@ OUTPUT_NAME = re.compile(  # the files of a `register` or `track` set, which a n
     r"|function\.(json|png)|volumes\.csv")
 METRICS = "metrics.json"
 MARK = "fsdiffreg"  # metrics.json key: the version that wrote the set
+FULL_DISK_BYTES = 1 << 20  # free space below which a write that failed without a reason is put down to a full disk
 
 
 class OutputError(ValueError):
     """An out-dir that cannot be used, or outputs that must not be written; the message says why."""
+
+
+class WriteError(OutputError):
+    """A file of the set that was not written whole; ``output_folder`` adds the out-dir to the message."""
+
+    def __init__(self, path: Path, cause: str) -> None:
+        super().__init__(f"cannot write {path.name}: {cause}")
+        self.name, self.cause = path.name, cause
 
 
 @contextmanager
@@ -61,9 +74,12 @@ def output_folder(out_dir: str | Path, inputs: Mapping[str, str | Path | None] |
             if folder.is_dir():
                 remove_stale(folder, out.name)
         refuse_foreign(out)
-        in_place = beside == out or (out.is_dir() and (os.path.ismount(out) or holds_cwd(out)))
+        in_place = beside == out or (out.is_dir() and (mount_point(out) or holds_cwd(out)))
         staging = (out if in_place else beside) / f".{out.name}.fsdiffreg-stage-{secrets.token_hex(4)}"
-        os.mkdir(staging)
+        try:
+            os.mkdir(staging)
+        except OSError as err:
+            raise OutputError(f"cannot write the output folder {out}: {err.strerror.lower()}") from None
         try:
             yield staging
             if not (staging / METRICS).is_file():
@@ -73,6 +89,8 @@ def output_folder(out_dir: str | Path, inputs: Mapping[str, str | Path | None] |
                     fill_in_place(staging, out)
                 else:
                     swap_in(staging, out, beside)
+        except WriteError as err:
+            raise OutputError(f"cannot write {err.name}: {err.cause}; nothing written to {out}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -110,9 +128,34 @@ def writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
+def read_only(folder: Path) -> bool:
+    """Whether ``folder`` lies on a file system mounted read-only (the out-dir a read-only bind mount in a
+    writable parent: the set could be neither swapped in nor filled in place)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):  # Windows has no statvfs
+        return False
+
+
+def mount_point(folder: Path) -> bool:
+    """Whether ``folder`` is a mount point: a bind mount of a folder of the same file system too, which
+    os.path.ismount (a change of device) misses and Linux lists in /proc/self/mountinfo."""
+    if os.path.ismount(folder):
+        return True
+    try:
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    octal = re.compile(r"\\([0-7]{3})")  # mountinfo writes a space as \040
+    return any(octal.sub(lambda m: chr(int(m.group(1), 8)), line.split()[4]) == str(folder)
+               for line in lines if len(line.split()) > 4)
+
+
 def lock_place(out: Path) -> Path:
     """Where the lock (and the staging folder, unless filled in place) goes: beside the out-dir, made if
     needed; inside it when its parent is read-only."""
+    if out.is_dir() and read_only(out):
+        raise OutputError(f"cannot write the output folder {out}: it is on a read-only file system")
     if out.is_dir() and not writable(out.parent):
         if not writable(out):
             raise OutputError(f"cannot write the output folder {out}: it is not writable")
@@ -289,7 +332,51 @@ def write_json(path: Path, data: dict) -> None:
     bad = non_finite(data)
     if bad:
         raise OutputError(f"the run gave non-finite values for {', '.join(bad)}; nothing written")
-    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    with written(path):
+        path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+@contextmanager
+def written(path: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` (an OSError, which names no file) into a WriteError naming it and why."""
+    try:
+        yield
+    except OSError as err:
+        raise WriteError(path, write_failure(path, err)) from None
+
+
+def write_failure(path: Path, err: OSError | None = None) -> str:
+    """Why writing ``path`` failed: the system's reason ``err``, or, where the writer gives none (ITK), what
+    the file and its folder show."""
+    limit = file_size_limit()
+    if (err is not None and err.errno == errno.EFBIG) or (limit is not None and size(path) >= limit):
+        return ("it reached the file-size limit" + (f" of {limit} bytes (ulimit -f)" if limit is not None else "")
+                + " before it was whole")
+    if err is not None:
+        return (err.strerror or str(err)).lower()
+    if not writable(path.parent):
+        return f"{path.parent} is not writable"
+    free = shutil.disk_usage(path.parent).free
+    if free < FULL_DISK_BYTES:
+        return f"the disk is full ({free} bytes free)"
+    return "the file on disk is incomplete or differs from what was written"
+
+
+def file_size_limit() -> int | None:
+    """The largest file this process may write (``ulimit -f``) in bytes; None without a limit."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def write_metrics(folder: Path, metrics: dict) -> None:

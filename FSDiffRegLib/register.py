@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from .device import pick_device
 from .errors import InputError
 from .field import apply_field, flow_to_field, resample_field, write_field
 from .heart import blurred_outside, decoder_outputs
-from .imageio import check_image, check_labels, read_image
+from .imageio import check_image, check_labels, read_image, write_image
 from .metrics import jacobian_determinant, jacobian_stats, ncc
 from .network import FSDiffRegNet
 from .outputs import OutputError, output_folder, write_metrics
@@ -92,7 +93,7 @@ def register_images(
     check_image(fixed, "fixed")
     check_image(moving, "moving")
     if moving_labels is not None:
-        check_labels(moving_labels, moving, "moving")
+        moving_labels = check_labels(moving_labels, moving, "moving")
     start = time.time()
     prepared = prepare_pair(fixed, moving, model.cfg)
     if np.all(prepared.moving == -1.0):
@@ -130,14 +131,14 @@ def refuse_non_finite(images: dict[str, sitk.Image]) -> None:
 
 
 def write_files(result: Registration, folder: Path) -> None:
-    """The set's files into ``folder``, metrics.json last; a non-finite image is refused."""
+    """The set's files into ``folder``, each read back whole, metrics.json last; a non-finite image is refused."""
     images = {"displacement.nii.gz": result.field, "warped.nii.gz": result.warped, "jacobian.nii.gz": result.jacobian,
               "warped_labels.nii.gz": result.warped_labels}
     images = {name: image for name, image in images.items() if image is not None}
     refuse_non_finite(images)
     write_field(images.pop("displacement.nii.gz"), folder / "displacement.nii.gz")
     for name, image in images.items():
-        sitk.WriteImage(image, str(folder / name))
+        write_image(image, folder / name)
     write_metrics(folder, result.metrics)
 
 
@@ -167,6 +168,9 @@ def register_paths(request: RegisterRequest, log: Callable[[str], None] = lambda
     log("reading images")
     fixed = read_image(request.fixed, "fixed")
     moving = read_image(request.moving, "moving")
+    if os.path.samefile(request.fixed, request.moving):
+        raise InputError(f"the fixed and moving images are the same file, {request.moving}: give two frames, "
+                         "e.g. ED as fixed and ES as moving")
     labels = read_image(request.moving_labels, "moving labels") if request.moving_labels else None
     inputs = {"fixed": describe(request.fixed), "moving": describe(request.moving)}
     if request.moving_labels:

@@ -28,10 +28,10 @@ from .defaults import TRACK_REFINE, RefineOptions
 from .device import pick_device
 from .errors import InputError
 from .field import apply_field, flow_to_field, resample_field, write_field
-from .function import cardiac_function, myocardial_strain, structure_volumes, volumes_csv
-from .imageio import read_image
+from .function import cardiac_function, check_structures, myocardial_strain, structure_volumes, volumes_csv
+from .imageio import read_image, write_image
 from .network import FSDiffRegNet
-from .outputs import output_folder, write_json, write_metrics
+from .outputs import output_folder, write_json, write_metrics, written
 from .preprocess import canonical, network_grid, normalized, resample_to
 from .refine import refine_flow
 from .register import describe, field_metrics, refuse_non_finite
@@ -154,12 +154,13 @@ def track_frames(
     log: Callable[[str], None] = lambda message: None,
 ) -> Tracking:
     """Register every frame of ``cine`` to frame index ``reference`` (0-based) whose labels are ``labels``."""
-    check_cine_labels(labels, cine)
+    labels = check_cine_labels(labels, cine)
     start = time.time()
     frames = cine.frames
     others = [i for i in range(len(frames)) if i != reference]
     whole = network_grid(canonical(frames[reference]), heart_centre(labels), model.cfg)
     region = heart_region(labels, whole, model.cfg.grid_multiple)
+    check_structures(labels, "ED")
     grid = region_grid(whole, region)
     moving = frames_on_grid([frames[reference]], grid).to(device)
     fixed = frames_on_grid([frames[i] for i in others], grid).to(device)
@@ -204,7 +205,7 @@ def frame_file(stem: str, frame: int, frames: int) -> str:
 
 def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[str], None]) -> None:
     """The output set into ``folder`` (field_NN.nii.gz and labels_NN.nii.gz per frame, labels.nii.gz, volumes.csv,
-    function.json, function.png where matplotlib is installed), metrics.json last.
+    function.json, function.png where matplotlib is installed), each checked as written, metrics.json last.
 
     labels.nii.gz holds every frame's labels as one 4D image; the 3D labels_NN.nii.gz are the same frames for
     readers of 3D images only (Slicer reads a volume sequence from NRRD only).
@@ -213,12 +214,14 @@ def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[
     refuse_non_finite({frame_file("field", k, n): image for k, image in enumerate(tracking.fields, start=1)})
     for k, (image, labels) in enumerate(zip(tracking.fields, tracking.labels), start=1):
         write_field(image, folder / frame_file("field", k, n), compression=1)
-        sitk.WriteImage(labels, str(folder / frame_file("labels", k, n)), useCompression=True)
+        write_image(labels, folder / frame_file("labels", k, n), use_compression=True)
         log(f"writing {k}/{n} frames")
-    sitk.WriteImage(join_frames(tracking.labels, cine.times_ms), str(folder / "labels.nii.gz"), useCompression=True)
-    (folder / "volumes.csv").write_text(volumes_csv(tracking.volumes, cine.times_ms))
+    write_image(join_frames(tracking.labels, cine.times_ms), folder / "labels.nii.gz", use_compression=True)
+    with written(folder / "volumes.csv"):
+        (folder / "volumes.csv").write_text(volumes_csv(tracking.volumes, cine.times_ms))
     write_json(folder / "function.json", tracking.function)
-    save_curves(tracking.volumes, tracking.function, cine.times_ms, folder / "function.png", log)
+    with written(folder / "function.png"):
+        save_curves(tracking.volumes, tracking.function, cine.times_ms, folder / "function.png", log)
     write_metrics(folder, tracking.metrics)
 
 
