@@ -1,4 +1,4 @@
-"""The ``fsdiffreg`` command line: train, register, track, evaluate, benchmark, demo, devices.
+"""The ``fsdiffreg`` command line: train, register, track, batch, evaluate, benchmark, demo, devices.
 
 Importing this module loads no torch, SimpleITK or NumPy (``--help`` and the Slicer child
 start fast): each sub-command imports what it needs when it runs.
@@ -69,6 +69,31 @@ def _track(args: argparse.Namespace) -> None:
     tracking = track_files(request, log=_say)
     print(f"{function_summary(tracking.function)}; {tracking.metrics['seconds']:.1f} s on "
           f"{tracking.metrics['device']}\noutputs in {Path(args.out_dir).resolve()}")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    """1 when a case failed (the summary says which), else 0."""
+    from dataclasses import replace
+
+    from .manifest import read_manifest
+    from .shards import parse_shard, shard_from_env
+
+    manifest = read_manifest(args.manifest)  # a bad manifest is refused before torch is imported
+    given = {name: getattr(args, name) for name in ("smoothness", "diffeomorphic", "gaussian", "heart")
+             if getattr(args, name) is not None}
+    if args.refine is not None:
+        given["steps"] = args.refine
+    if manifest.kind == "track" and given.get("heart"):
+        raise InputError("--heart is for register manifests: track registers the heart's region already")
+    refine = replace(DEFAULT_REFINE if manifest.kind == "register" else TRACK_REFINE, **given)
+    shard = parse_shard(args.shard) if args.shard else shard_from_env()
+    from .batch import BatchOptions, run_batch
+
+    failed = run_batch(manifest, args.out_root, BatchOptions(args.weights, args.device, refine), shard, args.dask,
+                       _say)
+    print(f"{failed} case(s) failed; summary in {Path(args.out_root).resolve()}" if failed else
+          f"every case done; summary in {Path(args.out_root).resolve()}")
+    return 1 if failed else 0
 
 
 def function_summary(function: dict) -> str:
@@ -372,6 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_refine_arguments(p, TRACK_REFINE)
     p.set_defaults(func=_track)
 
+    p = sub.add_parser("batch", help="register or track every case of a CSV manifest; resumable, sharded, or on "
+                                     "a dask cluster (docs/cohorts.md)")
+    p.add_argument("manifest", help="CSV with a header: id,fixed,moving[,moving_labels] (register) or "
+                                    "id,cine,labels[,reference_frame] (track); paths relative to its folder")
+    p.add_argument("--out-root", required=True, help="each case's set into OUT_ROOT/<id>/; the summary CSV beside")
+    p.add_argument("--shard", metavar="K/N", help="run shard K of N (K from 0): cases K, K+N, ...; default: from "
+                                                  "a Slurm, SGE, LSF, PBS or Kubernetes array job's environment")
+    p.add_argument("--dask", metavar="ADDRESS", help="run the cases on the dask.distributed scheduler at ADDRESS, "
+                                                     "or on a local cluster of N worker processes: local:N")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--refine", type=steps, metavar="N", help="refinement steps (default: register's or track's)")
+    p.add_argument("--smoothness", type=smoothness, metavar="S", help="refinement smoothness weight (default: "
+                                                                      "register's or track's)")
+    for flag in ("diffeomorphic", "gaussian", "heart"):
+        p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"as register's --{flag}" + (" (register manifests)" if flag == "heart" else ""))
+    p.set_defaults(func=_batch)
+
     p = sub.add_parser("evaluate", help="Table 1 (Dice, folding, SD|J|, time) on the validation split")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="ACDC folder")
     p.add_argument("--weights", help=WEIGHTS_HELP)
@@ -415,13 +459,13 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a sub-command: 0 when it succeeds, 2 with one error line, 130 when interrupted
+    """Run a sub-command: 0 when it succeeds (batch: 1 when a case failed), 2 with one error line, 130 when interrupted
     (Ctrl-C or a terminate signal; what the run had begun to write is removed)."""
     args = build_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
-        args.func(args)
+        code = args.func(args)
     except KeyboardInterrupt:
         print("fsdiffreg: interrupted", file=sys.stderr, flush=True)
         return 130
@@ -431,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

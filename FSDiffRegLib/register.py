@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -116,10 +117,13 @@ def register_images(
 
 
 def describe(path: str | Path) -> dict:
-    """An input as metrics.json names it: absolute path, and a file's size and SHA256 (a folder's file count)."""
+    """An input as metrics.json names it: absolute path, and a file's size and SHA256 (a folder's file count and
+    the SHA256 of its files' names and SHA256s, hidden files left out)."""
     path = Path(path).resolve()
     if path.is_dir():
-        return {"path": str(path), "files": sum(1 for p in path.iterdir() if p.is_file())}
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        listing = "".join(f"{p.name}\0{sha256(p)}\n" for p in files)
+        return {"path": str(path), "files": len(files), "sha256": hashlib.sha256(listing.encode()).hexdigest()}
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
@@ -162,24 +166,47 @@ class RegisterRequest:
     refine: RefineOptions = DEFAULT_REFINE
 
 
-def register_paths(request: RegisterRequest, log: Callable[[str], None] = lambda message: None) -> Registration:
-    """Read, check and register the request's files; the metrics name the inputs. Writes nothing."""
-    torch_device = pick_device(request.device)
-    log("reading images")
+def read_inputs(request: RegisterRequest, inputs: dict | None = None) -> dict:
+    """The request's images read and checked, and the inputs as metrics.json names them (``describe``; ``inputs``
+    where already described)."""
     fixed = read_image(request.fixed, "fixed")
     moving = read_image(request.moving, "moving")
     if os.path.samefile(request.fixed, request.moving):
         raise InputError(f"the fixed and moving images are the same file, {request.moving}: give two frames, "
                          "e.g. ED as fixed and ES as moving")
     labels = read_image(request.moving_labels, "moving labels") if request.moving_labels else None
+    return {"fixed": fixed, "moving": moving, "moving_labels": labels, "inputs": inputs or input_records(request)}
+
+
+def input_records(request: RegisterRequest) -> dict:
+    """The inputs as metrics.json names them (``describe``)."""
     inputs = {"fixed": describe(request.fixed), "moving": describe(request.moving)}
     if request.moving_labels:
         inputs["moving_labels"] = describe(request.moving_labels)
-    log(f"loading weights on {torch_device}")
-    model, about = load_model(request.weights, torch_device)
+    return inputs
+
+
+def options_record(request: RegisterRequest) -> dict:
+    """The options as asked that shape the outputs (metrics.json's ``options``: what ``batch`` resumes by)."""
+    return {"refine": asdict(request.refine)}
+
+
+def register_paths(request: RegisterRequest, log: Callable[[str], None] = lambda message: None,
+                   loaded: tuple[FSDiffRegNet, dict] | None = None, read: dict | None = None) -> Registration:
+    """Read, check and register the request's files; the metrics name the inputs. Writes nothing.
+
+    ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read (``read_inputs``)."""
+    torch_device = pick_device(request.device)
+    log("reading images")
+    read = read or read_inputs(request)
+    if loaded is None:
+        log(f"loading weights on {torch_device}")
+    model, about = loaded or load_model(request.weights, torch_device)
     log("registering")
-    result = register_images(fixed, moving, model, torch_device, labels, request.refine, log)
-    result.metrics.update({"inputs": inputs, "weights": about["name"], "weights_sha256": about["sha256"]})
+    result = register_images(read["fixed"], read["moving"], model, torch_device, read["moving_labels"],
+                             request.refine, log)
+    result.metrics.update({"inputs": read["inputs"], "options": options_record(request), "weights": about["name"],
+                           "weights_sha256": about["sha256"]})
     return result
 
 
@@ -187,15 +214,18 @@ def register_files(
     request: RegisterRequest,
     log: Callable[[str], None] = lambda message: None,
     also: Callable[[Registration, Path], None] | None = None,
+    loaded: tuple[FSDiffRegNet, dict] | None = None,
+    read: dict | None = None,
 ) -> Registration:
     """The ``fsdiffreg register`` command: check the out-dir, register, write the set whole.
 
-    ``also(result, folder)`` writes more files into the set (the demo's figure).
+    ``also(result, folder)`` writes more files into the set (the demo's figure); ``loaded`` and ``read`` as
+    ``register_paths``'.
     """
     inputs = {"fixed image": request.fixed, "moving image": request.moving, "moving labels": request.moving_labels,
               "weights": request.weights}
     with output_folder(request.out_dir, inputs) as staging:
-        result = register_paths(request, log)
+        result = register_paths(request, log, loaded, read)
         log("writing outputs")
         write_files(result, staging)
         if also is not None:

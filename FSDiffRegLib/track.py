@@ -225,23 +225,46 @@ def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[
     write_metrics(folder, tracking.metrics)
 
 
-def track_files(request: TrackRequest, log: Callable[[str], None] = lambda message: None) -> Tracking:
-    """The ``fsdiffreg track`` command: check everything, track, write the set whole or nothing."""
+def read_inputs(request: TrackRequest, inputs: dict | None = None) -> dict:
+    """The request's cine (with the frame times asked), reference frame index and labels read and checked, and the
+    inputs as metrics.json names them (``inputs`` where already described)."""
+    cine = read_cine(request.cine)
+    if request.frame_times_ms is not None:
+        cine = with_times(cine, request.frame_times_ms)
+    reference = reference_index(cine, request.reference_frame)
+    labels = read_image(request.labels, "labels")
+    return {"cine": cine, "reference": reference, "labels": labels, "inputs": inputs or input_records(request)}
+
+
+def input_records(request: TrackRequest) -> dict:
+    """The inputs as metrics.json names them (``register.describe``)."""
+    return {"cine": describe(request.cine), "labels": describe(request.labels)}
+
+
+def options_record(request: TrackRequest) -> dict:
+    """The options as asked that shape the outputs (metrics.json's ``options``: what ``batch`` resumes by)."""
+    times = None if request.frame_times_ms is None else list(request.frame_times_ms)
+    return {"refine": asdict(request.refine), "reference_frame": request.reference_frame, "frame_times_ms": times}
+
+
+def track_files(request: TrackRequest, log: Callable[[str], None] = lambda message: None,
+                loaded: tuple[FSDiffRegNet, dict] | None = None, read: dict | None = None) -> Tracking:
+    """The ``fsdiffreg track`` command: check everything, track, write the set whole or nothing.
+
+    ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read (``read_inputs``)."""
     inputs = {"cine": request.cine, "labels": request.labels, "weights": request.weights}
     with output_folder(request.out_dir, inputs) as staging:
         torch_device = pick_device(request.device)
         log("reading cine")
-        cine = read_cine(request.cine)
-        if request.frame_times_ms is not None:
-            cine = with_times(cine, request.frame_times_ms)
-        reference = reference_index(cine, request.reference_frame)
-        labels = read_image(request.labels, "labels")
-        log(f"loading weights on {torch_device}")
-        model, about = load_model(request.weights, torch_device)
-        tracking = track_frames(cine, labels, reference, model, torch_device, request.refine, log)
+        read = read or read_inputs(request)
+        if loaded is None:
+            log(f"loading weights on {torch_device}")
+        model, about = loaded or load_model(request.weights, torch_device)
+        tracking = track_frames(read["cine"], read["labels"], read["reference"], model, torch_device,
+                                request.refine, log)
         tracking.metrics.update({
-            "inputs": {"cine": describe(request.cine), "labels": describe(request.labels)},
+            "inputs": read["inputs"], "options": options_record(request),
             "weights": about["name"], "weights_sha256": about["sha256"],
         })
-        write_tracking(tracking, cine, staging, log)
+        write_tracking(tracking, read["cine"], staging, log)
     return tracking
