@@ -154,3 +154,29 @@ def test_a_track_manifest_measures_ef(tmp_path: Path) -> None:
     assert row["ncc_before"] == "" and float(row["folding_percent"]) >= 0
     metrics = json.loads((tmp_path / "out" / "scd101" / "metrics.json").read_text())
     assert metrics["options"]["reference_frame"] == 19
+
+
+def test_dask_local_cluster_runs_the_cases_and_a_killed_workers_case_runs_again(cohort: Path, tmp_path: Path) -> None:
+    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("distributed")
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.cli", "batch", str(cohort), "--out-root",
+                                str(out), "--refine", "0", "--dask", "local:2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(list(out.glob(".patient09*.fsdiffreg-stage-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [child for child in psutil.Process(process.pid).children(recursive=True)
+               if "spawn_main" in " ".join(child.cmdline())]
+    assert len(workers) == 2, [w.cmdline() for w in workers]
+    workers[0].kill()  # both are mid-case: one case is lost with its worker
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 1, err
+    assert not workers[0].is_running()
+    assert "Restarting worker" in err  # dask's nanny saw its worker die and started another
+    rows = summary(out)
+    assert {case: row["status"] for case, row in rows.items()} == {
+        "patient091": "done", "patient092": "done", "missing": "failed"}, err
+    assert sorted(p.name for p in out.iterdir()) == ["patient091", "patient092", "summary.csv"]
+    for case in ("patient091", "patient092"):
+        assert {p.name for p in (out / case).iterdir()} == REGISTER_SET | {"warped_labels.nii.gz"}
