@@ -11,6 +11,7 @@ import nibabel
 import SimpleITK as sitk
 
 from .defaults import PLAUSIBLE_INTERVAL_MS
+from .dicom_cine import is_dicom_folder, read_dicom_cine
 from .errors import InputError
 from .imageio import check_image, check_labels, grid_difference, read_file
 
@@ -28,11 +29,15 @@ class Cine:
 
 
 def read_cine(path: str | Path) -> Cine:
-    """Read a 4D image file (x, y, z, t) or a folder of 3D frame files, or raise InputError naming the problem."""
+    """Read a 4D image file (x, y, z, t), a folder of 3D frame files or a DICOM cine folder (FSDiffRegLib.dicom_cine),
+    or raise InputError naming the problem."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"cine not found: {path}")
-    cine = read_frames_folder(path) if path.is_dir() else read_cine_file(path)
+    if path.is_dir() and is_dicom_folder(path):
+        cine = Cine(*read_dicom_cine(path))
+    else:
+        cine = read_frames_folder(path) if path.is_dir() else read_cine_file(path)
     if len(cine.frames) < 2:
         raise InputError(ONE_FRAME.format(path))
     return cine

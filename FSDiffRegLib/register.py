@@ -118,11 +118,12 @@ def register_images(
 
 def describe(path: str | Path) -> dict:
     """An input as metrics.json names it: absolute path, and a file's size and SHA256 (a folder's file count and
-    the SHA256 of its files' names and SHA256s, hidden files left out)."""
+    the SHA256 of its files' relative paths and SHA256s, subfolders' too, hidden ones left out)."""
     path = Path(path).resolve()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        listing = "".join(f"{p.name}\0{sha256(p)}\n" for p in files)
+        files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        listing = "".join(f"{name}\0{sha256(path / name)}\n" for name in files)
         return {"path": str(path), "files": len(files), "sha256": hashlib.sha256(listing.encode()).hexdigest()}
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256(path)}
 

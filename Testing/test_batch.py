@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from FSDiffRegLib import acdc
 from FSDiffRegLib.errors import InputError
 from FSDiffRegLib.manifest import read_manifest
+from test_dicom_cine import write_dicom
 
 SUNNYBROOK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sunnybrook-cine" / "SCD0000101"
 REGISTER_SET = {"displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "metrics.json"}
@@ -141,19 +142,21 @@ def test_a_bad_manifest_runs_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_a_track_manifest_measures_ef(tmp_path: Path) -> None:
+def test_a_track_manifest_of_a_dicom_cine_measures_ef(tmp_path: Path) -> None:
     if not SUNNYBROOK.is_dir():
         pytest.skip(f"Sunnybrook cines not found at {SUNNYBROOK}")
+    write_dicom(sitk.ReadImage(str(SUNNYBROOK / "SCD0000101_4d.nii.gz")), tmp_path / "dicom", per_slice_series=True)
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"id,cine,labels,reference_frame\nscd101,{SUNNYBROOK / 'SCD0000101_4d.nii.gz'},"
-                        f"{SUNNYBROOK / 'SCD0000101_frame19_gt.nii.gz'},19\n")
+    manifest.write_text(f"id,cine,labels,reference_frame\nscd101,dicom,{SUNNYBROOK / 'SCD0000101_frame19_gt.nii.gz'},"
+                        "19\n")
     run = batch(manifest, "--out-root", tmp_path / "out")
     assert run.returncode == 0, run.stderr
     row = summary(tmp_path / "out")["scd101"]
     assert row["status"] == "done" and 5 < float(row["lv_ef_percent"]) < 60, row
     assert row["ncc_before"] == "" and float(row["folding_percent"]) >= 0
     metrics = json.loads((tmp_path / "out" / "scd101" / "metrics.json").read_text())
-    assert metrics["options"]["reference_frame"] == 19
+    assert metrics["options"]["reference_frame"] == 19 and metrics["inputs"]["cine"]["files"] == 240
+    assert len(json.loads((tmp_path / "out" / "scd101" / "function.json").read_text())) > 0
 
 
 def test_dask_local_cluster_runs_the_cases_and_a_killed_workers_case_runs_again(cohort: Path, tmp_path: Path) -> None:
@@ -180,3 +183,16 @@ def test_dask_local_cluster_runs_the_cases_and_a_killed_workers_case_runs_again(
     assert sorted(p.name for p in out.iterdir()) == ["patient091", "patient092", "summary.csv"]
     for case in ("patient091", "patient092"):
         assert {p.name for p in (out / case).iterdir()} == REGISTER_SET | {"warped_labels.nii.gz"}
+
+
+def test_a_folders_sha256_covers_its_subfolders_and_not_hidden_files(tmp_path: Path) -> None:
+    from FSDiffRegLib.register import describe
+
+    (tmp_path / "cine" / "slice01").mkdir(parents=True)
+    (tmp_path / "cine" / "slice01" / "IM_00.dcm").write_bytes(b"one")
+    before = describe(tmp_path / "cine")
+    assert before["files"] == 1
+    (tmp_path / "cine" / ".DS_Store").write_bytes(b"finder")
+    assert describe(tmp_path / "cine") == before
+    (tmp_path / "cine" / "slice01" / "IM_00.dcm").write_bytes(b"two")
+    assert describe(tmp_path / "cine")["sha256"] != before["sha256"]
