@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_register)
 
     p = sub.add_parser("track", help="register every frame of a cine to its ED frame; volumes, EF and strain")
-    p.add_argument("cine", help="a 4D image (x, y, z, t) or a folder of 3D frame files")
+    p.add_argument("cine", help="a 4D image (x, y, z, t), a folder of 3D frame files or a DICOM cine folder "
+                                "(one series, or a series per slice)")
     p.add_argument("--labels", required=True, help="label map of the reference frame (1 RV, 2 Myo, 3 LV as ACDC)")
     p.add_argument("--out-dir", required=True,
                    help="folder for the outputs: new, empty or a previous run's; its contents are replaced whole")
