@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .adam import Adam
 from .config import Config
 from .defaults import RefineOptions
 from .losses import score_weights, sdg_ncc_loss, smoothness_loss
@@ -124,7 +125,7 @@ def refine_flow(
         m, f, w = (F.adaptive_avg_pool3d(x, coarse) for x in (moving, fixed, weights))
         base = upsample_flow(flow, coarse)
         variable = torch.zeros_like(base, requires_grad=True)
-        optimizer = torch.optim.Adam([variable], lr=REFINE_LR)
+        optimizer = Adam([variable], lr=REFINE_LR)  # torch.optim would import torch._dynamo
         for _ in range(steps):
             field = corrected(base, correction(variable, options), options)
             similarity = sdg_ncc_loss(warp(m, field), f, w, options.window)

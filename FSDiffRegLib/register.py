@@ -198,8 +198,9 @@ def register_paths(request: RegisterRequest, log: Callable[[str], None] = lambda
 
     ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read (``read_inputs``)."""
     torch_device = pick_device(request.device)
-    log("reading images")
-    read = read or read_inputs(request)
+    if read is None:
+        log("reading images")
+        read = read_inputs(request)
     if loaded is None:
         log(f"loading weights on {torch_device}")
     model, about = loaded or load_model(request.weights, torch_device)

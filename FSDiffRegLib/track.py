@@ -255,8 +255,9 @@ def track_files(request: TrackRequest, log: Callable[[str], None] = lambda messa
     inputs = {"cine": request.cine, "labels": request.labels, "weights": request.weights}
     with output_folder(request.out_dir, inputs) as staging:
         torch_device = pick_device(request.device)
-        log("reading cine")
-        read = read or read_inputs(request)
+        if read is None:
+            log("reading cine")
+            read = read_inputs(request)
         if loaded is None:
             log(f"loading weights on {torch_device}")
         model, about = loaded or load_model(request.weights, torch_device)

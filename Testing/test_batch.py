@@ -68,6 +68,7 @@ def test_batch_registers_records_a_failure_and_resumes(cohort: Path, data_dir: P
         assert metrics["options"]["refine"]["steps"] == 0
         assert len(metrics["inputs"]["moving"]["sha256"]) == 64
     assert sorted(p.name for p in out.iterdir()) == ["patient091", "patient092", "summary.csv"]
+    assert run.stderr.count("loading weights") == 1 and "reading images" not in run.stderr  # read ahead
 
     written = {case: (out / case / "metrics.json").stat().st_mtime_ns for case in ("patient091", "patient092")}
     run = batch(cohort, "--out-root", out)
