@@ -5,8 +5,9 @@ Usage: .venv/bin/python Testing/benchmarks/process_speed.py [--tree PATH] [--rep
 Runs the command line of the source tree PATH (default: this one) as new processes, one after another:
 `register` of the bundled sample (ACDC patient 091, ES onto ED) --repeats times, printing the median and
 range, and whether torch._dynamo was imported (python -X importtime). With --pairs, also the first N ACDC
-validation pairs as one `batch` and as N `register` processes: seconds, seconds per pair, pairs per
-minute and the peak resident memory of the largest process. Prints numbers; asserts nothing.
+validation pairs as one `batch`, one `batch --dask local:2` and N `register` processes: seconds, seconds
+per pair, pairs per minute and the peak resident memory of the largest process so far (dask's workers
+not counted). Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def main() -> None:
             manifest.write_text("id,fixed,moving\n" + "".join(f"{p.patient},{p.fixed},{p.moving}\n" for p in pairs))
             for name, commands in (
                     ("batch", [["batch", str(manifest), "--out-root", f"{tmp}/batch", *refine]]),
+                    ("batch --dask local:2", [["batch", str(manifest), "--out-root", f"{tmp}/dask", "--dask", "local:2",
+                                               *refine]]),
                     ("register loop", [["register", str(p.fixed), str(p.moving), "--out-dir", f"{tmp}/loop/{p.patient}",
                                         *refine] for p in pairs])):
                 seconds = sum(run(tree, c)[0] for c in commands)
