@@ -272,6 +272,9 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ACDC patients 091-100 (default) or 001-090 (seen in training: a check against "
                              "choosing settings on validation alone)")
     parser.add_argument("--limit", type=count, metavar="N", help="only the first N pairs of the split")
+    parser.add_argument("--direction", choices=("es-ed", "ed-es", "both"), default="es-ed",
+                        help="es-ed: ES moving onto ED fixed (default, the paper's); ed-es: ED labels carried onto ES "
+                             "(with the LV EF error); both")
     parser.add_argument("--methods", type=methods_from(METHODS), default=list(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)} (default: all)")
     add_refine_arguments(parser)
