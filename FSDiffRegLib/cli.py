@@ -18,6 +18,7 @@ from typing import Callable
 from .defaults import (
     DEFAULT_REFINE,
     MAX_STEPS,
+    REFINE_OPTION,
     TRACK_REFINE,
     HeartTraining,
     RefineOptions,
@@ -277,7 +278,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
                              "(with the LV EF error); both")
     parser.add_argument("--methods", type=methods_from(METHODS), default=list(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)} (default: all)")
-    add_refine_arguments(parser)
+    add_refine_arguments(parser, REFINE_OPTION)
     parser.add_argument("--weights", help=WEIGHTS_HELP)
     parser.add_argument("--ablation-weights", type=ablation_item, action="append", default=[], metavar="NAME=PATH",
                         help="weights of an ablation row (defaults: FDG-off and SDG-off under "

@@ -4,11 +4,12 @@ voxels where det J <= 0, until none is left.
 The Jacobian is checked on two grids: the field's own (the fixed image's, as delivered) and a finer grid
 (the heart-centred network grid, 1.5 x 1.5 x 3.15 mm), through the field resampled onto it; a fold on the
 finer grid marks the field's voxels that its interpolation reads. Each round adds the folded voxels to a
-region, widens it by one more voxel (with a soft edge) and relaxes the field there a few times towards its
-local (small-Gaussian) average, a local diffusion that irons the fold out. Should folds remain after
-ROUNDS rounds, the last resort scales the whole displacement down: the Jacobian of s * u tends to the
-identity's as s goes to 0 (both grids' finite differences and the linear resampling are linear in u), so
-the loop ends with no fold. Away from the folds the field is left exactly as it was.
+region, widens it by one voxel more than the round before (not at all the first time; a soft edge) and
+relaxes the field there twice towards its local (small-Gaussian) average: a local diffusion that irons
+the fold out. Should folds remain after ROUNDS rounds, the last resort scales the whole displacement
+down: the Jacobian of s * u tends to the identity's as s goes to 0 (both grids' finite differences and
+the linear resampling are linear in u), so the loop ends with no fold. Away from the folds the field is
+left exactly as it was.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from .field import resample_field
 from .metrics import jacobian_determinant
 from .spatial import gaussian_blur
 
-ROUNDS = 12  # rounds of local relaxation, the neighbourhood of the folds widened by one voxel each round
-DIFFUSION_STEPS = 3  # relaxation steps a round: the field blended with its small-Gaussian average
-DIFFUSION_SIGMA = (0.7, 1.0, 1.0)  # that Gaussian, voxels (D, H, W)
+ROUNDS = 20  # rounds of local relaxation, the neighbourhood of the folds widened by one voxel each round
+DIFFUSION_STEPS = 2  # relaxation steps a round: the field blended with its small-Gaussian average
+DIFFUSION_SIGMA = (0.5, 0.7, 0.7)  # that Gaussian, voxels (D, H, W); these three: the least Dice lost on 001-003
 GLOBAL_ROUNDS = 30  # halvings of the whole displacement, the last resort (then the identity, never folded)
 
 
@@ -88,7 +89,7 @@ def unfold(field: sitk.Image, grid: sitk.Image | None = None) -> tuple[sitk.Imag
     while mask.any() and rounds < ROUNDS:
         region |= mask
         rounds += 1
-        weight = torch.from_numpy(neighbourhood(region, rounds))
+        weight = torch.from_numpy(neighbourhood(region, rounds - 1))
         x = torch.from_numpy(np.moveaxis(u, -1, 0))[None]
         for _ in range(DIFFUSION_STEPS):  # the field relaxed towards its local average inside the region
             x = x + weight * (gaussian_blur(x, DIFFUSION_SIGMA) - x)
