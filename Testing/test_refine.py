@@ -115,7 +115,7 @@ def test_gaussian_refinement_of_a_real_pair_is_fold_free_and_smoother_at_the_sam
     (plain_dice, plain), (dice, smooth) = sample_registrations["plain"], sample_registrations["gaussian"]
     assert folded_before_removal(plain) > 0 and folded_before_removal(smooth) == 0
     assert plain["folding_percent"] == smooth["folding_percent"] == 0  # as delivered: no fold either way
-    assert smooth["sd_jacobian"] < plain["sd_jacobian"] - 0.03
+    assert smooth["sd_jacobian"] < plain["sd_jacobian"] - 0.02  # 0.03 before the fold removal smoothed plain's folds
     assert dice > plain_dice - 0.002
 
 
