@@ -271,8 +271,8 @@ def report(rows: Rows, cases: list[tuple[str, str]], pairs: list[acdc.AcdcPair],
     lines = [
         f"# FSDiffReg benchmark on the ACDC {args.split} split",
         "",
-        f"Pairs: {len(pairs)} ({pairs[0].patient} to {pairs[-1].patient}; {', '.join(ways)}: fixed <- moving "
-        f"as named, ES->ED: ED fixed, ES moving), run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"Pairs: {len(pairs)} ({pairs[0].patient} to {pairs[-1].patient}; {', '.join(ways)}; ES->ED: ED fixed, "
+        f"ES moving; ED->ES: ES fixed, ED moving), run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
         f"Command: `{command_line(args)}`",
         f"Machine: {environment(device)}.",
     ]

@@ -171,6 +171,7 @@ def track_frames(
         if i == reference:
             fields.append(zero_field(frame))
             warped.append(labels)
+            unfolded.append({"folded_before": 0, "folded_before_fine": 0})
         else:
             field, stats = unfold(resample_field(flow_to_field(flows[i], grid), frame), grid)
             fields.append(field)
