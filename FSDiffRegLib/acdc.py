@@ -12,11 +12,12 @@ from pathlib import Path
 TRAIN_IDS = range(1, 91)
 VALIDATION_IDS = range(91, 101)
 LABELS = {"RV": 1, "Myo": 2, "LV": 3}
+DIRECTIONS = {"es-ed": "ES->ED", "ed-es": "ED->ES"}  # --direction: ES moving onto ED fixed (the paper's), or back
 
 
 @dataclass(frozen=True)
 class AcdcPair:
-    """ED is the fixed image, ES the moving image (the paper's protocol)."""
+    """ED is the fixed image, ES the moving image (the paper's protocol; ``directed`` turns it around)."""
 
     patient: str
     fixed: Path
@@ -40,6 +41,15 @@ def load_pair(patient_dir: str | Path) -> AcdcPair:
         return patient_dir / f"{name}_frame{int(info[key]):02d}{suffix}.nii.gz"
 
     return AcdcPair(name, frame("ED"), frame("ES"), frame("ED", "_gt"), frame("ES", "_gt"))
+
+
+def directed(pair: AcdcPair, direction: str) -> AcdcPair:
+    """The pair registered in ``direction`` ('es-ed': as loaded; 'ed-es': ES fixed, ED moving, labels alike)."""
+    if direction == "es-ed":
+        return pair
+    if direction == "ed-es":
+        return AcdcPair(pair.patient, pair.moving, pair.fixed, pair.moving_labels, pair.fixed_labels)
+    raise ValueError(f"unknown direction {direction!r}; choose from {', '.join(DIRECTIONS)}")
 
 
 def split(data_dir: str | Path, which: str) -> list[AcdcPair]:

@@ -2,10 +2,14 @@
 
 Methods: identity; elastix B-spline (default parameter map); ANTs SyN (``SyNOnly``);
 FSDiffReg without and with instance refinement; the FDG-off and SDG-off ablations where
-their weights exist. Each method gets the fixed (ED) and moving (ES) images as read and
-returns a displacement field on the fixed grid. Scoring is the same for all: the moving
-labels are warped through the field (nearest neighbour) and compared with the fixed
-labels; folding and SD|J| are measured on the pair's heart-centred 128 x 128 x 32 grid.
+their weights exist. Each method gets the fixed and moving images as read (``--direction``:
+ES onto ED, the paper's, ED onto ES, or both) and returns a displacement field on the fixed
+grid. Scoring is the same for all: the moving labels are warped through the field (nearest
+neighbour) and compared with the fixed labels; folding and SD|J| are measured on the pair's
+heart-centred 128 x 128 x 32 grid (1.5 x 1.5 x 3.15 mm), folding also on the fixed grid; ED onto
+ES also gives the LV ejection fraction of the carried ED labels against the manual one. Every
+FSDiffReg row is compared with the network alone: the paired difference of mean Dice per
+direction with its bootstrap 95 % interval, wins and losses (``evaluate.paired_bootstrap``).
 
 Seconds: wall clock from the two images in memory to the field (for FSDiffReg, the
 whole ``register``: preprocessing, network, refinement, field on the fixed grid). Each
@@ -26,11 +30,12 @@ import importlib.metadata
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import SimpleITK as sitk
 import torch
 
@@ -41,7 +46,15 @@ from .config import Config
 from .defaults import NETWORK_ONLY, RefineOptions
 from .device import pick_device
 from .errors import InputError
-from .evaluate import markdown_table, row_name, score_field, summarize
+from .evaluate import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    markdown_table,
+    paired_bootstrap,
+    row_name,
+    score_field,
+    summarize,
+)
 from .preprocess import locate_heart, network_grid
 from .register import register_images
 from .resources import WEIGHTS
@@ -60,6 +73,7 @@ class Method:
 
     name: str
     register: Baseline
+    last: dict = field(default_factory=dict)  # FSDiffReg: the last run's fold removal (metrics.json's ``unfold``)
 
 
 class PeakMemory:
@@ -93,11 +107,15 @@ def model_method(name: str, weights: Path | None, device: torch.device,
                  refine: RefineOptions = NETWORK_ONLY) -> Method:
     """FSDiffReg with the given weights, as ``register`` runs it."""
     model, _ = load_model(weights, device)
+    method = Method(name, lambda fixed, moving: sitk.Image())
 
     def run(fixed: sitk.Image, moving: sitk.Image) -> sitk.Image:
-        return register_images(fixed, moving, model, device, refine=refine).field
+        result = register_images(fixed, moving, model, device, refine=refine)
+        method.last = result.metrics["unfold"]
+        return result.field
 
-    return Method(name, run)
+    method.register = run
+    return method
 
 
 def build_methods(args: argparse.Namespace, device: torch.device) -> tuple[list[Method], list[str]]:
@@ -133,24 +151,78 @@ def run_method(method: Method, fixed: sitk.Image, moving: sitk.Image) -> tuple[s
     return field, seconds, peak.mb
 
 
-def benchmark(pairs: list[acdc.AcdcPair], methods: list[Method],
-              log: Callable[[str], None] = lambda message: None) -> dict[str, list[dict[str, float]]]:
-    """One row per pair for each method: Dice, folding, SD|J|, seconds, peak MB."""
-    rows: dict[str, list[dict[str, float]]] = {m.name: [] for m in methods}
-    for index, pair in enumerate(pairs):
+def directions(which: str) -> list[str]:
+    """``--direction``: 'es-ed', 'ed-es' or 'both' -> the directions in order."""
+    return list(acdc.DIRECTIONS) if which == "both" else [which]
+
+
+Rows = dict[str, list[dict[str, float]]]
+
+
+def benchmark(pairs: list[acdc.AcdcPair], methods: list[Method], log: Callable[[str], None] = lambda message: None,
+              ways: tuple[str, ...] = ("es-ed",)) -> tuple[Rows, list[tuple[str, str]]]:
+    """One row per pair and direction for each method: Dice, folding (heart and fixed grid; FSDiffReg also before
+    its fold removal), SD|J|, LV EF error (ED onto ES), seconds, peak MB; and the (patient, direction) of each row."""
+    rows: Rows = {m.name: [] for m in methods}
+    cases = []
+    for index, (pair, way) in enumerate((p, w) for p in pairs for w in ways):
+        pair = acdc.directed(pair, way)
+        cases.append((pair.patient, acdc.DIRECTIONS[way]))
         fixed, moving = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
-        moving_labels = sitk.ReadImage(str(pair.moving_labels))
-        fixed_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(pair.fixed_labels)))
+        moving_labels, fixed_labels = (sitk.ReadImage(str(p)) for p in (pair.moving_labels, pair.fixed_labels))
         grid = network_grid(fixed, locate_heart(fixed, moving), Config())
         for method in methods:
             if index == 0:
                 method.register(fixed, moving)  # warm-up, untimed
-            field, seconds, mb = run_method(method, fixed, moving)
-            row = {**score_field(field, grid, moving_labels, fixed_labels), "seconds": seconds, "peak_mb": mb}
+            result, seconds, mb = run_method(method, fixed, moving)
+            row = {**score_field(result, grid, moving_labels, fixed_labels, carried_ef=way == "ed-es"),
+                   "seconds": seconds, "peak_mb": mb}
+            row.update({f"unfold_{k}": float(v) for k, v in method.last.items()})
             rows[method.name].append(row)
-            log(f"{pair.patient} {method.name}: Dice mean {row['mean']:.3f}, folding {row['folding_percent']:.3f} %, "
+            log(f"{pair.patient} {acdc.DIRECTIONS[way]} {method.name}: Dice mean {row['mean']:.3f}, "
+                f"folding {row['folding_percent']:.3f} % ({row['folding_fixed_percent']:.3f} % on the fixed grid), "
                 f"{seconds:.1f} s, {mb:.0f} MB")
-    return rows
+    return rows, cases
+
+
+def comparison(rows: Rows, cases: list[tuple[str, str]], reference: str = "FSDiffReg (network)") -> str:
+    """Markdown: each FSDiffReg row against ``reference`` per direction: mean Dice, paired difference with its
+    bootstrap 95 % interval, wins/losses, folding, LV EF error (ED onto ES)."""
+    header = ["method", "direction", "Dice mean", "difference vs network [95 % CI]", "wins/losses",
+              "folded pairs before removal", "folded pairs delivered", "LV EF abs err (pp)", "LV EF bias (pp)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in rows.items():
+        if not name.startswith("FSDiffReg") or "ablation" in name:
+            continue
+        for way in dict.fromkeys(w for _, w in cases):
+            mine = [x for x, (_, w) in zip(r, cases) if w == way]
+            ref = [x for x, (_, w) in zip(rows.get(reference, r), cases) if w == way]
+            b = paired_bootstrap([x["mean"] for x in mine], [x["mean"] for x in ref])
+            before = sum(x.get("unfold_folded_before", 0) + x.get("unfold_folded_before_fine", 0) > 0 for x in mine)
+            after = sum(x["folding_percent"] + x["folding_fixed_percent"] > 0 for x in mine)
+            ef = [x["LV_EF_error"] for x in mine if "LV_EF_error" in x]
+            cells = [name, way, f"{np.mean([x['mean'] for x in mine]):.4f}",
+                     f"{b['difference']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]", f"{b['wins']}/{b['losses']}",
+                     f"{before} of {len(mine)}", f"{after} of {len(mine)}",
+                     f"{np.mean(np.abs(ef)):.1f}" if ef else "-", f"{np.mean(ef):+.1f}" if ef else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def folding_per_pair(rows: Rows, cases: list[tuple[str, str]]) -> str:
+    """Markdown: per pair and direction, each FSDiffReg row's folded voxels before the fold removal (fixed grid /
+    heart grid) and the delivered field's folding % (fixed grid / heart grid)."""
+    names = [n for n in rows if n.startswith("FSDiffReg")]
+    header = ["pair"] + [f"{n}: folded voxels before / delivered %" for n in names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, (patient, way) in enumerate(cases):
+        cells = [f"{patient} {way}"]
+        for n in names:
+            x = rows[n][i]
+            cells.append(f"{x.get('unfold_folded_before', 0):.0f} / {x.get('unfold_folded_before_fine', 0):.0f}; "
+                         f"{x['folding_fixed_percent']:.4f} / {x['folding_percent']:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -191,18 +263,23 @@ def environment(device: torch.device) -> str:
                       *threads, ", ".join(versions)])
 
 
-def report(rows: dict[str, list[dict[str, float]]], pairs: list[acdc.AcdcPair], skipped: list[str],
+def report(rows: Rows, cases: list[tuple[str, str]], pairs: list[acdc.AcdcPair], skipped: list[str],
            args: argparse.Namespace, device: torch.device) -> str:
-    """The Markdown report: what ran, where, the table and what was skipped."""
+    """The Markdown report: what ran, where, a table per direction, the comparison with the network alone,
+    the folding per pair and what was skipped."""
+    ways = dict.fromkeys(w for _, w in cases)
     lines = [
         f"# FSDiffReg benchmark on the ACDC {args.split} split",
         "",
-        f"Pairs: {len(pairs)} ({pairs[0].patient} to {pairs[-1].patient}; ED fixed, ES moving), "
-        f"run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"Pairs: {len(pairs)} ({pairs[0].patient} to {pairs[-1].patient}; {', '.join(ways)}; ES->ED: ED fixed, "
+        f"ES moving; ED->ES: ES fixed, ED moving), run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
         f"Command: `{command_line(args)}`",
         f"Machine: {environment(device)}.",
-        "",
-        markdown_table({name: summarize(r) for name, r in rows.items()}),
+    ]
+    for way in ways:
+        picked = {name: summarize([x for x, (_, w) in zip(r, cases) if w == way]) for name, r in rows.items()}
+        lines += ["", f"## {way}", "", markdown_table(picked)]
+    lines += [
         "",
         "Dice: mean (SD) over pairs of the moving labels warped onto the fixed grid. abs(J)<=0 % and SD abs(J): "
         "the field's Jacobian determinant on the heart-centred 128 x 128 x 32 grid, mean over pairs. "
@@ -210,6 +287,12 @@ def report(rows: dict[str, list[dict[str, float]]], pairs: list[acdc.AcdcPair], 
         "peak MB: largest over pairs of the process's peak resident memory during the method above its "
         "resident memory before it.",
     ]
+    if any(name.startswith("FSDiffReg") for name in rows):
+        lines += ["", "## Against the network alone", "", comparison(rows, cases), "",
+                  f"Paired difference of mean Dice, percentile bootstrap over pairs ({BOOTSTRAP_RESAMPLES} "
+                  f"resamples, seed {BOOTSTRAP_SEED}); a fold: det J <= 0 on the fixed grid or the heart grid; LV EF "
+                  "error: ED onto ES, the carried ED labels' EF minus the manual labels' EF.",
+                  "", "## Folding per pair", "", folding_per_pair(rows, cases)]
     lines += [f"Skipped: {note}." for note in skipped]
     return "\n".join(lines) + "\n"
 
@@ -233,8 +316,9 @@ def main_benchmark(args: argparse.Namespace) -> None:
     pairs = acdc.split(args.data, args.split)[: args.limit]
     device = pick_device(args.device)
     methods, skipped = build_methods(args, device)
-    rows = benchmark(pairs, methods, log=lambda message: print(f"fsdiffreg: {message}", file=sys.stderr, flush=True))
-    text = report(rows, pairs, skipped, args, device)
+    rows, cases = benchmark(pairs, methods, lambda message: print(f"fsdiffreg: {message}", file=sys.stderr, flush=True),
+                            tuple(directions(args.direction)))
+    text = report(rows, cases, pairs, skipped, args, device)
     print(text, end="")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")

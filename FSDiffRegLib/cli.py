@@ -20,6 +20,7 @@ from typing import Callable
 from .defaults import (
     DEFAULT_REFINE,
     MAX_STEPS,
+    REFINE_OPTION,
     TRACK_REFINE,
     HeartTraining,
     RefineOptions,
@@ -307,9 +308,12 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ACDC patients 091-100 (default) or 001-090 (seen in training: a check against "
                              "choosing settings on validation alone)")
     parser.add_argument("--limit", type=count, metavar="N", help="only the first N pairs of the split")
+    parser.add_argument("--direction", choices=("es-ed", "ed-es", "both"), default="es-ed",
+                        help="es-ed: ES moving onto ED fixed (default, the paper's); ed-es: ED labels carried onto ES "
+                             "(with the LV EF error); both")
     parser.add_argument("--methods", type=methods_from(METHODS), default=list(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)} (default: all)")
-    add_refine_arguments(parser)
+    add_refine_arguments(parser, REFINE_OPTION)
     parser.add_argument("--weights", help=WEIGHTS_HELP)
     parser.add_argument("--ablation-weights", type=ablation_item, action="append", default=[], metavar="NAME=PATH",
                         help="weights of an ablation row (defaults: FDG-off and SDG-off under "

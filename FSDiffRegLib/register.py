@@ -24,6 +24,7 @@ from .network import FSDiffRegNet
 from .outputs import OutputError, output_folder, write_metrics
 from .preprocess import PreparedPair, normalized, prepare_pair, resample_to
 from .refine import refine_flow
+from .unfold import unfold
 from .weights import load_model, sha256
 
 
@@ -89,8 +90,9 @@ def register_images(
     refine: RefineOptions = DEFAULT_REFINE,
     log: Callable[[str], None] = lambda message: None,
 ) -> Registration:
-    """Register ``moving`` to ``fixed``, refining the prediction on this pair as ``refine`` says;
-    every output lies on the fixed image's grid."""
+    """Register ``moving`` to ``fixed``, refining the prediction on this pair as ``refine`` says, with its
+    folds removed (FSDiffRegLib.unfold; ``metrics["unfold"]`` counts the folded voxels before); every output
+    lies on the fixed image's grid."""
     check_image(fixed, "fixed")
     check_image(moving, "moving")
     if moving_labels is not None:
@@ -100,7 +102,7 @@ def register_images(
     if np.all(prepared.moving == -1.0):
         raise InputError("fixed and moving images do not overlap in physical space")
     flow = predict_flow(model, prepared, device, refine, log)
-    field = resample_field(flow_to_field(flow, prepared.grid), fixed)
+    field, unfolded = unfold(resample_field(flow_to_field(flow, prepared.grid), fixed), prepared.grid)
     warped = apply_field(moving, field)
     jacobian = jacobian_determinant(field)
     seconds = time.time() - start
@@ -111,6 +113,7 @@ def register_images(
         "seconds": round(seconds, 3),
         "device": str(device),
         "refine": {**asdict(refine), "heart": uses_heart(model, refine)},
+        "unfold": unfolded,
     }
     labels = apply_field(moving_labels, field, nearest=True) if moving_labels is not None else None
     return Registration(field, warped, jacobian, prepared.grid, metrics, labels)

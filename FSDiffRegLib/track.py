@@ -35,6 +35,7 @@ from .outputs import output_folder, write_json, write_metrics, written
 from .preprocess import canonical, network_grid, normalized, resample_to
 from .refine import refine_flow
 from .register import describe, field_metrics, refuse_non_finite
+from .unfold import unfold
 from .weights import load_model
 
 HEART_MARGIN_MM = 18.0  # context registered around the labelled heart
@@ -166,13 +167,16 @@ def track_frames(
     fixed = frames_on_grid([frames[i] for i in others], grid).to(device)
     flows = predict_flows(model, moving, fixed, refine, log) * taper(region, whole)
     flows = dict(zip(others, flows.numpy()))
-    fields, warped = [], []
+    fields, warped, unfolded = [], [], []
     for i, frame in enumerate(frames):
         if i == reference:
             fields.append(zero_field(frame))
             warped.append(labels)
+            unfolded.append({"folded_before": 0, "folded_before_fine": 0})
         else:
-            fields.append(resample_field(flow_to_field(flows[i], grid), frame))
+            field, stats = unfold(resample_field(flow_to_field(flows[i], grid), frame), grid)
+            fields.append(field)
+            unfolded.append(stats)
             warped.append(apply_field(labels, fields[-1], nearest=True))
     volumes = [structure_volumes(w) for w in warped]
     function = cardiac_function(volumes, reference + 1, myocardial_strain(fields, warped, labels))
@@ -186,6 +190,7 @@ def track_frames(
         "network_grid": list(grid.GetSize()),
         "folding_percent": [q["folding_percent"] for q in quality],
         "sd_jacobian": [q["sd_jacobian"] for q in quality],
+        "folded_before_unfold": [[s["folded_before"], s["folded_before_fine"]] for s in unfolded],
     }
     return Tracking(fields, warped, volumes, function, metrics)
 

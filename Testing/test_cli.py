@@ -50,7 +50,8 @@ def test_metrics_name_the_inputs_options_and_version(registered, validation_pair
         assert metrics["inputs"][role] == {"path": str(path.resolve()), "bytes": len(data),
                                            "sha256": hashlib.sha256(data).hexdigest()}
     assert metrics["refine"] == {"steps": DEFAULT_STEPS, "smoothness": REFINE_SMOOTHNESS, "window": REFINE_WINDOW,
-                                 "diffeomorphic": True, "gaussian": True, "heart": True}
+                                 "diffeomorphic": True, "gaussian": True, "heart": DEFAULT_STEPS > 0}
+    assert metrics["unfold"]["rounds"] >= 0 and metrics["folding_percent"] == 0  # delivered without a fold
 
 
 def test_displacement_reproduces_the_warped_image(registered, validation_pair):

@@ -1,0 +1,142 @@
+"""Refinement candidates against the network alone, on ACDC pairs in both directions (issue 21).
+
+The network runs once per pair and direction; each candidate then finishes its flow as ``register`` does
+(``refine_flow``, the heart blur where asked), the field goes onto the fixed grid, its folds are removed
+(``unfold``) and it is scored as ``fsdiffreg benchmark`` scores (``evaluate.score_field``; the report's
+tables are the benchmark's). ``Dice raw``: the mean Dice before the fold removal. Candidates:
+
+- network: the network alone; flip: the network's flow averaged with its flow on both images mirrored
+  left-right (test-time flip averaging);
+- refine options as ``RefineOptions`` name them (steps, smoothness, Gaussian, heart);
+- ``coarse``: the refinement on the two coarse levels only (the fine level's detail left to the network).
+
+Usage, from the repository root (one thread: the machine is shared):
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python Testing/benchmarks/refine_candidates.py \
+        --data ../shared/data/ACDC --split validation --out Testing/benchmarks/candidates_validation.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from FSDiffRegLib import acdc, refine
+from FSDiffRegLib.benchmark import comparison, folding_per_pair
+from FSDiffRegLib.config import Config
+from FSDiffRegLib.defaults import DEFAULT_REFINE, NETWORK_ONLY, TRACK_REFINE, RefineOptions
+from FSDiffRegLib.evaluate import markdown_table, score_field, summarize
+from FSDiffRegLib.field import apply_field, flow_to_field, resample_field
+from FSDiffRegLib.heart import blurred_outside, decoder_outputs
+from FSDiffRegLib.metrics import heart_dice
+from FSDiffRegLib.preprocess import locate_heart, network_grid, prepare_pair
+from FSDiffRegLib.unfold import unfold
+from FSDiffRegLib.weights import load_model
+
+CANDIDATES: dict[str, tuple[RefineOptions, bool]] = {  # name: (options, coarse levels only)
+    "FSDiffReg (network)": (NETWORK_ONLY, False),
+    "FSDiffReg (network, flip-averaged)": (NETWORK_ONLY, False),
+    "FSDiffReg (+refine 20, SVF, Gaussian, heart: the old default)": (RefineOptions(steps=20), False),
+    "FSDiffReg (+refine 20, SVF, no Gaussian, no heart)": (RefineOptions(steps=20, gaussian=False, heart=False), False),
+    "FSDiffReg (+refine 6, SVF, Gaussian, heart)": (RefineOptions(steps=6), False),
+    "FSDiffReg (+refine 14 coarse levels only, SVF, no Gaussian, no heart)":
+        (RefineOptions(steps=14, gaussian=False, heart=False), True),
+    "FSDiffReg (+refine 20, SVF, Gaussian, no heart)": (RefineOptions(steps=20, heart=False), False),
+    "FSDiffReg (+refine 20, SVF, no Gaussian, heart)": (RefineOptions(steps=20, gaussian=False), False),
+    "FSDiffReg (+refine 20, smoothness 2, SVF, Gaussian, heart)": (RefineOptions(steps=20, smoothness=2.0), False),
+    "FSDiffReg (+refine 20, smoothness 4, SVF, no Gaussian, no heart: track's)": (TRACK_REFINE, False),
+}
+
+
+@contextmanager
+def coarse_levels(only: bool):
+    """The refinement on its two coarse levels alone while inside, when ``only``."""
+    factors = refine.LEVEL_FACTORS
+    refine.LEVEL_FACTORS = factors[:2] if only else factors
+    try:
+        yield
+    finally:
+        refine.LEVEL_FACTORS = factors
+
+
+def network(model, moving: torch.Tensor, fixed: torch.Tensor):
+    """The network's score and flow at t = 0."""
+    t = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        return model(moving, fixed, fixed, t)
+
+
+def flip_averaged(model, moving: torch.Tensor, fixed: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """``flow`` averaged with the network's flow on both images mirrored along W, mirrored back."""
+    _, mirrored = network(model, moving.flip(-1), fixed.flip(-1))
+    back = mirrored.flip(-1) * torch.tensor([1.0, 1.0, -1.0]).view(1, 3, 1, 1, 1)
+    return (flow + back) / 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--split", default="validation", choices=("validation", "train"))
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--only", help="comma-separated candidate numbers (1-based) to run")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    names = list(CANDIDATES)
+    if args.only:
+        names = [names[int(i) - 1] for i in args.only.split(",")]
+    model, about = load_model(None, torch.device("cpu"))
+    pairs = acdc.split(args.data, args.split)[: args.limit]
+    rows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    cases = []
+    for pair in pairs:
+        for way in acdc.DIRECTIONS:
+            p = acdc.directed(pair, way)
+            cases.append((p.patient, acdc.DIRECTIONS[way]))
+            fixed, moving = sitk.ReadImage(str(p.fixed)), sitk.ReadImage(str(p.moving))
+            moving_labels, fixed_labels = sitk.ReadImage(str(p.moving_labels)), sitk.ReadImage(str(p.fixed_labels))
+            grid = network_grid(fixed, locate_heart(fixed, moving), Config())
+            prepared = prepare_pair(fixed, moving, model.cfg)
+            m, f = (torch.from_numpy(a)[None, None] for a in (prepared.moving, prepared.fixed))
+            with torch.no_grad(), decoder_outputs(model) as features:
+                score, flow = network(model, m, f)
+            heart = model.heart.probability(features + [f, m])
+            for name in names:
+                options, coarse = CANDIDATES[name]
+                if "flip" in name:
+                    out = flip_averaged(model, m, f, flow)
+                else:
+                    with coarse_levels(coarse):
+                        out = refine.refine_flow(flow, m, f, score, model.cfg, options)
+                    out = blurred_outside(out, heart) if options.heart and options.steps > 0 else out
+                raw = resample_field(flow_to_field(out[0].float().numpy(), prepared.grid), fixed)
+                delivered, stats = unfold(raw, prepared.grid)
+                row = score_field(delivered, grid, moving_labels, fixed_labels, carried_ef=way == "ed-es")
+                warped = sitk.GetArrayFromImage(apply_field(moving_labels, raw, nearest=True))
+                row["mean_raw"] = heart_dice(warped, sitk.GetArrayFromImage(fixed_labels))["mean"]
+                row.update({f"unfold_{k}": float(v) for k, v in stats.items()})
+                rows[name].append(row)
+                print(f"{p.patient} {acdc.DIRECTIONS[way]} {name}: Dice {row['mean']:.4f} (raw {row['mean_raw']:.4f}), "
+                      f"folded before {stats['folded_before']}/{stats['folded_before_fine']}, "
+                      f"EF err {row.get('LV_EF_error', float('nan')):+.1f}", file=sys.stderr, flush=True)
+    lines = [f"# Refinement candidates on the ACDC {args.split} split, both directions", "",
+             f"Weights {about['name']}; default refinement {DEFAULT_REFINE}.",
+             f"Command: `PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python Testing/benchmarks/refine_candidates.py "
+             f"{' '.join(sys.argv[1:])}`", ""]
+    for way in acdc.DIRECTIONS.values():
+        picked = {n: summarize([x for x, (_, w) in zip(r, cases) if w == way]) for n, r in rows.items()}
+        raw = {n: np.mean([x["mean_raw"] for x, (_, w) in zip(r, cases) if w == way]) for n, r in rows.items()}
+        lines += [f"## {way}", "", markdown_table(picked), "",
+                  "Dice mean before the fold removal: " + "; ".join(f"{n} {v:.4f}" for n, v in raw.items()), ""]
+    lines += ["## Against the network alone", "", comparison(rows, cases), "", "## Folding per pair", "",
+              folding_per_pair(rows, cases)]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

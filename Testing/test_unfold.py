@@ -1,0 +1,103 @@
+"""Folds removed by construction (issue 21): an analytic fold, the last resort, and the hardest real pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from FSDiffRegLib import acdc, unfold
+from FSDiffRegLib.cine import Cine
+from FSDiffRegLib.defaults import NETWORK_ONLY, TRACK_REFINE
+from FSDiffRegLib.metrics import jacobian_determinant
+from FSDiffRegLib.register import field_metrics, register_images
+from FSDiffRegLib.track import track_frames
+from FSDiffRegLib.weights import load_model
+
+SIZE, SPACING = (48, 48, 12), (1.5, 1.5, 3.0)  # x, y, z
+CENTRE = np.array([36.0, 36.0, 18.0])  # mm from the origin
+
+
+def folded_field(strength: float = 2.5, width: float = 4.0) -> sitk.Image:
+    """u_x = -strength (x - c) exp(-r^2 / 2 width^2) in-plane: det J = 1 - strength < 0 at the centre."""
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SIZE[::-1], SPACING[::-1])), indexing="ij")
+    dx, dy = x - CENTRE[0], y - CENTRE[1]
+    u = np.zeros((*SIZE[::-1], 3))
+    u[..., 0] = -strength * dx * np.exp(-(dx**2 + dy**2) / (2 * width**2))
+    field = sitk.GetImageFromArray(u, isVector=True)
+    field.SetSpacing(SPACING)
+    return field
+
+
+def fine_grid() -> sitk.Image:
+    """A grid twice as fine over the same box, shifted by a quarter voxel."""
+    grid = sitk.Image([2 * n for n in SIZE], sitk.sitkUInt8)
+    grid.SetSpacing([s / 2 for s in SPACING])
+    grid.SetOrigin([s / 4 for s in SPACING])
+    return grid
+
+
+def det(field: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(jacobian_determinant(field))
+
+
+def test_an_analytic_fold_is_removed_and_nothing_else_changes():
+    field = folded_field()
+    assert (det(field) <= 0).sum() > 20
+    out, stats = unfold.unfold(field, fine_grid())
+    assert stats["folded_before"] == int((det(field) <= 0).sum()) and stats["folded_before_fine"] > 0
+    assert stats["scaled_globally"] == 0
+    assert det(out).min() > 0
+    assert unfold.folded_voxels(out, fine_grid())[1:] == (0, 0)
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SIZE[::-1], SPACING[::-1])), indexing="ij")
+    far = np.hypot(x - CENTRE[0], y - CENTRE[1]) > 25.0
+    before, after = sitk.GetArrayFromImage(field), sitk.GetArrayFromImage(out)
+    assert far.sum() > 0.3 * far.size
+    assert np.array_equal(before[far], after[far])  # exactly unchanged away from the fold
+    assert not np.array_equal(before, after)
+
+
+def test_the_last_resort_ends_without_a_fold(monkeypatch):
+    """With no local round allowed the displacement is scaled down until no voxel folds."""
+    monkeypatch.setattr(unfold, "ROUNDS", 0)
+    out, stats = unfold.unfold(folded_field(), fine_grid())
+    assert stats == {**stats, "rounds": 0, "scaled_globally": 1}
+    assert det(out).min() > 0 and unfold.folded_voxels(out, fine_grid())[1:] == (0, 0)
+
+
+def test_a_field_without_folds_is_returned_as_it_was():
+    field = folded_field(strength=0.5)
+    out, stats = unfold.unfold(field, fine_grid())
+    assert stats == {"folded_before": 0, "folded_before_fine": 0, "rounds": 0, "scaled_globally": 0}
+    assert np.array_equal(sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(field))
+
+
+# The network alone's most folded pairs and directions found (fixed + heart grid voxels before the removal; searched:
+# validation 091-100 and training 001-010 both ways, Testing/benchmarks/candidates_validation.md and README, Benchmark)
+HARDEST = [("patient002", "es-ed"), ("patient091", "ed-es"), ("patient092", "es-ed")]
+
+
+@pytest.mark.parametrize(("patient", "direction"), HARDEST)
+def test_the_hardest_real_pairs_are_delivered_without_a_fold(data_dir, bundled_weights, patient, direction):
+    pair = acdc.directed(acdc.load_pair(data_dir / "training" / patient), direction)
+    model, _ = load_model(bundled_weights, torch.device("cpu"))
+    fixed, moving = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
+    result = register_images(fixed, moving, model, torch.device("cpu"), refine=NETWORK_ONLY)
+    assert result.metrics["unfold"]["folded_before"] + result.metrics["unfold"]["folded_before_fine"] > 100
+    assert det(result.field).min() > 0  # the fixed grid, as delivered
+    assert field_metrics(result.field, result.grid)["folding_percent"] == 0.0  # the 1.5 x 1.5 x 3.15 mm grid
+    assert result.metrics["folding_percent"] == 0.0
+    assert sitk.GetArrayFromImage(result.jacobian).min() > 0
+
+
+def test_track_delivers_its_fields_without_a_fold(data_dir, bundled_weights):
+    """``track``'s refinement folds ED -> ES on patient 093 (339 / 548 voxels); its field is delivered without."""
+    pair = acdc.load_pair(data_dir / "training" / "patient093")
+    ed, es, labels = (sitk.ReadImage(str(p)) for p in (pair.fixed, pair.moving, pair.fixed_labels))
+    model, _ = load_model(bundled_weights, torch.device("cpu"))
+    tracking = track_frames(Cine([ed, es], None), labels, 0, model, torch.device("cpu"), TRACK_REFINE)
+    before = tracking.metrics["folded_before_unfold"]
+    assert len(before) == 2 and before[0] == [0, 0] and sum(before[1]) > 100
+    assert tracking.metrics["folding_percent"] == [0.0, 0.0]
+    assert det(tracking.fields[1]).min() > 0
