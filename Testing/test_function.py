@@ -1,156 +1,18 @@
-"""Volumes, ejection fraction, mass and global strain: known labels, hand-made volume curves,
-analytic displacement fields of known strain on an anisotropic oblique grid, and real ACDC labels."""
+"""Volumes, ejection fraction, mass and the strain summary: known labels, hand-made volume curves and real
+ACDC labels (strain itself: test_strain.py)."""
 
 from __future__ import annotations
 
 import json
 import math
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from FSDiffRegLib import acdc
-from FSDiffRegLib.function import (
-    Strain,
-    cardiac_function,
-    long_axis,
-    myocardial_strain,
-    structure_volumes,
-    volumes_csv,
-)
+from FSDiffRegLib.function import cardiac_function, structure_volumes, volumes_csv
 from FSDiffRegLib.imageio import read_image
-from test_spatial import points
-
-SPACING = (1.5, 1.5, 8.0)  # cine MRI: fine in-plane, thick slices
-SHIFT = np.array([1, -1, 1])  # the LV axis moves one voxel in i and j per slice: tilted ~15 deg from the slice normal
-R_IN, R_OUT = 20.0, 30.0  # ED endocardial and epicardial radii (mm)
-
-
-def grid(oblique: bool) -> sitk.Image:
-    image = sitk.Image([64, 64, 8], sitk.sitkUInt8)
-    image.SetSpacing(SPACING)
-    image.SetOrigin((-40.0, 25.0, 7.0))
-    if oblique:  # short-axis slices at an angle to the scanner axes, as cines are planned
-        a, b = math.radians(30), math.radians(-40)
-        rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-        rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
-        image.SetDirection((rz @ rx).ravel().tolist())
-    return image
-
-
-class Cylinder:
-    """Cylindrical coordinates (r, theta, z) around the LV axis of ``grid``: through voxel (28, 36, 0), along SHIFT.
-
-    The axis crosses every slice at a voxel centre, so the LV centroid of each slice lies on it exactly.
-    """
-
-    def __init__(self, image: sitk.Image):
-        matrix = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
-        self.point = np.array(image.TransformIndexToPhysicalPoint((28, 36, 0)))
-        self.axis = matrix @ SHIFT / np.linalg.norm(matrix @ SHIFT)
-        e1 = np.cross(self.axis, matrix[:, 2] + matrix[:, 0])
-        self.e1 = e1 / np.linalg.norm(e1)
-        self.e2 = np.cross(self.axis, self.e1)
-
-    def coords(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rel = p - self.point
-        x, y = rel @ self.e1, rel @ self.e2
-        return np.hypot(x, y), np.arctan2(y, x), rel @ self.axis
-
-    def point_at(self, r: np.ndarray, theta: np.ndarray, z: np.ndarray) -> np.ndarray:
-        return (self.point + z[..., None] * self.axis
-                + r[..., None] * (np.cos(theta)[..., None] * self.e1 + np.sin(theta)[..., None] * self.e2))
-
-
-def labels_image(image: sitk.Image, r: np.ndarray, theta: np.ndarray, sector: float) -> sitk.Image:
-    """LV (3) inside R_IN, Myo (2) from R_IN to R_OUT within |theta| < sector, on slices 1-6 (not the end slices)."""
-    theta = np.angle(np.exp(1j * theta))  # in (-pi, pi]
-    values = np.where(r < R_IN, 3, np.where((r <= R_OUT) & (np.abs(theta) < sector), 2, 0)).astype(np.uint8)
-    values[[0, -1]] = 0
-    out = sitk.GetImageFromArray(values)
-    out.CopyInformation(image)
-    return out
-
-
-def track(oblique: bool, backward, sector: float = math.pi):
-    """ED labels, a frame's field x -> X = backward(r, theta) at ED, the frame's labels, and (r, R) at its Myo."""
-    image = grid(oblique)
-    cyl = Cylinder(image)
-    x = points(image)
-    r, theta, z = cyl.coords(x)
-    ed_labels = labels_image(image, r, theta, sector)
-    big_r, big_theta = backward(r, theta)
-    field = sitk.GetImageFromArray(cyl.point_at(big_r, big_theta, z) - x, isVector=True)
-    field.CopyInformation(image)
-    frame_labels = labels_image(image, big_r, big_theta, sector)
-    myo = sitk.GetArrayFromImage(frame_labels) == 2
-    zero = sitk.GetImageFromArray(np.zeros(x.shape), isVector=True)
-    zero.CopyInformation(image)
-    strain = myocardial_strain([zero, field], [ed_labels, frame_labels], ed_labels)
-    return strain, r[myo], big_r[myo]
-
-
-@pytest.mark.parametrize("oblique", [False, True])
-def test_long_axis_is_the_line_through_the_slice_centroids_of_the_blood_pool(oblique):
-    image = grid(oblique)
-    cyl = Cylinder(image)
-    r, theta, _ = cyl.coords(points(image))
-    point, axis = long_axis(labels_image(image, r, theta, math.pi))
-    assert abs(axis @ cyl.axis) == pytest.approx(1.0, abs=1e-9)
-    assert np.linalg.norm(np.cross(point - cyl.point, cyl.axis)) < 1e-6
-    one_slice = sitk.GetArrayFromImage(labels_image(image, r, theta, math.pi))
-    one_slice[[1, 2, 4, 5, 6]] = 0
-    flat = sitk.GetImageFromArray(one_slice)
-    flat.CopyInformation(image)
-    point, axis = long_axis(flat)
-    assert np.allclose(abs(axis @ np.array(image.GetDirection()).reshape(3, 3)[:, 2]), 1.0)  # the slice normal
-
-
-@pytest.mark.parametrize("oblique", [False, True])
-def test_rotation_about_the_long_axis_has_no_strain(oblique):
-    strain, _, _ = track(oblique, lambda r, theta: (r, theta - 0.4))
-    assert strain.radial_percent[0] == pytest.approx(0.0, abs=1e-9)  # the reference frame
-    assert strain.circumferential_percent[0] == pytest.approx(0.0, abs=1e-9)
-    assert strain.radial_percent[1] == pytest.approx(0.0, abs=1e-6)
-    assert strain.circumferential_percent[1] == pytest.approx(0.0, abs=1e-6)
-
-
-@pytest.mark.parametrize("oblique", [False, True])
-def test_circumferential_shortening(oblique):
-    """theta -> c theta on a sector of the ring (a full ring cannot shorten without tearing or thickening):
-    segments along the circumference shorten by c, radial ones keep their length."""
-    c = 0.8
-    strain, _, _ = track(oblique, lambda r, theta: (r, theta / c), sector=0.75 * math.pi)
-    assert strain.circumferential_percent[1] == pytest.approx(100 * (c - 1), abs=0.3)  # -20 %
-    assert strain.radial_percent[1] == pytest.approx(0.0, abs=0.3)
-
-
-@pytest.mark.parametrize("oblique", [False, True])
-def test_wall_thickening(oblique):
-    """r = s R + b with b < 0: the wall thickens by s everywhere (radial strain s - 1) while the
-    endocardium moves in more than the epicardium (circumferential strain r / R - 1, -30 % to -7 %)."""
-    s, b = 1.4, -14.0  # ED wall 20-30 mm -> 14-28 mm: 10 mm -> 14 mm thick
-    strain, r, big_r = track(oblique, lambda r, theta: ((r - b) / s, theta))
-    weight = big_r / (s * r)  # the ED volume each frame voxel came from: det(dX/dx)
-    expected = np.average(r / big_r - 1, weights=weight) * 100
-    assert abs(expected - np.mean(r / big_r - 1) * 100) > 0.3  # weighting by ED volume matters at this tolerance
-    assert strain.radial_percent[1] == pytest.approx(100 * (s - 1), abs=0.3)  # +40 %: thickening is positive
-    assert strain.circumferential_percent[1] == pytest.approx(expected, abs=0.1)
-    assert strain.circumferential_percent[1] < -10  # shortening is negative
-
-
-def test_no_strain_without_myocardium_or_blood_pool():
-    image = grid(False)
-    r, theta, _ = Cylinder(image).coords(points(image))
-    labels = labels_image(image, r, theta, math.pi)
-    zero = sitk.GetImageFromArray(np.zeros((*labels.GetSize()[::-1], 3)), isVector=True)
-    zero.CopyInformation(image)
-    assert myocardial_strain([zero], [labels], labels) is not None
-    for missing in (2, 3):
-        assert myocardial_strain([zero], [labels], sitk.Mask(labels, labels != missing)) is None
-    with pytest.raises(ValueError, match="2 displacement fields for 1 label images"):
-        myocardial_strain([zero, zero], [labels], labels)
+from FSDiffRegLib.strain import Strain
 
 
 def test_volumes_are_voxel_counts_times_voxel_volume():
