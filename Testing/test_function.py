@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from FSDiffRegLib import acdc
-from FSDiffRegLib.function import cardiac_function, structure_volumes, volumes_csv
+from FSDiffRegLib.function import cardiac_function, quality_notes, structure_volumes, volumes_csv
 from FSDiffRegLib.imageio import read_image
 from FSDiffRegLib.strain import Strain
 
@@ -93,3 +94,55 @@ def test_acdc_manual_labels_match_their_diagnostic_group(data_dir, patient, chec
     bsa = math.sqrt(float(info["Height"]) * float(info["Weight"]) / 3600)  # Mosteller, m2
     assert function["ES_frame"] == 2 and set(function) >= {"LV", "RV", "Myo"}
     assert check(function["LV"], bsa), (info["Group"], function["LV"], bsa)
+
+
+def small_labels(myo_voxels: int) -> sitk.Image:
+    """A 10 x 10 x 4 grid of 1 mm3 voxels: LV 100 voxels, Myo ``myo_voxels``."""
+    values = np.zeros((4, 10, 10), np.uint8)
+    values[0] = 3
+    values[1].flat[:myo_voxels] = 2
+    out = sitk.GetImageFromArray(values)
+    return out
+
+
+def zero_like(labels: sitk.Image) -> sitk.Image:
+    field = sitk.GetImageFromArray(np.zeros((*labels.GetSize()[::-1], 3)), isVector=True)
+    field.CopyInformation(labels)
+    return field
+
+
+def test_quality_notes():
+    labels = small_labels(100)
+    fields = [zero_like(labels)] * 4
+    volumes = [{"RV": 150.0, "Myo": 100.0, "LV": 160.0}, {"RV": 120.0, "Myo": 100.0, "LV": 100.0},
+               {"RV": 80.0, "Myo": 100.0, "LV": 70.0}, {"RV": 75.0, "Myo": 100.0, "LV": 90.0}]
+    volumes = [{k: v * 1000 for k, v in frame.items()} for frame in volumes]  # ml -> far above FEW_VOXELS of 1 mm3
+    function = cardiac_function(volumes, 1, None)
+    assert quality_notes(function, volumes, fields, [labels] * 4, None) == []  # ES frame 3 of 4, EF 56 %
+    volumes[3]["LV"] = 4000.0
+    function = cardiac_function(volumes, 1, None)
+    checks = [n["check"] for n in quality_notes(function, volumes, fields, [labels] * 4, None)]
+    assert checks == ["ef_range", "es_at_end"]  # LV EF 97.5 %, ES the last of four frames
+    assert quality_notes(cardiac_function(volumes[:2], 1, None), volumes[:2], fields[:2], [labels] * 2, None) == []
+    few = [dict(frame, LV=lv) for frame, lv in zip(volumes, (0.3, 0.19, 0.1, 0.15))]  # voxels of 1 mm3
+    notes = quality_notes(cardiac_function(few, 1, None), few, fields, [labels] * 4, None)
+    assert [n["check"] for n in notes] == ["few_voxels"]
+    assert notes[0]["message"] == ("LV has fewer than 200 voxels in frames 2, 3, 4: its boundary voxels decide "
+                                   "its volume")
+    strain = Strain([0.0, 1.0, 2.0], [0.0, -1.0, -2.0], outside_frames=[3])
+    function = cardiac_function(volumes[:3], 1, None)
+    assert [n["check"] for n in quality_notes(function, volumes[:3], fields[:3], [labels] * 3, strain)] == \
+        ["labels_off_grid", "es_at_end"]
+
+
+def test_quality_note_on_folds_in_the_myocardium():
+    labels = small_labels(100)  # slice 1 all Myo
+    u = np.zeros((4, 10, 10, 3))
+    u[1, :, :5, 0] = 3.0  # along i: x + u(x) jumps back 3 mm at i = 5, folding the neighbours there
+    folded = sitk.GetImageFromArray(u, isVector=True)
+    volumes = [{"Myo": 0.1, "LV": 0.1}, {"Myo": 0.1, "LV": 0.05}]
+    function = cardiac_function(volumes, 1, None)
+    notes = quality_notes(function, volumes, [zero_like(labels), folded], [labels] * 2, None)
+    assert [n["check"] for n in notes] == ["myocardium_folds", "few_voxels", "few_voxels"]
+    assert notes[0]["message"].startswith("folds in the myocardium (det <= 0 in more than 1 % of its voxels): "
+                                          "frames 2 (")
