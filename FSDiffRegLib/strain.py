@@ -46,18 +46,19 @@ normals); Cerqueira et al. 2002 (AHA segments).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 RV, MYO, LV = 1, 2, 3
 RAYS = 72  # 5 degrees apart: segment borders fall on rays
 STEP_MM = 0.25  # sampling along a ray
 SMOOTHING = 2  # a contour's radius is averaged over this many rays on either side: label voxels make it jagged
 MAX_RADIUS_MM = 120.0
-ITERATIONS = 100  # damped fixed-point steps carrying a point into a frame
+ITERATIONS = 100  # damped fixed-point steps carrying a point into a frame, at most
+TOLERANCE_MM = 1e-9  # ... stopping when no point moves more
 DAMPING = 0.5  # converges where the frame -> ED map stretches by up to 3 along any direction (not only 1)
 ANTERIOR_LPS = np.array([0.0, -1.0, 0.0])
 SEGMENT_NAMES = ["basal anterior", "basal anteroseptal", "basal inferoseptal", "basal inferior",
@@ -102,6 +103,34 @@ def _matrix(image: sitk.Image) -> np.ndarray:
     return np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
 
 
+def _linear(array: np.ndarray, index: np.ndarray, clamp: bool) -> np.ndarray:
+    """``array`` interpolated linearly at the fractional array indices ``index`` (ndim, ...); outside the array
+    the nearest value where ``clamp``, else 0."""
+    shape = np.array(array.shape, float).reshape((-1,) + (1,) * (index.ndim - 1))
+    if clamp:
+        index = np.clip(index, 0.0, shape - 1)
+    low = np.floor(index)
+    fraction = index - low
+    result = np.zeros(index.shape[1:])
+    for corner in itertools.product((0, 1), repeat=array.ndim):
+        at = low + np.array(corner).reshape(shape.shape)
+        weight = np.prod(np.where(np.array(corner).reshape(shape.shape) == 1, fraction, 1.0 - fraction), axis=0)
+        inside = ((at >= 0) & (at <= shape - 1)).all(axis=0)
+        clipped = tuple(np.clip(at, 0, shape - 1).astype(int))
+        result += np.where(inside, weight * array[clipped], 0.0)
+    return result
+
+
+def _touching(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pixels of ``b`` with a pixel of ``a`` among their 8 neighbours or on them."""
+    padded = np.pad(a, 1)
+    rows, cols = a.shape
+    near = np.zeros_like(a, bool)
+    for dj, di in itertools.product(range(3), repeat=2):
+        near |= padded[dj:dj + rows, di:di + cols]
+    return near & b
+
+
 def _crossing(values: np.ndarray, start: np.ndarray) -> np.ndarray:
     """Per row, the first sample index (fractional, linear between samples) at or after ``start`` where
     ``values`` falls below 0.5; NaN where it never does."""
@@ -130,7 +159,7 @@ def _insertion_angle(rv: np.ndarray, myo: np.ndarray, points: np.ndarray, centre
                      u1: np.ndarray, toward_apex: np.ndarray) -> float | None:
     """The angle of the anterior RV insertion point of one slice: the counter-clockwise start of the arc of
     myocardium touching the RV; None where they do not touch."""
-    touching = ndimage.binary_dilation(rv, structure=np.ones((3, 3), bool)) & myo
+    touching = _touching(rv, myo)
     if touching.sum() < 2:
         return None
     angles = np.sort(_angle(points[touching] - centre, u1, toward_apex))
@@ -186,8 +215,8 @@ def ed_contours(ed_labels: sitk.Image) -> Contours | None:
         rays = np.cos(angle)[:, None] * u1 + np.sin(angle)[:, None] * np.cross(toward_apex, u1)
         samples = centres[k] + rays[:, None, :] * radii[None, :, None]  # (RAYS, radii, 3)
         index = (samples - origin) @ inverse.T  # i, j, k
-        where = [index[..., 1], index[..., 0]]
-        cavity, wall, myo = (ndimage.map_coordinates(m.astype(float), where, order=1, cval=0.0)
+        where = np.stack([index[..., 1], index[..., 0]])
+        cavity, wall, myo = (_linear(m.astype(float), where, clamp=False)
                              for m in (values[k] == LV, values[k] >= MYO, values[k] == MYO))
         inner = _crossing(cavity, np.zeros(RAYS, int))
         outer = _crossing(wall, np.nan_to_num(np.ceil(inner), nan=len(radii)).astype(int))
@@ -212,9 +241,11 @@ def carry(points: np.ndarray, displacement: sitk.Image) -> tuple[np.ndarray, boo
     x = flat.copy()
     for _ in range(ITERATIONS):
         index = ((x - origin) @ inverse.T)[:, ::-1].T  # k, j, i
-        moved = np.stack([ndimage.map_coordinates(u[..., c], np.nan_to_num(index), order=1, mode="nearest")
-                          for c in range(3)], -1)
-        x = x - DAMPING * (x + moved - flat)
+        moved = np.stack([_linear(u[..., c], np.nan_to_num(index), clamp=True) for c in range(3)], -1)
+        step = DAMPING * (x + moved - flat)
+        x = x - step
+        if not np.nanmax(np.abs(step), initial=0.0) > TOLERANCE_MM:
+            break
     index = (x - origin) @ inverse.T
     size = np.array(displacement.GetSize())
     finite = np.isfinite(index).all(1)
