@@ -36,7 +36,7 @@ def save_bullseye(segments: list[dict], path: str | Path,
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), subplot_kw={"projection": "polar"})
     for ax, key, title, limits, cmap in (
             (axes[0], "peak_circumferential_percent", "peak circumferential strain (%)", (-30.0, 0.0), "magma"),
-            (axes[1], "peak_radial_percent", "peak radial strain (%)", (0.0, 60.0), "viridis")):
+            (axes[1], "peak_radial_percent", "peak radial strain (%)", (0.0, 100.0), "viridis")):
         norm = colors.Normalize(*limits)
         for item in segments:
             value = item[key]
@@ -44,12 +44,14 @@ def save_bullseye(segments: list[dict], path: str | Path,
             colour = "lightgrey" if value is None else colormaps[cmap](norm(value))
             ax.bar(angle, 1.0, width=width, bottom=inner, color=colour, edgecolor="white", linewidth=1.5)
             label = f"{item['segment']}\n" + ("-" if value is None else f"{value:.0f}")
-            ax.text(angle, inner + 0.5, label, ha="center", va="center", fontsize=7)
+            ax.text(angle, inner + 0.5, label, ha="center", va="center", fontsize=7,
+                    bbox={"facecolor": "white", "alpha": 0.7, "pad": 1, "edgecolor": "none"})
         ax.set_ylim(0, 4)
         ax.set_axis_off()
         ax.set_title(title, fontsize=10)
         fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=0.6, pad=0.08)
     fig.suptitle("AHA segments, seen from the apex (1 anterior, 2 anteroseptal)", fontsize=9)
+    fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Path(path)
