@@ -29,7 +29,7 @@ from .errors import InputError
 from .strain import SEGMENT_NAMES, Strain
 
 STRUCTURES = {1: "RV", 2: "Myo", 3: "LV"}
-MYO, LV = 2, 3
+MYO = 2
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
 DECIMALS = 2  # function.json; volumes.csv has 3 decimals
 MIN_STRUCTURE_VOXELS = 27  # fewest voxels of RV, Myo or LV in the reference labels (module docstring)

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from FSDiffRegLib import acdc
-from FSDiffRegLib.function import cardiac_function, quality_notes, structure_volumes, volumes_csv
+from FSDiffRegLib.function import cardiac_function, quality_notes, strain_csv, structure_volumes, volumes_csv
 from FSDiffRegLib.imageio import read_image
 from FSDiffRegLib.strain import Strain
 
@@ -146,3 +146,22 @@ def test_quality_note_on_folds_in_the_myocardium():
     assert [n["check"] for n in notes] == ["myocardium_folds", "few_voxels", "few_voxels"]
     assert notes[0]["message"].startswith("folds in the myocardium (det <= 0 in more than 1 % of its voxels): "
                                           "frames 2 (")
+
+
+def test_segment_strain_in_function_json_and_strain_csv():
+    segments = [[0.0, -float(s)] for s in range(16)]
+    segments[15] = [math.nan, math.nan]  # segment 16 without myocardium
+    strain = Strain([0.0, 30.0], [0.0, -20.0], [0.0, -30.0], [0.0, -10.0], [[0.0, 2.0 * s] for s in range(16)],
+                    segments, anchor="anterior RV insertion point")
+    summary = cardiac_function(VOLUMES[:2], 1, strain)["strain"]
+    assert summary["endocardial_circumferential_percent"] == [0.0, -30.0]
+    assert summary["segment_anchor"] == "anterior RV insertion point"
+    assert summary["segments"][1] == {"segment": 2, "name": "basal anteroseptal",
+                                      "peak_circumferential_percent": -1.0, "peak_radial_percent": 2.0}
+    assert summary["segments"][15]["peak_circumferential_percent"] is None
+    lines = strain_csv(strain, [0.0, 40.0]).splitlines()
+    assert lines[0] == "frame,time_ms,segment,name,radial_percent,circumferential_percent"
+    assert len(lines) == 1 + 2 * 17
+    assert lines[18] == "2,40.000,global,global,30.00,-20.00"
+    assert lines[20] == "2,40.000,2,basal anteroseptal,2.00,-1.00"
+    assert lines[34] == "2,40.000,16,apical lateral,30.00,"
