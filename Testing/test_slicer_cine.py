@@ -631,7 +631,8 @@ def test_only_the_outputs_and_their_proxies_join_the_scene(run):
     (nothing made on the way, e.g. while exporting or importing segments, is left behind); a browser only for
     a multivolume, which has none."""
     scene, out = run["scene"], run["outputs"]
-    outputs = [out.transforms, out.segmentations, out.table, out.functionTable, out.chart, *out.series]
+    outputs = [out.transforms, out.segmentations, out.table, out.functionTable, out.segmentTable, out.chart,
+               *out.series]
     proxies = [out.browser.GetProxyNode(s) for s in (out.transforms, out.segmentations)]
     newBrowser = [out.browser] if run["arrives"] == "multivolume" else []
     expected = {node.GetID() for node in outputs + proxies + newBrowser}
