@@ -8,53 +8,34 @@ than a 3 x 3 x 3 block) every voxel lies on the structure's surface, where carry
 by nearest neighbour can lose them all, so EF and mass mean nothing (two voxels of LV gave an
 EF of 100 %).
 
-Global myocardial strain (Lagrangian, in per cent, relative to ED):
+Myocardial strain: contour-based, global and per AHA segment (``strain.py``).
 
-- LV long axis: the least-squares line through the centroids of the LV blood pool on each
-  slice of the ED labels (the slice normal through the blood-pool centroid when the blood pool
-  lies on one slice only).
-- Tracking gives, for every voxel x of a frame, the point x + u(x) it came from at ED. A small
-  piece of myocardium at ED point X = x + u(x) is stretched and turned into the frame by
-  F = (I + grad u(x))^-1 (the deformation gradient, ED -> frame; grad u by central differences
-  between neighbouring voxels, in mm, one-sided on the first and last slice).
-- At X, the radial direction e_r points away from the long axis, perpendicular to it; the
-  circumferential direction is e_c = axis x e_r.
-- Strain along e: (L - L0) / L0 = |F e| - 1, where L0 is the length at ED of a short segment
-  along e and L its length in the frame. Wall thickening gives positive radial strain,
-  circumferential shortening negative circumferential strain.
-- Global strain of a frame: the mean over the LV myocardium carried from ED onto that frame,
-  each voxel weighted by the ED volume it came from (det(I + grad u)). So every frame averages
-  the same tissue, and the global circumferential strain is the change in total length of the
-  myocardium's circumferential material lines (the mid-wall circle and its neighbours), relative
-  to their length at ED, as contour-based feature tracking measures it; the radial strain is the
-  same for the lines across the wall (wall thickening). Folded voxels (det <= 0: no valid
-  deformation) are left out.
+Quality (``quality_notes``): when a result should not be trusted, one note each: folds in the
+myocardium (more than FOLD_PERCENT of a frame's myocardium voxels with det(I + grad u) <= 0),
+contour points carried off the image grid, an LV or RV EF outside 5-90 %, ES at the first or last
+frame of a cine of more than two frames (the minimum may lie outside the recording; a 2-frame
+cine ED, ES has no curve to check), a structure of fewer than FEW_VOXELS voxels in some frame.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .strain import SEGMENT_NAMES, Strain
 
 STRUCTURES = {1: "RV", 2: "Myo", 3: "LV"}
-MYO, LV = 2, 3
+MYO = 2
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
 DECIMALS = 2  # function.json; volumes.csv has 3 decimals
 MIN_STRUCTURE_VOXELS = 27  # fewest voxels of RV, Myo or LV in the reference labels (module docstring)
-
-
-@dataclass
-class Strain:
-    """Global strain of the LV myocardium per frame (list index = frame - 1), in per cent."""
-
-    radial_percent: list[float]
-    circumferential_percent: list[float]
+FEW_VOXELS = 200  # a quality note below this in any frame (about 4.5 ml on ACDC's 1.5 x 1.5 x 10 mm voxels)
+FOLD_PERCENT = 1.0  # a quality note above this share of folded myocardium voxels in a frame
+EF_RANGE = (5.0, 90.0)  # a quality note outside
 
 
 def structure_name(value: int) -> str:
@@ -91,68 +72,6 @@ def structure_volumes(labels: sitk.Image) -> dict[str, float]:
     return {structure_name(v): stats.GetPhysicalSize(v) / 1000.0 for v in sorted(stats.GetLabels())}
 
 
-def _voxel_matrix(image: sitk.Image) -> np.ndarray:
-    """M with physical point = origin + M @ (i, j, k)."""
-    return np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
-
-
-def long_axis(ed_labels: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """A point on the LV long axis and its unit direction (LPS mm), from the LV blood pool (label 3)."""
-    kji = np.argwhere(sitk.GetArrayViewFromImage(ed_labels) == LV)
-    slices = np.unique(kji[:, 0])
-    index_centroids = np.array([kji[kji[:, 0] == k, ::-1].mean(0) for k in slices])
-    centroids = np.array(ed_labels.GetOrigin()) + index_centroids @ _voxel_matrix(ed_labels).T
-    if len(slices) < 2:
-        direction = np.array(ed_labels.GetDirection()).reshape(3, 3)[:, 2]
-    else:
-        direction = np.polyfit(slices, centroids, 1)[0]  # centroid = a + k * direction, least squares
-    return centroids.mean(0), direction / np.linalg.norm(direction)
-
-
-def _frame_strain(field: sitk.Image, labels: sitk.Image, point: np.ndarray, axis: np.ndarray) -> np.ndarray:
-    """Global (radial, circumferential) strain in per cent of one frame; NaN without myocardium."""
-    if field.GetSize() != labels.GetSize():
-        raise ValueError(f"displacement field size {field.GetSize()} differs from labels size {labels.GetSize()}")
-    kji = np.argwhere(sitk.GetArrayViewFromImage(labels) == MYO)
-    if len(kji) == 0:
-        return np.full(2, np.nan)
-    low = np.maximum(kji.min(0) - 1, 0)
-    u = sitk.GetArrayViewFromImage(field)[tuple(slice(a, b + 2) for a, b in zip(low, kji.max(0)))]
-    local = tuple((kji - low).T)
-    # d u / d index along i, j, k (array axes 2, 1, 0); an image one slice thick has no through-plane change
-    by_index = [np.gradient(u, axis=a)[local] if u.shape[a] > 1 else np.zeros((len(kji), 3)) for a in (2, 1, 0)]
-    g = np.eye(3) + np.stack(by_index, axis=-1) @ np.linalg.inv(_voxel_matrix(field))  # I + grad u, physical
-    x = np.array(field.GetOrigin()) + kji[:, ::-1] @ _voxel_matrix(field).T
-    offset = x + u[local] - point  # material point X at ED, relative to the axis
-    radial = offset - np.outer(offset @ axis, axis)
-    distance = np.linalg.norm(radial, axis=1)
-    weight = np.linalg.det(g)
-    keep = (weight > 0) & (distance > 1e-6)
-    if not keep.any():
-        return np.full(2, np.nan)
-    e_r = radial[keep] / distance[keep, None]
-    directions = np.stack([e_r, np.cross(axis, e_r)], axis=-1)  # (n, 3, 2): e_r, e_c at X
-    stretch = np.linalg.norm(np.linalg.solve(g[keep], directions), axis=1)  # |F e| with F = g^-1
-    return 100.0 * (weight[keep] @ (stretch - 1.0)) / weight[keep].sum()
-
-
-def myocardial_strain(fields: list[sitk.Image], frame_labels: list[sitk.Image],
-                      ed_labels: sitk.Image) -> Strain | None:
-    """Global radial and circumferential strain per frame (module docstring); None without Myo or LV.
-
-    ``fields[t]`` maps each point x of frame t to x + u(x) at ED (ITK displacement field, LPS mm);
-    ``frame_labels[t]`` are the ED labels carried onto frame t, on the same grid.
-    """
-    if len(fields) != len(frame_labels):
-        raise ValueError(f"{len(fields)} displacement fields for {len(frame_labels)} label images")
-    present = np.unique(sitk.GetArrayViewFromImage(ed_labels))
-    if MYO not in present or LV not in present:
-        return None
-    point, axis = long_axis(ed_labels)
-    values = np.array([_frame_strain(f, labels, point, axis) for f, labels in zip(fields, frame_labels)])
-    return Strain([float(v) for v in values[:, 0]], [float(v) for v in values[:, 1]])
-
-
 def _round(value: float) -> float | None:
     return round(float(value), DECIMALS) + 0.0 if math.isfinite(value) else None  # + 0.0: no -0.0
 
@@ -174,11 +93,41 @@ def _peak(values: list[float], pick: Callable) -> tuple[float | None, int | None
 def _strain_summary(strain: Strain) -> dict:
     peak_radial, radial_frame = _peak(strain.radial_percent, max)
     peak_circumferential, circumferential_frame = _peak(strain.circumferential_percent, min)
-    return {"radial_percent": [_round(v) for v in strain.radial_percent],
-            "circumferential_percent": [_round(v) for v in strain.circumferential_percent],
-            "peak_radial_percent": peak_radial, "peak_radial_frame": radial_frame,
-            "peak_circumferential_percent": peak_circumferential,
-            "peak_circumferential_frame": circumferential_frame}
+    summary = {"radial_percent": [_round(v) for v in strain.radial_percent],
+               "circumferential_percent": [_round(v) for v in strain.circumferential_percent],
+               "peak_radial_percent": peak_radial, "peak_radial_frame": radial_frame,
+               "peak_circumferential_percent": peak_circumferential,
+               "peak_circumferential_frame": circumferential_frame}
+    if not strain.segments_radial_percent:
+        return summary
+    summary.update({
+        "endocardial_circumferential_percent": [_round(v) for v in strain.endocardial_circumferential_percent],
+        "epicardial_circumferential_percent": [_round(v) for v in strain.epicardial_circumferential_percent],
+        "segment_anchor": strain.anchor,
+        "segments": [{"segment": s + 1, "name": name,
+                      "peak_circumferential_percent": _peak(strain.segments_circumferential_percent[s], min)[0],
+                      "peak_radial_percent": _peak(strain.segments_radial_percent[s], max)[0]}
+                     for s, name in enumerate(SEGMENT_NAMES)]})
+    return summary
+
+
+def strain_csv(strain: Strain, times_ms: list[float] | None) -> str:
+    """strain.csv: a row per frame and segment (``global``, then 1-16): frame, time_ms when known, segment,
+    name, radial_percent, circumferential_percent (2 decimals, empty where not measurable)."""
+    def cell(value: float) -> str:
+        return "" if not math.isfinite(value) else f"{value + 0.0:.2f}"
+
+    rows = [("global", "global", strain.radial_percent, strain.circumferential_percent)]
+    rows += [(str(s + 1), name, strain.segments_radial_percent[s], strain.segments_circumferential_percent[s])
+             for s, name in enumerate(SEGMENT_NAMES)]
+    lines = [",".join(["frame"] + ["time_ms"] * (times_ms is not None)
+                      + ["segment", "name", "radial_percent", "circumferential_percent"])]
+    for index in range(len(strain.radial_percent)):
+        time = [] if times_ms is None else [f"{times_ms[index]:.3f}"]
+        for segment, name, radial, circumferential in rows:
+            lines.append(",".join([str(index + 1)] + time + [segment, name, cell(radial[index]),
+                                                              cell(circumferential[index])]))
+    return "\n".join(lines) + "\n"
 
 
 def cardiac_function(volumes: list[dict[str, float]], ed_frame: int, strain: Strain | None) -> dict:
@@ -215,3 +164,48 @@ def volumes_csv(volumes: list[dict[str, float]], times_ms: list[float] | None) -
         time = [] if times_ms is None else [f"{times_ms[index]:.3f}"]
         lines.append(",".join([str(index + 1)] + time + [f"{frame.get(name, 0.0):.3f}" for name in names]))
     return "\n".join(lines) + "\n"
+
+
+def _note(check: str, message: str) -> dict[str, str]:
+    return {"check": check, "message": message}
+
+
+def _frames(frames: list[int]) -> str:
+    return ("frame " if len(frames) == 1 else "frames ") + ", ".join(str(f) for f in frames)
+
+
+def quality_notes(function: dict, volumes: list[dict[str, float]], fields: list[sitk.Image],
+                  frame_labels: list[sitk.Image], strain: Strain | None) -> list[dict[str, str]]:
+    """The ``quality`` list of function.json (module docstring): a ``check`` name and a one-line ``message``
+    for each reason not to trust the results; empty when there is none."""
+    notes = []
+    folded = []
+    for frame, (displacement, labels) in enumerate(zip(fields, frame_labels), start=1):
+        myo = sitk.GetArrayViewFromImage(labels) == MYO
+        if myo.any():
+            det = sitk.GetArrayViewFromImage(sitk.DisplacementFieldJacobianDeterminant(displacement))
+            share = 100.0 * float((det[myo] <= 0).mean())
+            if share > FOLD_PERCENT:
+                folded.append(f"{frame} ({share:.1f} %)")
+    if folded:
+        notes.append(_note("myocardium_folds", f"folds in the myocardium (det <= 0 in more than {FOLD_PERCENT:g} % "
+                                               f"of its voxels): frames {', '.join(folded)}"))
+    if strain is not None and strain.outside_frames:
+        notes.append(_note("labels_off_grid", f"contour points carried off the image grid in "
+                                              f"{_frames(strain.outside_frames)}: strain there is extrapolated"))
+    for name in ("LV", "RV"):
+        ef = (function.get(name) or {}).get("EF_percent")
+        if ef is not None and not EF_RANGE[0] <= ef <= EF_RANGE[1]:
+            notes.append(_note("ef_range", f"{name} EF {ef:.1f} % is outside {EF_RANGE[0]:g}-{EF_RANGE[1]:g} %"))
+    es, n = function.get("ES_frame"), function["frames"]
+    if es is not None and n > 2 and es in (1, n):
+        notes.append(_note("es_at_end", f"ES (frame {es}) is the {'first' if es == 1 else 'last'} frame: the "
+                                        "smallest LV volume may lie outside the recording"))
+    voxel_ml = float(np.prod(frame_labels[0].GetSpacing())) / 1000.0
+    for name in ("RV", "Myo", "LV"):
+        if name in volumes[function["ED_frame"] - 1]:
+            small = [f for f, v in enumerate(volumes, start=1) if v.get(name, 0.0) / voxel_ml < FEW_VOXELS - 0.5]
+            if small:
+                notes.append(_note("few_voxels", f"{name} has fewer than {FEW_VOXELS} voxels in {_frames(small)}: "
+                                                 "its boundary voxels decide its volume"))
+    return notes

@@ -22,19 +22,21 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .bullseye import save_bullseye
 from .cine import Cine, check_cine_labels, join_frames, read_cine, reference_index, with_times
 from .curves import save_curves
 from .defaults import TRACK_REFINE, RefineOptions
 from .device import pick_device
 from .errors import InputError
 from .field import apply_field, flow_to_field, resample_field, write_field
-from .function import cardiac_function, check_structures, myocardial_strain, structure_volumes, volumes_csv
+from .function import cardiac_function, check_structures, quality_notes, strain_csv, structure_volumes, volumes_csv
 from .imageio import read_image, write_image
 from .network import FSDiffRegNet
 from .outputs import output_folder, write_json, write_metrics, written
 from .preprocess import canonical, network_grid, normalized, resample_to
 from .refine import refine_flow
 from .register import describe, field_metrics, refuse_non_finite
+from .strain import Strain, contour_strain
 from .unfold import unfold
 from .weights import load_model
 
@@ -68,6 +70,7 @@ class Tracking:
     volumes: list[dict[str, float]]
     function: dict
     metrics: dict = field(default_factory=dict)
+    strain: Strain | None = None
 
 
 def heart_centre(labels: sitk.Image) -> np.ndarray:
@@ -179,7 +182,9 @@ def track_frames(
             unfolded.append(stats)
             warped.append(apply_field(labels, fields[-1], nearest=True))
     volumes = [structure_volumes(w) for w in warped]
-    function = cardiac_function(volumes, reference + 1, myocardial_strain(fields, warped, labels))
+    strain = contour_strain(fields, labels)
+    function = cardiac_function(volumes, reference + 1, strain)
+    function["quality"] = quality_notes(function, volumes, fields, warped, strain)
     quality = [field_metrics(f, grid) for f in fields]
     metrics = {
         "seconds": round(time.time() - start, 3),
@@ -192,7 +197,7 @@ def track_frames(
         "sd_jacobian": [q["sd_jacobian"] for q in quality],
         "folded_before_unfold": [[s["folded_before"], s["folded_before_fine"]] for s in unfolded],
     }
-    return Tracking(fields, warped, volumes, function, metrics)
+    return Tracking(fields, warped, volumes, function, metrics, strain)
 
 
 def zero_field(frame: sitk.Image) -> sitk.Image:
@@ -210,7 +215,8 @@ def frame_file(stem: str, frame: int, frames: int) -> str:
 
 def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[str], None]) -> None:
     """The output set into ``folder`` (field_NN.nii.gz and labels_NN.nii.gz per frame, labels.nii.gz, volumes.csv,
-    function.json, function.png where matplotlib is installed), each checked as written, metrics.json last.
+    function.json, strain.csv; function.png and strain_bullseye.png where matplotlib is installed), each checked
+    as written, metrics.json last.
 
     labels.nii.gz holds every frame's labels as one 4D image; the 3D labels_NN.nii.gz are the same frames for
     readers of 3D images only (Slicer reads a volume sequence from NRRD only).
@@ -227,6 +233,11 @@ def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[
     write_json(folder / "function.json", tracking.function)
     with written(folder / "function.png"):
         save_curves(tracking.volumes, tracking.function, cine.times_ms, folder / "function.png", log)
+    if tracking.strain is not None:
+        with written(folder / "strain.csv"):
+            (folder / "strain.csv").write_text(strain_csv(tracking.strain, cine.times_ms))
+        with written(folder / "strain_bullseye.png"):
+            save_bullseye(tracking.function["strain"]["segments"], folder / "strain_bullseye.png", log)
     write_metrics(folder, tracking.metrics)
 
 

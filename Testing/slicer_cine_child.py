@@ -60,8 +60,18 @@ def expected_function(frames: int, reference: int, values: list[int]) -> dict:
                               "circumferential_percent": [s[1] for s in strain],
                               "peak_radial_percent": max(s[0] for s in strain), "peak_radial_frame": 1,
                               "peak_circumferential_percent": min(s[1] for s in strain),
-                              "peak_circumferential_frame": 1}
+                              "peak_circumferential_frame": 1,
+                              "segments": [expected_segment(k) for k in range(1, 17)]}
+    function["quality"] = []
     return function
+
+
+def expected_segment(segment: int) -> dict:
+    """The peak strain of an AHA segment as the stand-in writes it: segment 16 has no myocardium."""
+    empty = segment == 16
+    return {"segment": segment, "name": f"segment {segment}",
+            "peak_circumferential_percent": None if empty else -float(segment),
+            "peak_radial_percent": None if empty else 2.0 * segment}
 
 
 def shift_field(frame: sitk.Image, shift_mm: float) -> sitk.Image:

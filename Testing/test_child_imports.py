@@ -28,7 +28,8 @@ from FSDiffRegMRML.dependencies import NOT_FROM_PIP, readRequirements  # noqa: E
 REQUIREMENTS = ROOT / "FSDiffReg" / "Resources" / "requirements.txt"
 #: Packages left out of the requirements on purpose, and the modules allowed to import them (after
 #: ``plotting.pyplot`` found it, inside the drawing functions): matplotlib draws pictures the Slicer module never shows.
-OPTIONAL = {"matplotlib": {"FSDiffRegLib.plotting", "FSDiffRegLib.curves", "FSDiffRegLib.figure"}}
+OPTIONAL = {"matplotlib": {"FSDiffRegLib.plotting", "FSDiffRegLib.curves", "FSDiffRegLib.figure",
+                           "FSDiffRegLib.bullseye"}}
 #: Runs each command given as a JSON list of argument lists, as the worker does (``cli.main``); prints one JSON
 #: line: each command's exit status (or the exception that ended it) and the FSDiffRegLib modules loaded.
 CHILD = """
@@ -75,9 +76,10 @@ def test_without_matplotlib_register_and_track_finish_without_the_picture(tmp_pa
         "displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "metrics.json"}
     assert {p.name for p in (tmp_path / "tracked").iterdir()} == {
         "field_01.nii.gz", "field_02.nii.gz", "labels_01.nii.gz", "labels_02.nii.gz", "labels.nii.gz",
-        "volumes.csv", "function.json", "metrics.json"}
+        "volumes.csv", "function.json", "strain.csv", "metrics.json"}
     skipped = [line for line in stderr.splitlines() if "matplotlib" in line]
-    assert len(skipped) == 1 and skipped[0].startswith("fsdiffreg: function.png skipped: matplotlib is missing")
+    assert len(skipped) == 2 and skipped[0].startswith("fsdiffreg: function.png skipped: matplotlib is missing")
+    assert skipped[1].startswith("fsdiffreg: strain_bullseye.png skipped: matplotlib is missing")
 
 
 def third_party_imports(module: str) -> set[str]:

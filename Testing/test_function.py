@@ -1,5 +1,5 @@
-"""Volumes, ejection fraction, mass and global strain: known labels, hand-made volume curves,
-analytic displacement fields of known strain on an anisotropic oblique grid, and real ACDC labels."""
+"""Volumes, ejection fraction, mass and the strain summary: known labels, hand-made volume curves and real
+ACDC labels (strain itself: test_strain.py)."""
 
 from __future__ import annotations
 
@@ -11,146 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from FSDiffRegLib import acdc
-from FSDiffRegLib.function import (
-    Strain,
-    cardiac_function,
-    long_axis,
-    myocardial_strain,
-    structure_volumes,
-    volumes_csv,
-)
+from FSDiffRegLib.function import cardiac_function, quality_notes, strain_csv, structure_volumes, volumes_csv
 from FSDiffRegLib.imageio import read_image
-from test_spatial import points
-
-SPACING = (1.5, 1.5, 8.0)  # cine MRI: fine in-plane, thick slices
-SHIFT = np.array([1, -1, 1])  # the LV axis moves one voxel in i and j per slice: tilted ~15 deg from the slice normal
-R_IN, R_OUT = 20.0, 30.0  # ED endocardial and epicardial radii (mm)
-
-
-def grid(oblique: bool) -> sitk.Image:
-    image = sitk.Image([64, 64, 8], sitk.sitkUInt8)
-    image.SetSpacing(SPACING)
-    image.SetOrigin((-40.0, 25.0, 7.0))
-    if oblique:  # short-axis slices at an angle to the scanner axes, as cines are planned
-        a, b = math.radians(30), math.radians(-40)
-        rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-        rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
-        image.SetDirection((rz @ rx).ravel().tolist())
-    return image
-
-
-class Cylinder:
-    """Cylindrical coordinates (r, theta, z) around the LV axis of ``grid``: through voxel (28, 36, 0), along SHIFT.
-
-    The axis crosses every slice at a voxel centre, so the LV centroid of each slice lies on it exactly.
-    """
-
-    def __init__(self, image: sitk.Image):
-        matrix = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
-        self.point = np.array(image.TransformIndexToPhysicalPoint((28, 36, 0)))
-        self.axis = matrix @ SHIFT / np.linalg.norm(matrix @ SHIFT)
-        e1 = np.cross(self.axis, matrix[:, 2] + matrix[:, 0])
-        self.e1 = e1 / np.linalg.norm(e1)
-        self.e2 = np.cross(self.axis, self.e1)
-
-    def coords(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rel = p - self.point
-        x, y = rel @ self.e1, rel @ self.e2
-        return np.hypot(x, y), np.arctan2(y, x), rel @ self.axis
-
-    def point_at(self, r: np.ndarray, theta: np.ndarray, z: np.ndarray) -> np.ndarray:
-        return (self.point + z[..., None] * self.axis
-                + r[..., None] * (np.cos(theta)[..., None] * self.e1 + np.sin(theta)[..., None] * self.e2))
-
-
-def labels_image(image: sitk.Image, r: np.ndarray, theta: np.ndarray, sector: float) -> sitk.Image:
-    """LV (3) inside R_IN, Myo (2) from R_IN to R_OUT within |theta| < sector, on slices 1-6 (not the end slices)."""
-    theta = np.angle(np.exp(1j * theta))  # in (-pi, pi]
-    values = np.where(r < R_IN, 3, np.where((r <= R_OUT) & (np.abs(theta) < sector), 2, 0)).astype(np.uint8)
-    values[[0, -1]] = 0
-    out = sitk.GetImageFromArray(values)
-    out.CopyInformation(image)
-    return out
-
-
-def track(oblique: bool, backward, sector: float = math.pi):
-    """ED labels, a frame's field x -> X = backward(r, theta) at ED, the frame's labels, and (r, R) at its Myo."""
-    image = grid(oblique)
-    cyl = Cylinder(image)
-    x = points(image)
-    r, theta, z = cyl.coords(x)
-    ed_labels = labels_image(image, r, theta, sector)
-    big_r, big_theta = backward(r, theta)
-    field = sitk.GetImageFromArray(cyl.point_at(big_r, big_theta, z) - x, isVector=True)
-    field.CopyInformation(image)
-    frame_labels = labels_image(image, big_r, big_theta, sector)
-    myo = sitk.GetArrayFromImage(frame_labels) == 2
-    zero = sitk.GetImageFromArray(np.zeros(x.shape), isVector=True)
-    zero.CopyInformation(image)
-    strain = myocardial_strain([zero, field], [ed_labels, frame_labels], ed_labels)
-    return strain, r[myo], big_r[myo]
-
-
-@pytest.mark.parametrize("oblique", [False, True])
-def test_long_axis_is_the_line_through_the_slice_centroids_of_the_blood_pool(oblique):
-    image = grid(oblique)
-    cyl = Cylinder(image)
-    r, theta, _ = cyl.coords(points(image))
-    point, axis = long_axis(labels_image(image, r, theta, math.pi))
-    assert abs(axis @ cyl.axis) == pytest.approx(1.0, abs=1e-9)
-    assert np.linalg.norm(np.cross(point - cyl.point, cyl.axis)) < 1e-6
-    one_slice = sitk.GetArrayFromImage(labels_image(image, r, theta, math.pi))
-    one_slice[[1, 2, 4, 5, 6]] = 0
-    flat = sitk.GetImageFromArray(one_slice)
-    flat.CopyInformation(image)
-    point, axis = long_axis(flat)
-    assert np.allclose(abs(axis @ np.array(image.GetDirection()).reshape(3, 3)[:, 2]), 1.0)  # the slice normal
-
-
-@pytest.mark.parametrize("oblique", [False, True])
-def test_rotation_about_the_long_axis_has_no_strain(oblique):
-    strain, _, _ = track(oblique, lambda r, theta: (r, theta - 0.4))
-    assert strain.radial_percent[0] == pytest.approx(0.0, abs=1e-9)  # the reference frame
-    assert strain.circumferential_percent[0] == pytest.approx(0.0, abs=1e-9)
-    assert strain.radial_percent[1] == pytest.approx(0.0, abs=1e-6)
-    assert strain.circumferential_percent[1] == pytest.approx(0.0, abs=1e-6)
-
-
-@pytest.mark.parametrize("oblique", [False, True])
-def test_circumferential_shortening(oblique):
-    """theta -> c theta on a sector of the ring (a full ring cannot shorten without tearing or thickening):
-    segments along the circumference shorten by c, radial ones keep their length."""
-    c = 0.8
-    strain, _, _ = track(oblique, lambda r, theta: (r, theta / c), sector=0.75 * math.pi)
-    assert strain.circumferential_percent[1] == pytest.approx(100 * (c - 1), abs=0.3)  # -20 %
-    assert strain.radial_percent[1] == pytest.approx(0.0, abs=0.3)
-
-
-@pytest.mark.parametrize("oblique", [False, True])
-def test_wall_thickening(oblique):
-    """r = s R + b with b < 0: the wall thickens by s everywhere (radial strain s - 1) while the
-    endocardium moves in more than the epicardium (circumferential strain r / R - 1, -30 % to -7 %)."""
-    s, b = 1.4, -14.0  # ED wall 20-30 mm -> 14-28 mm: 10 mm -> 14 mm thick
-    strain, r, big_r = track(oblique, lambda r, theta: ((r - b) / s, theta))
-    weight = big_r / (s * r)  # the ED volume each frame voxel came from: det(dX/dx)
-    expected = np.average(r / big_r - 1, weights=weight) * 100
-    assert abs(expected - np.mean(r / big_r - 1) * 100) > 0.3  # weighting by ED volume matters at this tolerance
-    assert strain.radial_percent[1] == pytest.approx(100 * (s - 1), abs=0.3)  # +40 %: thickening is positive
-    assert strain.circumferential_percent[1] == pytest.approx(expected, abs=0.1)
-    assert strain.circumferential_percent[1] < -10  # shortening is negative
-
-
-def test_no_strain_without_myocardium_or_blood_pool():
-    image = grid(False)
-    r, theta, _ = Cylinder(image).coords(points(image))
-    labels = labels_image(image, r, theta, math.pi)
-    zero = sitk.GetImageFromArray(np.zeros((*labels.GetSize()[::-1], 3)), isVector=True)
-    zero.CopyInformation(image)
-    assert myocardial_strain([zero], [labels], labels) is not None
-    for missing in (2, 3):
-        assert myocardial_strain([zero], [labels], sitk.Mask(labels, labels != missing)) is None
-    with pytest.raises(ValueError, match="2 displacement fields for 1 label images"):
-        myocardial_strain([zero, zero], [labels], labels)
+from FSDiffRegLib.strain import Strain
 
 
 def test_volumes_are_voxel_counts_times_voxel_volume():
@@ -231,3 +94,74 @@ def test_acdc_manual_labels_match_their_diagnostic_group(data_dir, patient, chec
     bsa = math.sqrt(float(info["Height"]) * float(info["Weight"]) / 3600)  # Mosteller, m2
     assert function["ES_frame"] == 2 and set(function) >= {"LV", "RV", "Myo"}
     assert check(function["LV"], bsa), (info["Group"], function["LV"], bsa)
+
+
+def small_labels(myo_voxels: int) -> sitk.Image:
+    """A 10 x 10 x 4 grid of 1 mm3 voxels: LV 100 voxels, Myo ``myo_voxels``."""
+    values = np.zeros((4, 10, 10), np.uint8)
+    values[0] = 3
+    values[1].flat[:myo_voxels] = 2
+    out = sitk.GetImageFromArray(values)
+    return out
+
+
+def zero_like(labels: sitk.Image) -> sitk.Image:
+    field = sitk.GetImageFromArray(np.zeros((*labels.GetSize()[::-1], 3)), isVector=True)
+    field.CopyInformation(labels)
+    return field
+
+
+def test_quality_notes():
+    labels = small_labels(100)
+    fields = [zero_like(labels)] * 4
+    volumes = [{"RV": 150.0, "Myo": 100.0, "LV": 160.0}, {"RV": 120.0, "Myo": 100.0, "LV": 100.0},
+               {"RV": 80.0, "Myo": 100.0, "LV": 70.0}, {"RV": 75.0, "Myo": 100.0, "LV": 90.0}]
+    volumes = [{k: v * 1000 for k, v in frame.items()} for frame in volumes]  # ml -> far above FEW_VOXELS of 1 mm3
+    function = cardiac_function(volumes, 1, None)
+    assert quality_notes(function, volumes, fields, [labels] * 4, None) == []  # ES frame 3 of 4, EF 56 %
+    volumes[3]["LV"] = 4000.0
+    function = cardiac_function(volumes, 1, None)
+    checks = [n["check"] for n in quality_notes(function, volumes, fields, [labels] * 4, None)]
+    assert checks == ["ef_range", "es_at_end"]  # LV EF 97.5 %, ES the last of four frames
+    assert quality_notes(cardiac_function(volumes[:2], 1, None), volumes[:2], fields[:2], [labels] * 2, None) == []
+    few = [dict(frame, LV=lv) for frame, lv in zip(volumes, (0.3, 0.19, 0.1, 0.15))]  # voxels of 1 mm3
+    notes = quality_notes(cardiac_function(few, 1, None), few, fields, [labels] * 4, None)
+    assert [n["check"] for n in notes] == ["few_voxels"]
+    assert notes[0]["message"] == ("LV has fewer than 200 voxels in frames 2, 3, 4: its boundary voxels decide "
+                                   "its volume")
+    strain = Strain([0.0, 1.0, 2.0], [0.0, -1.0, -2.0], outside_frames=[3])
+    function = cardiac_function(volumes[:3], 1, None)
+    assert [n["check"] for n in quality_notes(function, volumes[:3], fields[:3], [labels] * 3, strain)] == \
+        ["labels_off_grid", "es_at_end"]
+
+
+def test_quality_note_on_folds_in_the_myocardium():
+    labels = small_labels(100)  # slice 1 all Myo
+    u = np.zeros((4, 10, 10, 3))
+    u[1, :, :5, 0] = 3.0  # along i: x + u(x) jumps back 3 mm at i = 5, folding the neighbours there
+    folded = sitk.GetImageFromArray(u, isVector=True)
+    volumes = [{"Myo": 0.1, "LV": 0.1}, {"Myo": 0.1, "LV": 0.05}]
+    function = cardiac_function(volumes, 1, None)
+    notes = quality_notes(function, volumes, [zero_like(labels), folded], [labels] * 2, None)
+    assert [n["check"] for n in notes] == ["myocardium_folds", "few_voxels", "few_voxels"]
+    assert notes[0]["message"].startswith("folds in the myocardium (det <= 0 in more than 1 % of its voxels): "
+                                          "frames 2 (")
+
+
+def test_segment_strain_in_function_json_and_strain_csv():
+    segments = [[0.0, -float(s)] for s in range(16)]
+    segments[15] = [math.nan, math.nan]  # segment 16 without myocardium
+    strain = Strain([0.0, 30.0], [0.0, -20.0], [0.0, -30.0], [0.0, -10.0], [[0.0, 2.0 * s] for s in range(16)],
+                    segments, anchor="anterior RV insertion point")
+    summary = cardiac_function(VOLUMES[:2], 1, strain)["strain"]
+    assert summary["endocardial_circumferential_percent"] == [0.0, -30.0]
+    assert summary["segment_anchor"] == "anterior RV insertion point"
+    assert summary["segments"][1] == {"segment": 2, "name": "basal anteroseptal",
+                                      "peak_circumferential_percent": -1.0, "peak_radial_percent": 2.0}
+    assert summary["segments"][15]["peak_circumferential_percent"] is None
+    lines = strain_csv(strain, [0.0, 40.0]).splitlines()
+    assert lines[0] == "frame,time_ms,segment,name,radial_percent,circumferential_percent"
+    assert len(lines) == 1 + 2 * 17
+    assert lines[18] == "2,40.000,global,global,30.00,-20.00"
+    assert lines[20] == "2,40.000,2,basal anteroseptal,2.00,-1.00"
+    assert lines[34] == "2,40.000,16,apical lateral,30.00,"

@@ -9,6 +9,7 @@ and bad inputs leave the scene as it was."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tempfile
 import time
@@ -42,6 +43,7 @@ from FSDiffRegMRML.cine_outputs import (  # noqa: E402
     functionRows,
     newSequence,
     readLabelFrame,
+    segmentTable,
 )
 from FSDiffRegMRML.process import RegisterOptions, TrackingProcess, Worker, trackCommand  # noqa: E402
 from slicer_releases import release_sequence_reading, vtk_log
@@ -585,6 +587,29 @@ def test_function_table_lists_every_value(run):
     assert ("strain peak radial", 2.0 * max(run["reference"] - 1, FRAMES - run["reference"]), "%") in rows
 
 
+def test_segment_table_has_a_row_per_aha_segment(run):
+    out = run["outputs"]
+    table = out.segmentTable
+    assert table.IsA("vtkMRMLTableNode") and table.GetScene() is run["scene"]
+    assert table.GetName().endswith("strain per AHA segment") and table.GetNumberOfRows() == 16
+    assert column(table, "segment") == list(range(1, 17))
+    assert column(table, "name")[0] == "segment 1"
+    assert column(table, "peak_circumferential_percent")[:15] == [-float(k) for k in range(1, 16)]
+    assert column(table, "peak_radial_percent")[:15] == [2.0 * k for k in range(1, 16)]
+    assert all(math.isnan(column(table, key)[15]) for key in ("peak_circumferential_percent", "peak_radial_percent"))
+    assert table.GetColumnUnitLabel("peak_radial_percent") == "%"
+    assert segmentTable({"frames": 2}) is None and segmentTable({"strain": {"radial_percent": [0.0]}}) is None
+
+
+def test_summary_names_the_quality_notes():
+    function = {"frames": 3, "ED_frame": 1, "ES_frame": 3, "LV": {"EF_percent": 95.0},
+                "quality": [{"check": "ef_range", "message": "LV EF 95.0 % is outside 5-90 %"},
+                            {"check": "es_at_end", "message": "ES (frame 3) is the last frame"}]}
+    assert cineSummary(function, {"seconds": 2.0, "device": "cpu"}) == (
+        "ED frame 1, ES frame 3, LV EF 95.0 %; 3 frames in 2.0 s on cpu; check: LV EF 95.0 % is outside 5-90 %; "
+        "ES (frame 3) is the last frame")
+
+
 def test_plot_series_draw_table_columns(run):
     out = run["outputs"]
     assert out.chart.GetNumberOfPlotSeriesNodes() == len(out.series) == 5
@@ -606,7 +631,8 @@ def test_only_the_outputs_and_their_proxies_join_the_scene(run):
     (nothing made on the way, e.g. while exporting or importing segments, is left behind); a browser only for
     a multivolume, which has none."""
     scene, out = run["scene"], run["outputs"]
-    outputs = [out.transforms, out.segmentations, out.table, out.functionTable, out.chart, *out.series]
+    outputs = [out.transforms, out.segmentations, out.table, out.functionTable, out.segmentTable, out.chart,
+               *out.series]
     proxies = [out.browser.GetProxyNode(s) for s in (out.transforms, out.segmentations)]
     newBrowser = [out.browser] if run["arrives"] == "multivolume" else []
     expected = {node.GetID() for node in outputs + proxies + newBrowser}

@@ -63,7 +63,8 @@ def tracked(pair: acdc.AcdcPair, cine_folder: Path, tmp_path_factory: pytest.Tem
 def test_outputs_are_whole_and_agree(tracked: Path):
     names = sorted(p.name for p in tracked.iterdir())
     assert names == ["field_01.nii.gz", "field_02.nii.gz", "function.json", "function.png", "labels.nii.gz",
-                     "labels_01.nii.gz", "labels_02.nii.gz", "metrics.json", "volumes.csv"]
+                     "labels_01.nii.gz", "labels_02.nii.gz", "metrics.json", "strain.csv", "strain_bullseye.png",
+                     "volumes.csv"]
     function = json.loads((tracked / "function.json").read_text())
     rows = list(csv.DictReader((tracked / "volumes.csv").open()))
     assert [r["frame"] for r in rows] == ["1", "2"]
@@ -73,6 +74,13 @@ def test_outputs_are_whole_and_agree(tracked: Path):
     assert lv["ESV_ml"] == pytest.approx(float(rows[1]["LV_ml"]), abs=0.01)
     assert 20 < lv["EF_percent"] < 80  # the carried blood pool contracts
     assert function["strain"]["circumferential_percent"][1] < 0 < function["strain"]["radial_percent"][1]
+    segments = function["strain"]["segments"]
+    assert [s["segment"] for s in segments] == list(range(1, 17))
+    assert sum(s["peak_circumferential_percent"] is not None for s in segments) >= 12
+    strain_rows = list(csv.DictReader((tracked / "strain.csv").open()))
+    assert len(strain_rows) == 2 * 17 and strain_rows[17]["segment"] == "global"
+    assert float(strain_rows[17]["circumferential_percent"]) == function["strain"]["circumferential_percent"][1]
+    assert isinstance(function["quality"], list)
     metrics = json.loads((tracked / "metrics.json").read_text())
     assert metrics["refine"] == asdict(replace(TRACK_REFINE, steps=3))  # track's own refinement defaults
     assert metrics["reference_frame"] == 1 and metrics["frames"] == 2

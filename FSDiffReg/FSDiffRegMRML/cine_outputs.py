@@ -11,6 +11,10 @@
 - the other values of ``function.json`` (ED and ES frames, EDV, ESV, SV, EF, mass, peak
   strain) -> a second table, one quantity per row; ``function.json`` and ``metrics.json`` whole
   as attributes ``FSDiffReg.function`` and ``FSDiffReg.metrics`` of the first table;
+- the peak strain per AHA segment of ``function.json`` (``strain.segments``, what the bullseye
+  ``strain_bullseye.png`` draws) -> a table of 16 rows: segment, name, peak circumferential and
+  radial strain (NaN where a segment has no myocardium);
+- the ``quality`` notes of ``function.json`` -> appended to the one-line summary (``cineSummary``);
 - a plot chart of the volume curves (solid) and strain curves (dashed) against the frame number;
 - the new sequences added to the cine's own sequence browser, so that its toolbar steps through the
   cine and its outputs together (no second browser, no second proxy of the cine); a new browser of
@@ -59,6 +63,7 @@ class CineOutputs:
     browser: object  # vtkMRMLSequenceBrowserNode: the cine's own, or a new one
     function: dict
     metrics: dict
+    segmentTable: object = None  # vtkMRMLTableNode: a row per AHA segment; None without segment strain
 
 
 def framePath(outDir: Path, stem: str, number: int, frames: int) -> Path:
@@ -213,6 +218,20 @@ def functionTable(function: dict):
     return table
 
 
+def segmentTable(function: dict):
+    """A new table of the peak strain per AHA segment (``strain.segments``), or None where there is none."""
+    segments = (function.get("strain") or {}).get("segments")
+    if not segments:
+        return None
+    table = slicer.vtkMRMLTableNode()
+    addColumn(table, "segment", [int(item["segment"]) for item in segments], vtk.vtkIntArray())
+    addColumn(table, "name", [item.get("name", "") for item in segments], vtk.vtkStringArray())
+    for key in ("peak_circumferential_percent", "peak_radial_percent"):
+        addColumn(table, key, [float("nan") if item[key] is None else float(item[key]) for item in segments],
+                  vtk.vtkDoubleArray())
+    return table
+
+
 def curves(table, structures: dict[int, Structure]) -> list:
     """New plot series (in no scene) of each volume and strain column of ``table`` against the frames' time
     where the table has it, else their number."""
@@ -268,7 +287,7 @@ def readCineOutputs(outDir: Path, cine, structures: dict[int, Structure]) -> Cin
     table.SetAttribute("FSDiffReg.metrics", json.dumps(metrics))
     return CineOutputs(readTransforms(outDir, cine), readSegmentations(outDir, cine, structures), table,
                        functionTable(function), chart(xColumn(tableColumns(table))), curves(table, structures),
-                       None, function, metrics)
+                       None, function, metrics, segmentTable(function))
 
 
 def cineBrowser(cine, sequencesLogic):
@@ -285,6 +304,8 @@ def addCineToScene(outputs: CineOutputs, cine, labels, sequencesLogic) -> None:
              (outputs.table, f"{cine.GetName()} volumes and strain"),
              (outputs.functionTable, f"{cine.GetName()} cardiac function"),
              (outputs.chart, f"{cine.GetName()} volume and strain curves")]
+    if outputs.segmentTable is not None:
+        named.append((outputs.segmentTable, f"{cine.GetName()} strain per AHA segment"))
     for node, name in named:
         node.SetName(scene.GenerateUniqueName(name))
         scene.AddNode(node)
@@ -313,10 +334,12 @@ def loadCineOutputs(outDir: Path, cine, labels, structures: dict[int, Structure]
 
 
 def cineSummary(function: dict, metrics: dict) -> str:
-    """The one-line result shown to the user: ED and ES frames, ejection fractions, time."""
+    """The one-line result shown to the user: ED and ES frames, ejection fractions, time, then the quality notes
+    (why not to trust the results) where there are any."""
     parts = [f"ED frame {function['ED_frame']}"]
     if function.get("ES_frame") is not None:
         parts.append(f"ES frame {function['ES_frame']}")
     parts += [f"{name} EF {function[name]['EF_percent']:.1f} %" for name in ("LV", "RV") if name in function]
+    notes = [note["message"] for note in function.get("quality") or []]
     return (f"{', '.join(parts)}; {function.get('frames', '?')} frames in {metrics['seconds']:.1f} s "
-            f"on {metrics['device']}")
+            f"on {metrics['device']}" + (f"; check: {'; '.join(notes)}" if notes else ""))
