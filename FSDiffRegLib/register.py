@@ -195,23 +195,45 @@ def options_record(request: RegisterRequest) -> dict:
     return {"refine": asdict(request.refine)}
 
 
+@dataclass
+class Prepared:
+    """What a command runs with: the device, the model loaded on it and its description, the inputs read."""
+
+    device: torch.device
+    model: FSDiffRegNet
+    about: dict
+    read: dict
+
+    def record(self, options: dict) -> dict:
+        """What metrics.json says of the run's inputs, ``options`` and weights."""
+        return {"inputs": self.read["inputs"], "options": options, "weights": self.about["name"],
+                "weights_sha256": self.about["sha256"]}
+
+
+def prepare(request, reader: Callable, reading: str, log: Callable[[str], None],
+            loaded: tuple[FSDiffRegNet, dict] | None = None, read: dict | None = None) -> Prepared:
+    """The request's device (checked first), its inputs (``reader(request)``, logged as ``reading``) and the model;
+    ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read."""
+    torch_device = pick_device(request.device)
+    if read is None:
+        log(reading)
+        read = reader(request)
+    if loaded is None:
+        log(f"loading weights on {torch_device}")
+    model, about = loaded or load_model(request.weights, torch_device)
+    return Prepared(torch_device, model, about, read)
+
+
 def register_paths(request: RegisterRequest, log: Callable[[str], None] = lambda message: None,
                    loaded: tuple[FSDiffRegNet, dict] | None = None, read: dict | None = None) -> Registration:
     """Read, check and register the request's files; the metrics name the inputs. Writes nothing.
 
     ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read (``read_inputs``)."""
-    torch_device = pick_device(request.device)
-    if read is None:
-        log("reading images")
-        read = read_inputs(request)
-    if loaded is None:
-        log(f"loading weights on {torch_device}")
-    model, about = loaded or load_model(request.weights, torch_device)
+    run = prepare(request, read_inputs, "reading images", log, loaded, read)
     log("registering")
-    result = register_images(read["fixed"], read["moving"], model, torch_device, read["moving_labels"],
+    result = register_images(run.read["fixed"], run.read["moving"], run.model, run.device, run.read["moving_labels"],
                              request.refine, log)
-    result.metrics.update({"inputs": read["inputs"], "options": options_record(request), "weights": about["name"],
-                           "weights_sha256": about["sha256"]})
+    result.metrics.update(run.record(options_record(request)))
     return result
 
 

@@ -26,7 +26,6 @@ from .bullseye import save_bullseye
 from .cine import Cine, check_cine_labels, join_frames, read_cine, reference_index, with_times
 from .curves import save_curves
 from .defaults import TRACK_REFINE, RefineOptions
-from .device import pick_device
 from .errors import InputError
 from .field import apply_field, flow_to_field, resample_field, write_field
 from .function import cardiac_function, check_structures, quality_notes, strain_csv, structure_volumes, volumes_csv
@@ -35,10 +34,9 @@ from .network import FSDiffRegNet
 from .outputs import output_folder, write_json, write_metrics, written
 from .preprocess import canonical, network_grid, normalized, resample_to
 from .refine import refine_flow
-from .register import describe, field_metrics, refuse_non_finite
+from .register import describe, field_metrics, prepare, refuse_non_finite
 from .strain import Strain, contour_strain
 from .unfold import unfold
-from .weights import load_model
 
 HEART_MARGIN_MM = 18.0  # context registered around the labelled heart
 TAPER_MM = 9.0  # band inside the box's sides over which the field fades to zero
@@ -270,18 +268,9 @@ def track_files(request: TrackRequest, log: Callable[[str], None] = lambda messa
     ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read (``read_inputs``)."""
     inputs = {"cine": request.cine, "labels": request.labels, "weights": request.weights}
     with output_folder(request.out_dir, inputs) as staging:
-        torch_device = pick_device(request.device)
-        if read is None:
-            log("reading cine")
-            read = read_inputs(request)
-        if loaded is None:
-            log(f"loading weights on {torch_device}")
-        model, about = loaded or load_model(request.weights, torch_device)
-        tracking = track_frames(read["cine"], read["labels"], read["reference"], model, torch_device,
+        run = prepare(request, read_inputs, "reading cine", log, loaded, read)
+        tracking = track_frames(run.read["cine"], run.read["labels"], run.read["reference"], run.model, run.device,
                                 request.refine, log)
-        tracking.metrics.update({
-            "inputs": read["inputs"], "options": options_record(request),
-            "weights": about["name"], "weights_sha256": about["sha256"],
-        })
-        write_tracking(tracking, read["cine"], staging, log)
+        tracking.metrics.update(run.record(options_record(request)))
+        write_tracking(tracking, run.read["cine"], staging, log)
     return tracking

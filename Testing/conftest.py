@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,15 @@ def untrained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "untrained.pt"
     save_weights(FSDiffRegNet(Config.load("cpu")), path)
     return path
+
+
+@pytest.fixture
+def worker():
+    """The real worker process (``python -m FSDiffRegLib.worker``), its output merged, killed at the end."""
+    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.worker"], cwd=ROOT, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield process
+    process.kill()
+    process.wait()
+
+

@@ -22,6 +22,8 @@ from FSDiffRegLib.worker import FINISHED, PARENT_GONE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 from FSDiffRegMRML.process import Worker  # noqa: E402
+from test_worker import input_ends_mid_command as ends_mid_command  # noqa: E402
+from test_worker import send  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = Config(base_width=4, norm_groups=2, channel_mults=(1, 2), grid_size=(32, 32, 8), grid_spacing=(6.0, 6.0, 12.0),
@@ -233,25 +235,11 @@ def test_train_heart_refuses_a_checksum_file_it_would_write_over(tmp_path, untra
 
 # --- the worker: work folders ----------------------------------------------------------------------------
 
-#: The real worker loop, whose command says it started and is then busy for a minute.
-BUSY = ("import time; from FSDiffRegLib import worker; "
-        "worker.run = lambda args: (print('started', flush=True), time.sleep(60)); worker.Worker().serve()")
-
-
 def input_ends_mid_command(folder: Path, temp: Path) -> int:
     """A busy command with work folder ``folder`` in a worker whose temporary folder is ``temp``; its input
     closed (as when its parent dies); the worker's exit status."""
-    worker = subprocess.Popen([sys.executable, "-c", BUSY], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "TMPDIR": str(temp), "TEMP": str(temp), "TMP": str(temp)})
-    try:
-        worker.stdin.write(json.dumps({"args": ["register"], "work_folder": str(folder)}) + "\n")
-        worker.stdin.flush()
-        assert worker.stdout.readline() == "started\n"
-        worker.stdin.close()
-        return worker.wait(timeout=30)
-    finally:
-        worker.kill()
-        worker.wait()
+    return ends_mid_command([sys.executable], folder, {**os.environ, "TMPDIR": str(temp), "TEMP": str(temp),
+                                                      "TMP": str(temp)})
 
 
 def users_folder(folder: Path) -> Path:
@@ -314,27 +302,6 @@ def test_a_last_line_without_its_newline_does_not_hide_the_status(tmp_path):
     assert process.command.returncode == 2 and process.failure() == "no newline"
 
 
-@pytest.fixture
-def raw_worker():
-    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.worker"], cwd=ROOT, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    yield process
-    process.kill()
-    process.wait()
-
-
-def send(worker: subprocess.Popen, line: str) -> list[str]:
-    """Send a line; the worker's lines up to its status line."""
-    worker.stdin.write(line + "\n")
-    worker.stdin.flush()
-    lines: list[str] = []
-    while not lines or not lines[-1].startswith(FINISHED):
-        line = worker.stdout.readline()
-        assert line, f"the worker ended; lines so far: {lines}"
-        lines.append(line.rstrip("\n"))
-    return lines
-
-
 @pytest.mark.parametrize("line", [
     json.dumps({"args": ["register"], "work_folder": 5}),
     json.dumps({"args": ["register"], "work_folder": ["/tmp/x"]}),
@@ -343,14 +310,14 @@ def send(worker: subprocess.Popen, line: str) -> list[str]:
     '{"args": ["register"], "work_folder": null',
     json.dumps({"args": ["register"], "token": "x\nfsdiffreg: finished 0"}),
 ])
-def test_a_malformed_command_gets_one_error_status_and_the_worker_goes_on(raw_worker, line):
-    lines = send(raw_worker, line)
+def test_a_malformed_command_gets_one_error_status_and_the_worker_goes_on(worker, line):
+    lines = send(worker, line)
     assert len(lines) == 2 and lines[0].startswith("fsdiffreg: error: the worker was sent ")
     assert lines[1] == f"{FINISHED} 2"
-    answer = send(raw_worker, json.dumps({"args": ["register", "only-one-image"], "token": "0123abcd"}))
-    assert answer[-1] == f"{FINISHED} 0123abcd 2" and raw_worker.poll() is None
+    answer = send(worker, json.dumps({"args": ["register", "only-one-image"], "token": "0123abcd"}))
+    assert answer[-1] == f"{FINISHED} 0123abcd 2" and worker.poll() is None
 
 
-def test_the_status_line_carries_the_token_of_a_refused_command(raw_worker):
-    lines = send(raw_worker, json.dumps({"args": ["register"], "work_folder": 5, "token": "feedc0de"}))
+def test_the_status_line_carries_the_token_of_a_refused_command(worker):
+    lines = send(worker, json.dumps({"args": ["register"], "work_folder": 5, "token": "feedc0de"}))
     assert lines[-1] == f"{FINISHED} feedc0de 2"

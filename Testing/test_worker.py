@@ -26,15 +26,6 @@ def until_finished(worker: subprocess.Popen) -> list[str]:
     return lines
 
 
-@pytest.fixture
-def worker():
-    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.worker"], cwd=ROOT, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    yield process
-    process.kill()
-    process.wait()
-
-
 def send(worker: subprocess.Popen, line: str) -> list[str]:
     worker.stdin.write(line + "\n")
     worker.stdin.flush()
@@ -68,11 +59,12 @@ BUSY = ("import time; from FSDiffRegLib import worker; "
         "worker.run = lambda args: (print('started', flush=True), time.sleep(60)); worker.Worker().serve()")
 
 
-def input_ends_mid_command(python: list[str], folder: Path) -> int:
-    """Start a busy command with work folder ``folder`` in a worker run by ``python``, close the worker's
-    input (as the system does when its parent dies), and return the worker's exit status."""
+def input_ends_mid_command(python: list[str], folder: Path, env: dict | None = None) -> int:
+    """Start a busy command with work folder ``folder`` in a worker run by ``python`` (in environment ``env``,
+    else this one), close the worker's input (as the system does when its parent dies), and return the
+    worker's exit status."""
     worker = subprocess.Popen([*python, "-c", BUSY], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+                              text=True, env=env)
     try:
         worker.stdin.write(json.dumps({"args": ["register"], "work_folder": str(folder)}) + "\n")
         worker.stdin.flush()
