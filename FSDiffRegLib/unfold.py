@@ -24,7 +24,7 @@ from .spatial import gaussian_blur
 
 ROUNDS = 20  # rounds of local relaxation, the neighbourhood of the folds widened by one voxel each round
 DIFFUSION_STEPS = 2  # relaxation steps a round: the field blended with its small-Gaussian average
-DIFFUSION_SIGMA = (0.5, 0.7, 0.7)  # that Gaussian, voxels (D, H, W); these three: the least Dice lost on 001-003
+DIFFUSION_SIGMA = (0.5, 0.7)  # that Gaussian, voxels (through-plane, in-plane): the least Dice lost on 001-003
 GLOBAL_ROUNDS = 30  # halvings of the whole displacement, the last resort (then the identity, never folded)
 
 
@@ -61,13 +61,21 @@ def marked_on(field: sitk.Image, grid: sitk.Image, zyx: np.ndarray) -> np.ndarra
     return mask
 
 
-def neighbourhood(mask: np.ndarray, radius: int) -> np.ndarray:
+def per_axis(field: sitk.Image, through: float, in_plane: float) -> tuple:
+    """A value for each array axis (D, H, W) of ``field``: ``through`` on its through-plane axis (the largest
+    spacing), ``in_plane`` on the others; so the result does not depend on how the image is stored."""
+    slice_axis = int(np.argmax(field.GetSpacing()[::-1]))
+    return tuple(through if axis == slice_axis else in_plane for axis in range(3))
+
+
+def neighbourhood(mask: np.ndarray, radius: int, field: sitk.Image) -> np.ndarray:
     """A weight in [0, 1]: 1 on ``mask`` widened by ``radius`` voxels (one through-plane), fading to 0 over
     about two voxels beyond, exactly 0 further away."""
     x = torch.from_numpy(mask.astype(np.float32))[None, None]
-    kernel = (3, 2 * radius + 1, 2 * radius + 1)
-    wide = torch.nn.functional.max_pool3d(x, kernel, stride=1, padding=(1, radius, radius))
-    soft = (2 * gaussian_blur(wide, (0.5, 1.0, 1.0))).clamp(max=1.0)
+    padding = per_axis(field, 1, radius)
+    kernel = tuple(2 * p + 1 for p in padding)
+    wide = torch.nn.functional.max_pool3d(x, kernel, stride=1, padding=padding)
+    soft = (2 * gaussian_blur(wide, per_axis(field, 0.5, 1.0))).clamp(max=1.0)
     soft[soft < 0.01] = 0.0
     return soft[0, 0].numpy().astype(np.float64)
 
@@ -89,10 +97,10 @@ def unfold(field: sitk.Image, grid: sitk.Image | None = None) -> tuple[sitk.Imag
     while mask.any() and rounds < ROUNDS:
         region |= mask
         rounds += 1
-        weight = torch.from_numpy(neighbourhood(region, rounds - 1))
+        weight = torch.from_numpy(neighbourhood(region, rounds - 1, field))
         x = torch.from_numpy(np.moveaxis(u, -1, 0))[None]
         for _ in range(DIFFUSION_STEPS):  # the field relaxed towards its local average inside the region
-            x = x + weight * (gaussian_blur(x, DIFFUSION_SIGMA) - x)
+            x = x + weight * (gaussian_blur(x, per_axis(field, *DIFFUSION_SIGMA)) - x)
         u = np.moveaxis(x[0].numpy(), 0, -1)
         mask = folded_voxels(as_field(u, field), grid)[0]
     scale, halvings = 1.0, 0
