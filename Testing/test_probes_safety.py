@@ -112,13 +112,13 @@ def test_a_refused_train_leaves_an_empty_folder_empty(tmp_path, config):
     assert list(run.iterdir()) == []
 
 
-def test_a_second_train_in_a_running_runs_folder_is_refused(tmp_path, data, config):
+def test_a_second_train_in_a_running_runs_folder_is_refused(data_dir, tmp_path, config):
     from FSDiffRegLib.outputs import locked
 
     run = our_run_folder(tmp_path / "run")
     before = snapshot(run)
     with locked(run / ".fsdiffreg-train-lock", run):  # as a run that trains there holds it (train.RUN_LOCK)
-        line = one_line_refusal(fsdiffreg(*train_args(data, run, config)))
+        line = one_line_refusal(fsdiffreg(*train_args(data_dir, run, config)))
     assert "another fsdiffreg run is writing the run folder" in line and snapshot(run) == before
 
 
