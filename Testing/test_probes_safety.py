@@ -62,7 +62,8 @@ def config(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    """Real ACDC where present (the refusals must come before the data is read), else a missing folder."""
+    """Real ACDC where present, else a missing folder: the refusals of the run folder and of last.pt come before
+    the data is read (those of --init-weights after it: their tests take data_dir)."""
     real = ROOT.parent / "shared" / "data" / "ACDC"
     return real if (real / "training").is_dir() else tmp_path / "no-data"
 
@@ -169,20 +170,20 @@ def test_a_damaged_last_pt_is_one_line(tmp_path, data, config, damage):
     assert "last.pt" in line and snapshot(run) == before
 
 
-def test_init_weights_holding_code_are_refused_without_running_them(tmp_path, data, config):
+def test_init_weights_holding_code_are_refused_without_running_them(data_dir, tmp_path, config):
     ran = tmp_path / "the-weights-ran-code"
     weights = tmp_path / "evil.pt"
     torch.save({"config": json.loads(TINY.to_json()), "state_dict": Marker(ran)}, weights)
     run = tmp_path / "run"
-    line = one_line_refusal(fsdiffreg(*train_args(data, run, config, "--init-weights", str(weights))))
+    line = one_line_refusal(fsdiffreg(*train_args(data_dir, run, config, "--init-weights", str(weights))))
     assert "refused for safety" in line and not ran.exists() and not run.exists()
 
 
-def test_init_weights_of_another_network_are_one_line(tmp_path, data, config):
+def test_init_weights_of_another_network_are_one_line(data_dir, tmp_path, config):
     weights = tmp_path / "other.pt"
     save_weights(FSDiffRegNet(Config(base_width=4, norm_groups=2)), weights)  # three levels, not TINY's two
     run = tmp_path / "run"
-    line = one_line_refusal(fsdiffreg(*train_args(data, run, config, "--init-weights", str(weights))))
+    line = one_line_refusal(fsdiffreg(*train_args(data_dir, run, config, "--init-weights", str(weights))))
     assert "do not fit the network" in line and str(weights) in line and not run.exists()
 
 
