@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from FSDiffRegLib import acdc
-from FSDiffRegLib.config import Config
-from FSDiffRegLib.network import FSDiffRegNet
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.model.network import FSDiffRegNet
+from FSDiffRegLib.model.weights import save_weights
 from FSDiffRegLib.resources import BUNDLED_WEIGHTS
 from FSDiffRegLib.resources import SAMPLE as SAMPLE_DIR
-from FSDiffRegLib.weights import save_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "ACDC"
@@ -50,8 +50,8 @@ def untrained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def worker():
-    """The real worker process (``python -m FSDiffRegLib.worker``), its output merged, killed at the end."""
-    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.worker"], cwd=ROOT, stdin=subprocess.PIPE,
+    """The real worker process (``python -m FSDiffRegLib.commands.worker``), its output merged, killed at the end."""
+    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.commands.worker"], cwd=ROOT, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield process
     process.kill()

@@ -104,9 +104,9 @@ def import_all() -> list[str]:
 
 def prepare_sample() -> None:
     """Read, check and put the bundled sample on the network grids with the real NumPy and SimpleITK."""
-    from FSDiffRegLib.config import Config
-    from FSDiffRegLib.imageio import read_image
-    from FSDiffRegLib.preprocess import prepare_pair
+    from FSDiffRegLib.imaging.imageio import read_image
+    from FSDiffRegLib.imaging.preprocess import prepare_pair
+    from FSDiffRegLib.model.config import Config
     from FSDiffRegLib.resources import sample_pair
 
     sample = sample_pair()

@@ -1,5 +1,5 @@
 """A stand-in for the worker running ``fsdiffreg track`` in Testing/test_slicer_cine.py: the real worker
-loop (FSDiffRegLib.worker) with the same arguments, log lines and output folder as ``track``'s, with
+loop (FSDiffRegLib.commands.worker) with the same arguments, log lines and output folder as ``track``'s, with
 known contents.
 
 Frame k's field is a uniform shift of (k - reference) mm along LPS x (zero at the reference frame);
@@ -25,8 +25,8 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from FSDiffRegLib import worker  # noqa: E402
-from FSDiffRegLib.field import write_field  # noqa: E402
+from FSDiffRegLib.commands import worker  # noqa: E402
+from FSDiffRegLib.imaging.field import write_field  # noqa: E402
 
 NAMES = {1: "RV", 2: "Myo", 3: "LV"}
 

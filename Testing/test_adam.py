@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from FSDiffRegLib.adam import Adam
+from FSDiffRegLib.pipeline.adam import Adam
 
 
 def test_adam_takes_torch_adams_steps_exactly() -> None:
@@ -25,8 +25,8 @@ def test_adam_takes_torch_adams_steps_exactly() -> None:
 
 def test_a_refined_registration_imports_no_compiler() -> None:
     code = ("import sys, torch\n"
-            "from FSDiffRegLib.config import Config\n"
-            "from FSDiffRegLib.refine import refine_flow\n"
+            "from FSDiffRegLib.model.config import Config\n"
+            "from FSDiffRegLib.pipeline.refine import refine_flow\n"
             "from FSDiffRegLib.defaults import RefineOptions\n"
             "x = torch.rand(1, 1, 16, 32, 32) * 2 - 1\n"
             "flow = torch.zeros(1, 3, 16, 32, 32)\n"

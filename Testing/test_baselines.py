@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from FSDiffRegLib import benchmark
-from FSDiffRegLib.baselines import BASELINES, identity_field, missing
-from FSDiffRegLib.cli import METHODS, ablation_item, add_benchmark_arguments, methods_from
-from FSDiffRegLib.field import apply_field
+from FSDiffRegLib.commands.cli import METHODS, ablation_item, add_benchmark_arguments, methods_from
+from FSDiffRegLib.evaluation import benchmark
+from FSDiffRegLib.evaluation.baselines import BASELINES, identity_field, missing
+from FSDiffRegLib.imaging.field import apply_field
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning")  # SWIG wrappers of itk
 
@@ -69,7 +69,7 @@ def test_baseline_recovers_a_known_translation(name, tmp_path, monkeypatch):
 
 
 def test_register_and_benchmark_do_not_import_the_baselines():
-    code = ("import sys, FSDiffRegLib.register, FSDiffRegLib.cli, FSDiffRegLib.benchmark; "
+    code = ("import sys, FSDiffRegLib.pipeline.register, FSDiffRegLib.commands.cli, FSDiffRegLib.evaluation.benchmark; "
             "print(sorted({'itk', 'ants'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from FSDiffRegLib import acdc
+from FSDiffRegLib.commands.manifest import read_manifest
 from FSDiffRegLib.errors import InputError
-from FSDiffRegLib.manifest import read_manifest
+from FSDiffRegLib.imaging import acdc
 from test_dicom_cine import write_dicom
 
 SUNNYBROOK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sunnybrook-cine" / "SCD0000101"
@@ -27,7 +27,8 @@ REGISTER_SET = {"displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "metr
 
 
 def batch(*args: str | Path, **popen: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "FSDiffRegLib.cli", "batch", *map(str, args), "--refine", "0"],
+    return subprocess.run([sys.executable, "-m", "FSDiffRegLib.commands.cli", "batch", *map(str, args),
+                           "--refine", "0"],
                           capture_output=True, text=True, timeout=600, **popen)
 
 
@@ -103,7 +104,7 @@ def test_a_shard_runs_every_nth_case_into_its_own_summary(cohort: Path, tmp_path
 
 def test_ctrl_c_leaves_the_summary_consistent_and_no_partial_set(cohort: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.cli", "batch", str(cohort), "--out-root",
+    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.commands.cli", "batch", str(cohort), "--out-root",
                                 str(out), "--refine", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not list(out.glob(".patient092.fsdiffreg-stage-*")) and time.time() < deadline:
@@ -164,7 +165,7 @@ def test_dask_local_cluster_runs_the_cases_and_a_killed_workers_case_runs_again(
     psutil = pytest.importorskip("psutil")
     pytest.importorskip("distributed")
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.cli", "batch", str(cohort), "--out-root",
+    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.commands.cli", "batch", str(cohort), "--out-root",
                                 str(out), "--refine", "0", "--dask", "local:2"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -187,7 +188,7 @@ def test_dask_local_cluster_runs_the_cases_and_a_killed_workers_case_runs_again(
 
 
 def test_a_folders_sha256_covers_its_subfolders_and_not_hidden_files(tmp_path: Path) -> None:
-    from FSDiffRegLib.register import describe
+    from FSDiffRegLib.pipeline.register import describe
 
     (tmp_path / "cine" / "slice01").mkdir(parents=True)
     (tmp_path / "cine" / "slice01" / "IM_00.dcm").write_bytes(b"one")

@@ -28,14 +28,14 @@ from FSDiffRegMRML.dependencies import NOT_FROM_PIP, readRequirements  # noqa: E
 REQUIREMENTS = ROOT / "FSDiffReg" / "Resources" / "requirements.txt"
 #: Packages left out of the requirements on purpose, and the modules allowed to import them (after
 #: ``plotting.pyplot`` found it, inside the drawing functions): matplotlib draws pictures the Slicer module never shows.
-OPTIONAL = {"matplotlib": {"FSDiffRegLib.plotting", "FSDiffRegLib.curves", "FSDiffRegLib.figure",
-                           "FSDiffRegLib.bullseye"}}
+OPTIONAL = {"matplotlib": {"FSDiffRegLib.outputs.plotting", "FSDiffRegLib.outputs.curves",
+                           "FSDiffRegLib.outputs.figure", "FSDiffRegLib.outputs.bullseye"}}
 #: Runs each command given as a JSON list of argument lists, as the worker does (``cli.main``); prints one JSON
 #: line: each command's exit status (or the exception that ended it) and the FSDiffRegLib modules loaded.
 CHILD = """
 import json, sys
 {prelude}
-from FSDiffRegLib.cli import main
+from FSDiffRegLib.commands.cli import main
 statuses = []
 for args in json.loads(sys.argv[1]):
     try:
@@ -102,7 +102,8 @@ def test_every_package_the_child_imports_is_slicers_or_in_the_requirements(tmp_p
     report, stderr = run_child(tmp_path, untrained_weights)
     assert report["statuses"] == [0, 0, 0], stderr
     loaded = [m for m in report["modules"] if (ROOT / (m.replace(".", "/") + ".py")).is_file()]
-    assert {"FSDiffRegLib.register", "FSDiffRegLib.track", "FSDiffRegLib.curves"} <= set(loaded)
+    assert {"FSDiffRegLib.pipeline.register", "FSDiffRegLib.pipeline.track",
+            "FSDiffRegLib.outputs.curves"} <= set(loaded)
     imported = {(distribution(name), module) for module in loaded for name in third_party_imports(module)}
     available = set(NOT_FROM_PIP) | {Requirement(line).name.lower() for line in readRequirements(REQUIREMENTS)}
     assert {package for package, _ in imported} >= {"torch", "numpy", "simpleitk", "nibabel"}

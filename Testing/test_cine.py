@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from FSDiffRegLib.cine import Cine, check_cine_labels, join_frames, read_cine, reference_index
 from FSDiffRegLib.errors import InputError
-from FSDiffRegLib.imageio import MIN_VOXELS
+from FSDiffRegLib.imaging.cine import Cine, check_cine_labels, join_frames, read_cine, reference_index
+from FSDiffRegLib.imaging.imageio import MIN_VOXELS
 
 SUNNYBROOK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sunnybrook-cine" / "SCD0000101"
 SIZE = (9, 8, 5)

@@ -15,9 +15,9 @@ import torch
 
 from conftest import SAMPLE
 from FSDiffRegLib import __version__
-from FSDiffRegLib.cli import main
+from FSDiffRegLib.commands.cli import main
 from FSDiffRegLib.defaults import DEFAULT_STEPS, REFINE_SMOOTHNESS, REFINE_WINDOW
-from FSDiffRegLib.metrics import heart_dice, jacobian_determinant
+from FSDiffRegLib.imaging.metrics import heart_dice, jacobian_determinant
 
 FIXED, MOVING = SAMPLE / "acdc091_ED.nii.gz", SAMPLE / "acdc091_ES.nii.gz"
 
@@ -168,7 +168,7 @@ def test_bad_numbers_are_refused_with_one_line_when_parsed(tmp_path, capsys, com
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_a_one_line_error(tmp_path):
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "FSDiffRegLib.cli", "register", str(FIXED), str(MOVING),
+    run = subprocess.run([sys.executable, "-m", "FSDiffRegLib.commands.cli", "register", str(FIXED), str(MOVING),
                           "--out-dir", str(out), "--device", "cuda"], capture_output=True, text=True)
     assert run.returncode == 2
     assert run.stderr.strip() == "fsdiffreg: error: --device cuda was asked for, but CUDA is not available " \
@@ -181,7 +181,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_the_command_line_starts_without_torch():
-    code = ("import sys; from FSDiffRegLib.cli import build_parser; build_parser().format_help(); "
+    code = ("import sys; from FSDiffRegLib.commands.cli import build_parser; build_parser().format_help(); "
             "print(sorted({'torch', 'SimpleITK', 'numpy', 'matplotlib'} & set(sys.modules)))")
     run = run_python(code)
     assert run.returncode == 0, run.stderr
@@ -189,7 +189,7 @@ def test_the_command_line_starts_without_torch():
 
 
 def test_devices_prints_one_json_line():
-    run = subprocess.run([sys.executable, "-m", "FSDiffRegLib.cli", "devices"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "FSDiffRegLib.commands.cli", "devices"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert len(lines) == 1
@@ -200,7 +200,7 @@ def test_devices_prints_one_json_line():
 
 
 def test_devices_without_torch_is_a_one_line_error():
-    run = run_python("import sys; sys.modules['torch'] = None; from FSDiffRegLib.cli import main; "
+    run = run_python("import sys; sys.modules['torch'] = None; from FSDiffRegLib.commands.cli import main; "
                      "sys.exit(main(['devices']))")
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("fsdiffreg: error: torch cannot be imported: ")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import matplotlib.image
 import matplotlib.pyplot as plt
 
-from FSDiffRegLib.curves import save_curves
-from FSDiffRegLib.function import Strain, cardiac_function
+from FSDiffRegLib.outputs.curves import save_curves
+from FSDiffRegLib.pipeline.function import Strain, cardiac_function
 
 VOLUMES = [{"RV": 150.0, "Myo": 100.0, "LV": 160.0}, {"RV": 120.0, "Myo": 101.0, "LV": 100.0},
            {"RV": 80.0, "Myo": 99.0, "LV": 60.0}]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from FSDiffRegLib.cine import read_cine
 from FSDiffRegLib.errors import InputError
+from FSDiffRegLib.imaging.cine import read_cine
 
 CINE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sunnybrook-cine" / "SCD0000101" \
     / "SCD0000101_4d.nii.gz"

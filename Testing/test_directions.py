@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from FSDiffRegLib import acdc
-from FSDiffRegLib.baselines import identity_field
-from FSDiffRegLib.benchmark import Method, benchmark, comparison
-from FSDiffRegLib.config import Config
-from FSDiffRegLib.evaluate import identity_row, paired_bootstrap, score_field
-from FSDiffRegLib.evaluate_function import ejection_fraction
-from FSDiffRegLib.function import structure_volumes
-from FSDiffRegLib.preprocess import locate_heart, network_grid
+from FSDiffRegLib.evaluation.baselines import identity_field
+from FSDiffRegLib.evaluation.benchmark import Method, benchmark, comparison
+from FSDiffRegLib.evaluation.evaluate import identity_row, paired_bootstrap, score_field
+from FSDiffRegLib.evaluation.evaluate_function import ejection_fraction
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.preprocess import locate_heart, network_grid
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.pipeline.function import structure_volumes
 
 
 def test_the_swap_turns_fixed_and_moving_and_their_labels(validation_pair: acdc.AcdcPair):

@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from FSDiffRegLib.cli import main
-from FSDiffRegLib.config import Config
-from FSDiffRegLib.network import FSDiffRegNet
-from FSDiffRegLib.train import RUN_MARK, global_batches
-from FSDiffRegLib.weights import load_model
+from FSDiffRegLib.commands.cli import main
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.model.network import FSDiffRegNet
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.training.train import RUN_MARK, global_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 # a tiny network on a coarse grid; 2 training pairs and 2 ranks of batch 1: one step an epoch (random crops, flips)
@@ -38,11 +38,11 @@ def train_args(data_dir: Path, run: Path, cfg: Config) -> list[str]:
 
 
 def torchrun(args: list[str]) -> str:
-    """``torchrun --nproc-per-node 2 -m FSDiffRegLib.cli ARGS`` on the CPU (gloo); its output."""
+    """``torchrun --nproc-per-node 2 -m FSDiffRegLib.commands.cli ARGS`` on the CPU (gloo); its output."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-               "-m", "FSDiffRegLib.cli", *args]
+               "-m", "FSDiffRegLib.commands.cli", *args]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8",
                           errors="replace", timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]

@@ -8,12 +8,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from FSDiffRegLib import acdc
-from FSDiffRegLib.baselines import identity_field
 from FSDiffRegLib.defaults import RefineOptions
-from FSDiffRegLib.evaluate_function import Method, acdc_table, ejection_fraction, model_method, pair_row
-from FSDiffRegLib.function import structure_volumes
-from FSDiffRegLib.weights import load_model
+from FSDiffRegLib.evaluation.baselines import identity_field
+from FSDiffRegLib.evaluation.evaluate_function import Method, acdc_table, ejection_fraction, model_method, pair_row
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.pipeline.function import structure_volumes
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC"
 pytestmark = pytest.mark.skipif(not (DATA / "training" / "patient091").is_dir(),

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from FSDiffRegLib import acdc
-from FSDiffRegLib.function import cardiac_function, quality_notes, strain_csv, structure_volumes, volumes_csv
-from FSDiffRegLib.imageio import read_image
-from FSDiffRegLib.strain import Strain
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.imageio import read_image
+from FSDiffRegLib.pipeline.function import cardiac_function, quality_notes, strain_csv, structure_volumes, volumes_csv
+from FSDiffRegLib.pipeline.strain import Strain
 
 
 def test_volumes_are_voxel_counts_times_voxel_volume():

@@ -12,12 +12,14 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from FSDiffRegLib import acdc
-from FSDiffRegLib.cli import main
-from FSDiffRegLib.config import Config
+from FSDiffRegLib.commands.cli import main
 from FSDiffRegLib.defaults import HeartTraining
 from FSDiffRegLib.errors import WeightsError
-from FSDiffRegLib.heart import (
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.metrics import dice
+from FSDiffRegLib.imaging.preprocess import prepare_pair
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.model.heart import (
     HeartHead,
     blurred_outside,
     head_inputs,
@@ -27,11 +29,9 @@ from FSDiffRegLib.heart import (
     save_heart,
     train_heart,
 )
-from FSDiffRegLib.metrics import dice
-from FSDiffRegLib.network import FSDiffRegNet
-from FSDiffRegLib.preprocess import prepare_pair
+from FSDiffRegLib.model.network import FSDiffRegNet
+from FSDiffRegLib.model.weights import load_model, sha256
 from FSDiffRegLib.resources import sample_pair
-from FSDiffRegLib.weights import load_model, sha256
 
 
 def test_the_head_on_each_blocks_resolution_equals_the_head_on_features_resized_first():

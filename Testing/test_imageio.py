@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from FSDiffRegLib.errors import InputError
-from FSDiffRegLib.imageio import check_image, check_labels, read_image
+from FSDiffRegLib.imaging.imageio import check_image, check_labels, read_image
 from FSDiffRegLib.resources import sample_pair
 
 SAMPLE = sample_pair()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from FSDiffRegLib.losses import (
+from FSDiffRegLib.model.losses import (
     local_ncc_map,
     one_hot,
     score_weights,

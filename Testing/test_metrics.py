@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from FSDiffRegLib.metrics import dice, heart_dice, jacobian_determinant, jacobian_stats
+from FSDiffRegLib.imaging.metrics import dice, heart_dice, jacobian_determinant, jacobian_stats
 from test_spatial import field_from, grid
 
 

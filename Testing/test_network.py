@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from FSDiffRegLib.config import Config
-from FSDiffRegLib.network import Conv3d, FSDiffRegNet, parameter_count
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.model.network import Conv3d, FSDiffRegNet, parameter_count
 
 
 @pytest.mark.parametrize("fdg", [True, False])

@@ -15,13 +15,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from FSDiffRegLib import acdc
-from FSDiffRegLib.config import Config
 from FSDiffRegLib.defaults import RefineOptions
-from FSDiffRegLib.preprocess import canonical, prepare_pair
-from FSDiffRegLib.register import register_images
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.preprocess import canonical, prepare_pair
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.pipeline.register import register_images
 from FSDiffRegLib.resources import sample_pair
-from FSDiffRegLib.weights import load_model
 
 STORAGES = ("RAS", "LPI", "ASL", "IRP")  # flips, and transposed axis orders
 TOLERANCE_MM = 1e-3

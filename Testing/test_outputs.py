@@ -18,10 +18,11 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import ROOT, SAMPLE
-from FSDiffRegLib import __version__, outputs
-from FSDiffRegLib.cli import main
-from FSDiffRegLib.outputs import OutputError, output_folder
-from FSDiffRegLib.register import Registration, write_outputs
+from FSDiffRegLib import __version__
+from FSDiffRegLib.commands.cli import main
+from FSDiffRegLib.outputs import folder as outputs
+from FSDiffRegLib.outputs.folder import OutputError, output_folder
+from FSDiffRegLib.pipeline.register import Registration, write_outputs
 
 FIXED, MOVING = SAMPLE / "acdc091_ED.nii.gz", SAMPLE / "acdc091_ES.nii.gz"
 LABELS = SAMPLE / "acdc091_ES_labels.nii.gz"
@@ -121,7 +122,7 @@ def test_a_rerun_replaces_the_whole_set(tmp_path, fast):
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "FSDiffRegLib.cli", *args]
+    return [sys.executable, "-m", "FSDiffRegLib.commands.cli", *args]
 
 
 def in_read_only_place(args: list[str], read_only: Path, writable: Path | None = None) -> subprocess.CompletedProcess:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from FSDiffRegLib import acdc
-from FSDiffRegLib.config import Config
-from FSDiffRegLib.preprocess import locate_heart, network_grid, normalized, prepare_pair
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.preprocess import locate_heart, network_grid, normalized, prepare_pair
+from FSDiffRegLib.model.config import Config
 
 
 def test_split_is_fixed_and_uses_info_cfg(data_dir):

@@ -24,8 +24,8 @@ import SimpleITK as sitk
 
 from conftest import ROOT
 from FSDiffRegLib import __version__
-from FSDiffRegLib.function import MIN_STRUCTURE_VOXELS
-from FSDiffRegLib.imageio import MAX_LABELS, PLAUSIBLE_SPACING_MM
+from FSDiffRegLib.imaging.imageio import MAX_LABELS, PLAUSIBLE_SPACING_MM
+from FSDiffRegLib.pipeline.function import MIN_STRUCTURE_VOXELS
 from FSDiffRegLib.resources import sample_pair
 
 SAMPLE = sample_pair()
@@ -35,7 +35,7 @@ FAST = ["--refine", "0", "--device", "cpu"]
 
 
 def command(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "FSDiffRegLib.cli", *map(str, args)]
+    return [sys.executable, "-m", "FSDiffRegLib.commands.cli", *map(str, args)]
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess:
@@ -130,7 +130,7 @@ def test_track_over_the_file_size_limit_keeps_the_previous_set(tmp_path, cine):
 def test_a_json_file_cut_by_the_file_size_limit_is_a_write_error_naming_it(tmp_path):
     """Python's own writes (metrics.json, volumes.csv, the figures) fail with an errno but no file name."""
     path = tmp_path / "metrics.json"
-    code = ("import sys; from pathlib import Path; from FSDiffRegLib.outputs import WriteError, write_json\n"
+    code = ("import sys; from pathlib import Path; from FSDiffRegLib.outputs.folder import WriteError, write_json\n"
             "try:\n"
             f"    write_json(Path({str(path)!r}), {{'values': list(range(100000))}})\n"
             "except WriteError as err:\n"

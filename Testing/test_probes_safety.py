@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from FSDiffRegLib import work_folders
-from FSDiffRegLib.config import Config
-from FSDiffRegLib.network import FSDiffRegNet
-from FSDiffRegLib.weights import save_weights
-from FSDiffRegLib.worker import FINISHED, PARENT_GONE
+from FSDiffRegLib.commands import work_folders
+from FSDiffRegLib.commands.worker import FINISHED, PARENT_GONE
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.model.network import FSDiffRegNet
+from FSDiffRegLib.model.weights import save_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 from FSDiffRegMRML.process import Worker  # noqa: E402
@@ -31,8 +31,8 @@ TINY = Config(base_width=4, norm_groups=2, channel_mults=(1, 2), grid_size=(32, 
 
 
 def fsdiffreg(*args: str) -> subprocess.CompletedProcess:
-    """``python -m FSDiffRegLib.cli ARGS`` in a process of its own."""
-    return subprocess.run([sys.executable, "-m", "FSDiffRegLib.cli", *args], cwd=ROOT, capture_output=True,
+    """``python -m FSDiffRegLib.commands.cli ARGS`` in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "FSDiffRegLib.commands.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -114,7 +114,7 @@ def test_a_refused_train_leaves_an_empty_folder_empty(tmp_path, config):
 
 
 def test_a_second_train_in_a_running_runs_folder_is_refused(data_dir, tmp_path, config):
-    from FSDiffRegLib.outputs import locked
+    from FSDiffRegLib.outputs.folder import locked
 
     run = our_run_folder(tmp_path / "run")
     before = snapshot(run)
@@ -126,8 +126,8 @@ def test_a_second_train_in_a_running_runs_folder_is_refused(data_dir, tmp_path, 
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(data_dir, tmp_path, monkeypatch, existing):
     """A damaged data file found while preprocessing: the folders the run made go, an empty one is emptied."""
-    from FSDiffRegLib import train
     from FSDiffRegLib.errors import InputError
+    from FSDiffRegLib.training import train
 
     def damaged(*args):
         raise InputError("cannot read image patient001_frame01.nii.gz: damaged")
@@ -191,7 +191,7 @@ def test_a_checkpoint_holds_only_what_weights_only_loads(data_dir, tmp_path):
     """A real run's last.pt loads with weights_only=True and resumes (the random state included)."""
     import numpy as np
 
-    from FSDiffRegLib.train import train
+    from FSDiffRegLib.training.train import train
 
     cfg = Config(**{**TINY.__dict__, "val_every": 1})
     train(data_dir, tmp_path / "run", cfg, torch.device("cpu"), train_limit=2, val_limit=1)
@@ -203,8 +203,8 @@ def test_a_checkpoint_holds_only_what_weights_only_loads(data_dir, tmp_path):
 @pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 half a zip", b"\x80\x04 a pickle"])
 def test_a_damaged_preprocessing_cache_is_made_again(data_dir, tmp_path, damage):
     """A run killed while writing its cache, or a file put there: the pairs are preprocessed again."""
-    from FSDiffRegLib import acdc
-    from FSDiffRegLib.dataset import load_grid_pairs
+    from FSDiffRegLib.imaging import acdc
+    from FSDiffRegLib.training.dataset import load_grid_pairs
 
     pairs, cfg, cache = acdc.split(data_dir, "validation")[:1], Config(**TINY.__dict__), tmp_path / "cache.npz"
     made = load_grid_pairs(pairs, cfg, cache)
@@ -224,8 +224,8 @@ def test_saving_weights_never_writes_over_a_file_beside_them(tmp_path):
 
 def test_train_heart_refuses_a_checksum_file_it_would_write_over(tmp_path, untrained_weights):
     from FSDiffRegLib.defaults import HeartTraining
-    from FSDiffRegLib.heart import make_heart
-    from FSDiffRegLib.outputs import OutputError
+    from FSDiffRegLib.model.heart import make_heart
+    from FSDiffRegLib.outputs.folder import OutputError
 
     out = tmp_path / "head.pt"
     out.with_name("head.pt.sha256").write_text("the user's notes\n")

@@ -1,4 +1,5 @@
-"""The code runs on Python 3.9, as in Slicer 5.8 and its child process (``PythonSlicer -m FSDiffRegLib.worker``).
+"""The code runs on Python 3.9, as in Slicer 5.8 and its child process
+(``PythonSlicer -m FSDiffRegLib.commands.worker``).
 
 Imports every module under the pyenv 3.9.18 interpreter (Testing/python39_imports.py says how),
 in ``.venv/py39`` where ``make venv`` made it (real NumPy, SimpleITK, matplotlib and tqdm; torch
@@ -63,7 +64,7 @@ def test_no_standard_library_use_newer_than_python39():
 
 def test_the_worker_serves_commands_on_python39(python39):
     """The worker loop as Slicer 5.8's PythonSlicer runs it: a refused command, then the next one."""
-    worker = subprocess.Popen([str(python39), "-m", "FSDiffRegLib.worker"], cwd=ROOT, stdin=subprocess.PIPE,
+    worker = subprocess.Popen([str(python39), "-m", "FSDiffRegLib.commands.worker"], cwd=ROOT, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for _ in range(2):

@@ -9,15 +9,15 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from FSDiffRegLib.config import Config
 from FSDiffRegLib.defaults import MAX_STEPS, REFINE_OPTION, REFINE_STEPS, RefineOptions
 from FSDiffRegLib.errors import InputError
-from FSDiffRegLib.metrics import heart_dice
-from FSDiffRegLib.refine import Progress, duration, level_sizes, refine_flow
-from FSDiffRegLib.register import register_images
+from FSDiffRegLib.imaging.metrics import heart_dice
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.model.spatial import warp
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.pipeline.refine import Progress, duration, level_sizes, refine_flow
+from FSDiffRegLib.pipeline.register import register_images
 from FSDiffRegLib.resources import SAMPLE
-from FSDiffRegLib.spatial import warp
-from FSDiffRegLib.weights import load_model
 
 SIZE = (32, 128, 128)  # (D, H, W), the network grid
 CFG = Config()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from FSDiffRegLib.commands.shards import Shard, parse_shard, shard_from_env, summary_name, take
 from FSDiffRegLib.errors import InputError
-from FSDiffRegLib.shards import Shard, parse_shard, shard_from_env, summary_name, take
 
 
 def shard(env: dict[str, str]) -> tuple[int, int]:

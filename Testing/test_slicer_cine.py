@@ -199,10 +199,11 @@ def segmentation_of(scene, labelmap, names: list[str] | None = None):
 
 
 def launcher(folder: Path) -> str:
-    """A PythonSlicer-like launcher: checks it is asked for ``-m FSDiffRegLib.worker``, then runs the stand-in
+    """A PythonSlicer-like launcher: checks it is asked for ``-m FSDiffRegLib.commands.worker``, then runs the stand-in
     worker in a child Python of its own (two processes, as PythonSlicer and the real Python)."""
     path = folder / "PythonLauncher"
-    path.write_text('#!/bin/sh\n[ "$*" = "-m FSDiffRegLib.worker" ] || { echo "bad arguments: $*" >&2; exit 3; }\n'
+    path.write_text('#!/bin/sh\n[ "$*" = "-m FSDiffRegLib.commands.worker" ] '
+                    '|| { echo "bad arguments: $*" >&2; exit 3; }\n'
                     f'"{sys.executable}" "{child.__file__}"\nexit $?\n')
     path.chmod(0o755)
     return str(path)

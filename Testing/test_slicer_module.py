@@ -24,9 +24,9 @@ import vtk
 from slicer.util import tryWithErrorDisplay
 
 import slicer_standins as standins
+from FSDiffRegLib.commands.work_folders import process_exists
 from FSDiffRegLib.defaults import DEFAULT_STEPS
 from FSDiffRegLib.resources import SAMPLE, sample_pair
-from FSDiffRegLib.work_folders import process_exists
 
 UI = standins.MODULE_FILE.parent / "Resources" / "UI" / "FSDiffReg.ui"
 PY39 = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions" / "3.9.18" / "bin" / "python"

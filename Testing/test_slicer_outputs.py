@@ -19,9 +19,9 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from FSDiffRegLib.field import apply_field
-from FSDiffRegLib.metrics import jacobian_determinant
-from FSDiffRegLib.register import Registration, write_outputs
+from FSDiffRegLib.imaging.field import apply_field
+from FSDiffRegLib.imaging.metrics import jacobian_determinant
+from FSDiffRegLib.pipeline.register import Registration, write_outputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 from FSDiffRegMRML import display, inputs, outputs  # noqa: E402

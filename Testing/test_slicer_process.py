@@ -17,10 +17,10 @@ import pytest
 import slicer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
-from FSDiffRegLib import work_folders
+from FSDiffRegLib.commands import work_folders
+from FSDiffRegLib.commands.work_folders import process_exists
 from FSDiffRegLib.defaults import DEFAULT_STEPS
 from FSDiffRegLib.resources import sample_pair
-from FSDiffRegLib.work_folders import process_exists
 from FSDiffRegMRML import process as child  # noqa: E402
 from FSDiffRegMRML.job import RegistrationError, RegistrationJob  # noqa: E402
 from FSDiffRegMRML.process import RegisterOptions, RegistrationProcess, Worker, registerCommand  # noqa: E402
@@ -52,13 +52,15 @@ def test_the_module_refines_as_the_command_line_does_by_default():
 
 
 def stand_in_worker(folder: Path, command: str) -> Worker:
-    """A worker whose launcher (as PythonSlicer) runs the real worker loop (FSDiffRegLib.worker) with
+    """A worker whose launcher (as PythonSlicer) runs the real worker loop (FSDiffRegLib.commands.worker) with
     ``command`` (Python source defining ``run(args) -> exit status``) in place of the command line."""
     script = folder / "stand_in_worker.py"
-    script.write_text(f"import os, sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom FSDiffRegLib import worker\n"
+    script.write_text(f"import os, sys, time\nsys.path.insert(0, {str(ROOT)!r})\n"
+                      "from FSDiffRegLib.commands import worker\n"
                       f"{command}\nworker.run = run\nworker.Worker().serve()\n")
     launcher = folder / "PythonLauncher"
-    launcher.write_text('#!/bin/sh\n[ "$*" = "-m FSDiffRegLib.worker" ] || { echo "bad arguments: $*" >&2; exit 3; }\n'
+    launcher.write_text('#!/bin/sh\n[ "$*" = "-m FSDiffRegLib.commands.worker" ] '
+                        '|| { echo "bad arguments: $*" >&2; exit 3; }\n'
                         f'"{sys.executable}" "{script}"\nexit $?\n')
     launcher.chmod(0o755)
     return Worker(str(launcher))
@@ -407,7 +409,7 @@ time.sleep(300)
 
 #: The real worker loop, whose command says one line and is then busy for minutes without a word
 #: (so no write to a closed pipe ends it).
-QUIET_CHILD = ("import time; from FSDiffRegLib import worker; "
+QUIET_CHILD = ("import time; from FSDiffRegLib.commands import worker; "
                "worker.run = lambda args: (print('fsdiffreg: reading images', flush=True), time.sleep(300)); "
                "worker.Worker().serve()")
 

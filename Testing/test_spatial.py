@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from FSDiffRegLib.field import apply_field, field_to_flow, flow_to_field, resample_field
-from FSDiffRegLib.spatial import gaussian_blur, integrate_velocity, upsample_flow, warp
+from FSDiffRegLib.imaging.field import apply_field, field_to_flow, flow_to_field, resample_field
+from FSDiffRegLib.model.spatial import gaussian_blur, integrate_velocity, upsample_flow, warp
 
 BLOB = np.array([4.0, -6.0, 10.0])  # physical (LPS mm) centre of the test blob
 

@@ -1,4 +1,4 @@
-"""Contour-based strain (FSDiffRegLib/strain.py) on analytic labels and fields of known strain: short-axis
+"""Contour-based strain (FSDiffRegLib/pipeline/strain.py) on analytic labels and fields of known strain: short-axis
 stacks on anisotropic (and oblique) grids, fields frame -> ED built from a backward map in the slice plane."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from FSDiffRegLib.strain import ANCHOR_ANTERIOR, ANCHOR_RV, RAYS, contour_strain, ed_contours, segment_of
-from FSDiffRegLib.track import zero_field
+from FSDiffRegLib.pipeline.strain import ANCHOR_ANTERIOR, ANCHOR_RV, RAYS, contour_strain, ed_contours, segment_of
+from FSDiffRegLib.pipeline.track import zero_field
 
 SIZE = (80, 80, 6)  # i, j, k: six 10 mm slices, base at k = 0
 WALL_MM = 10.0

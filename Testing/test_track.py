@@ -12,15 +12,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from FSDiffRegLib import acdc
-from FSDiffRegLib.cine import Cine, read_cine
-from FSDiffRegLib.cli import main
+from FSDiffRegLib.commands.cli import main
 from FSDiffRegLib.defaults import TRACK_REFINE, RefineOptions
-from FSDiffRegLib.field import apply_field
-from FSDiffRegLib.metrics import heart_dice
-from FSDiffRegLib.preprocess import canonical, network_grid, resample_to
-from FSDiffRegLib.refine import refine_flow
-from FSDiffRegLib.track import (
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.cine import Cine, read_cine
+from FSDiffRegLib.imaging.field import apply_field
+from FSDiffRegLib.imaging.metrics import heart_dice
+from FSDiffRegLib.imaging.preprocess import canonical, network_grid, resample_to
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.pipeline.refine import refine_flow
+from FSDiffRegLib.pipeline.track import (
     HEART_MARGIN_MM,
     TAPER_MM,
     frames_on_grid,
@@ -30,7 +31,6 @@ from FSDiffRegLib.track import (
     taper,
     track_frames,
 )
-from FSDiffRegLib.weights import load_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC"
 pytestmark = pytest.mark.skipif(not (DATA / "training" / "patient091").is_dir(),
@@ -163,7 +163,7 @@ def test_a_known_shift_is_recovered_with_its_sign(pair: acdc.AcdcPair):
 
 def test_batched_frames_match_one_at_a_time(pair: acdc.AcdcPair, monkeypatch: pytest.MonkeyPatch):
     """Network batches and the all-frame refinement give each frame the flow it gets alone."""
-    from FSDiffRegLib import track
+    from FSDiffRegLib.pipeline import track
 
     model, _ = load_model(None, CPU)
     ed, es = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
@@ -236,7 +236,7 @@ def test_given_frame_times_reach_the_outputs(pair: acdc.AcdcPair, cine_folder: P
 
 
 def test_a_4d_file_reads_as_the_same_cine(cine_folder: Path, tmp_path: Path):
-    from FSDiffRegLib.cine import join_frames
+    from FSDiffRegLib.imaging.cine import join_frames
 
     frames = read_cine(cine_folder).frames
     sitk.WriteImage(join_frames(frames, None), str(tmp_path / "cine.nii.gz"))

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from FSDiffRegLib import acdc
-from FSDiffRegLib.cli import main
-from FSDiffRegLib.config import Config
-from FSDiffRegLib.dataset import grid_pair, load_grid_pairs, training_sample
-from FSDiffRegLib.diffusion import NoiseSchedule
-from FSDiffRegLib.network import FSDiffRegNet
-from FSDiffRegLib.train import learning_rate, train, training_loss, validate
-from FSDiffRegLib.weights import save_weights
+from FSDiffRegLib.commands.cli import main
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.model.diffusion import NoiseSchedule
+from FSDiffRegLib.model.network import FSDiffRegNet
+from FSDiffRegLib.model.weights import save_weights
+from FSDiffRegLib.training.dataset import grid_pair, load_grid_pairs, training_sample
+from FSDiffRegLib.training.train import learning_rate, train, training_loss, validate
 
 # a small network on a half-resolution grid (same field of view), so CPU steps are short
 SMALL = dict(base_width=4, norm_groups=2, channel_mults=(1, 2, 4), grid_size=(64, 64, 16),

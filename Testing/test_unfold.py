@@ -7,13 +7,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from FSDiffRegLib import acdc, unfold
-from FSDiffRegLib.cine import Cine
 from FSDiffRegLib.defaults import NETWORK_ONLY, TRACK_REFINE
-from FSDiffRegLib.metrics import jacobian_determinant
-from FSDiffRegLib.register import field_metrics, register_images
-from FSDiffRegLib.track import track_frames
-from FSDiffRegLib.weights import load_model
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.cine import Cine
+from FSDiffRegLib.imaging.metrics import jacobian_determinant
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.pipeline import unfold
+from FSDiffRegLib.pipeline.register import field_metrics, register_images
+from FSDiffRegLib.pipeline.track import track_frames
 
 SIZE, SPACING = (48, 48, 12), (1.5, 1.5, 3.0)  # x, y, z
 CENTRE = np.array([36.0, 36.0, 18.0])  # mm from the origin

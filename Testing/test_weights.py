@@ -8,9 +8,9 @@ import pickle
 import pytest
 import torch
 
-from FSDiffRegLib.config import Config
-from FSDiffRegLib.network import FSDiffRegNet
-from FSDiffRegLib.weights import WeightsError, load_model, save_weights, sha256
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.model.network import FSDiffRegNet
+from FSDiffRegLib.model.weights import WeightsError, load_model, save_weights, sha256
 
 
 def test_round_trip_keeps_every_tensor(tmp_path):
@@ -147,7 +147,7 @@ def test_bundled_ablations_are_the_paper_recipe_with_one_module_off(name, module
     """Table 2's rows: the ``paper`` model's configuration, recipe and budget, one module off."""
     from dataclasses import asdict
 
-    from FSDiffRegLib.benchmark import ABLATIONS
+    from FSDiffRegLib.evaluation.benchmark import ABLATIONS
     from FSDiffRegLib.resources import NAMED_WEIGHTS
 
     if not ABLATIONS[name].is_file():

@@ -1,4 +1,4 @@
-"""The Slicer module's work folders (FSDiffRegLib.work_folders): their names, and stale ones go only when
+"""The Slicer module's work folders (FSDiffRegLib.commands.work_folders): their names, and stale ones go only when
 their process ended."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from FSDiffRegLib import work_folders
+from FSDiffRegLib.commands import work_folders
 
 
 def dead_pid() -> int:

@@ -1,4 +1,4 @@
-"""``python -m FSDiffRegLib.worker``: one process runs command after command until its input ends."""
+"""``python -m FSDiffRegLib.commands.worker``: one process runs command after command until its input ends."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from FSDiffRegLib import work_folders
-from FSDiffRegLib.worker import FINISHED, PARENT_GONE
+from FSDiffRegLib.commands import work_folders
+from FSDiffRegLib.commands.worker import FINISHED, PARENT_GONE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ def test_the_end_of_input_ends_an_idle_worker(worker):
 
 
 #: The real worker loop, whose command says it started and is then busy for a minute.
-BUSY = ("import time; from FSDiffRegLib import worker; "
+BUSY = ("import time; from FSDiffRegLib.commands import worker; "
         "worker.run = lambda args: (print('started', flush=True), time.sleep(60)); worker.Worker().serve()")
 
 

@@ -35,7 +35,7 @@ from FSDiffRegLib.defaults import PLAUSIBLE_INTERVAL_MS
 
 from .inputs import InputError, checkPlace, checkVolume, labelmapOnGrid, sameGeometry, segmentIds, writeVolume
 
-#: ACDC's label values (as FSDiffRegLib.function.STRUCTURES, which loads SimpleITK: not imported here).
+#: ACDC's label values (as FSDiffRegLib.pipeline.function.STRUCTURES, which loads SimpleITK: not imported here).
 STRUCTURES = {1: "RV", 2: "Myo", 3: "LV"}
 #: Milliseconds per unit of a sequence's time index (a ``.seq.nrrd``'s).
 MS_PER_INDEX_UNIT = {"s": 1000.0, "ms": 1.0}

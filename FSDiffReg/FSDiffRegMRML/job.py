@@ -6,7 +6,7 @@ import shutil
 import time
 from typing import Callable
 
-from FSDiffRegLib.work_folders import new_work_folder
+from FSDiffRegLib.commands.work_folders import new_work_folder
 
 from .inputs import checkInputs, writeInputs
 from .outputs import RegistrationOutputs, loadOutputs
@@ -23,7 +23,7 @@ class RegistrationJob:
     Until ``outputs()`` succeeds nothing is added to the scene, and the input nodes are
     never changed. The work folder (input copies, output files) is removed at the end; if
     this process dies first, the child removes it and ends, and folders left by a process
-    that no longer runs are removed when the next job starts (FSDiffRegLib.work_folders).
+    that no longer runs are removed when the next job starts (FSDiffRegLib.commands.work_folders).
     """
 
     def __init__(self, fixed, moving, labels=None, options: RegisterOptions | None = None,

@@ -1,6 +1,6 @@
 """``fsdiffreg`` commands run in a child process, and their output followed.
 
-The child is plain Python (``PythonSlicer`` inside Slicer) running ``-m FSDiffRegLib.worker``
+The child is plain Python (``PythonSlicer`` inside Slicer) running ``-m FSDiffRegLib.commands.worker``
 from the folder that holds FSDiffRegLib, so the GUI never imports torch or blocks. It is kept
 between commands (``Worker``), so torch is imported and warmed up once, not at every run.
 """
@@ -20,9 +20,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from FSDiffRegLib.commands.worker import FINISHED
 from FSDiffRegLib.defaults import DEFAULT_STEPS
 from FSDiffRegLib.resources import PACKAGE
-from FSDiffRegLib.worker import FINISHED
 
 #: Progress (percent) reached when the CLI announces each stage on stderr.
 STAGES = {
@@ -121,7 +121,7 @@ def launch(args: list[str], cwd: Path) -> subprocess.Popen:
     child writes UTF-8 whatever the system's code page; a byte that still does not decode
     becomes U+FFFD instead of stopping the reader. Its stdin is a pipe that only this
     process holds, so the system closes it when this process ends, however it ends (the
-    worker then ends too: FSDiffRegLib.worker).
+    worker then ends too: FSDiffRegLib.commands.worker).
     """
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     options = dict(cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -191,7 +191,7 @@ class WorkerRun:
     """One command given to a ``Worker``: its lines, then its exit status once the worker says it finished.
 
     The worker's status line carries a random token of this command's, which only the worker's stdin
-    carries: neither the arguments nor what the command prints can forge it (FSDiffRegLib.worker).
+    carries: neither the arguments nor what the command prints can forge it (FSDiffRegLib.commands.worker).
     ``poll()`` never blocks; ``finished`` once the status is known and every line was polled.
     """
 
@@ -243,7 +243,7 @@ class WorkerRun:
 
 
 class Worker:
-    """One ``python -m FSDiffRegLib.worker`` child that runs commands one at a time, in the order given.
+    """One ``python -m FSDiffRegLib.commands.worker`` child that runs commands one at a time, in the order given.
 
     It starts with the first command and stays for the next ones; a command that is cancelled or
     crashes takes it along, and the next command starts a new one. ``stop()`` ends it.
@@ -283,7 +283,7 @@ class Worker:
 
     def _send(self, command: WorkerRun) -> None:
         if self._child is None or self._child.finished:
-            self._child = ChildProcess(launch([self.python, "-m", "FSDiffRegLib.worker"], libraryRoot()))
+            self._child = ChildProcess(launch([self.python, "-m", "FSDiffRegLib.commands.worker"], libraryRoot()))
         command.sent = True
         try:
             self._child.process.stdin.write(command.request + "\n")

@@ -22,14 +22,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from FSDiffRegLib import acdc
-from FSDiffRegLib.bullseye import save_bullseye
-from FSDiffRegLib.cine import Cine
 from FSDiffRegLib.defaults import TRACK_REFINE
-from FSDiffRegLib.function import cardiac_function, quality_notes, structure_volumes
-from FSDiffRegLib.strain import contour_strain, ed_contours
-from FSDiffRegLib.track import track_frames, zero_field
-from FSDiffRegLib.weights import load_model
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.cine import Cine
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.outputs.bullseye import save_bullseye
+from FSDiffRegLib.pipeline.function import cardiac_function, quality_notes, structure_volumes
+from FSDiffRegLib.pipeline.strain import contour_strain, ed_contours
+from FSDiffRegLib.pipeline.track import track_frames, zero_field
 
 DATA = Path("../shared/data/ACDC")
 GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")

@@ -12,11 +12,11 @@ import sys
 import SimpleITK as sitk
 import torch
 
-from FSDiffRegLib import acdc
 from FSDiffRegLib.defaults import NETWORK_ONLY
-from FSDiffRegLib.register import register_images
-from FSDiffRegLib.unfold import folded_voxels
-from FSDiffRegLib.weights import load_model
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.pipeline.register import register_images
+from FSDiffRegLib.pipeline.unfold import folded_voxels
 
 
 def main(data: str) -> None:

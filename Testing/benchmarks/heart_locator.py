@@ -12,9 +12,9 @@ import argparse
 import numpy as np
 import SimpleITK as sitk
 
-from FSDiffRegLib import acdc
-from FSDiffRegLib.config import Config
-from FSDiffRegLib.preprocess import image_centre, locate_heart, network_grid, resample_to
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.preprocess import image_centre, locate_heart, network_grid, resample_to
+from FSDiffRegLib.model.config import Config
 
 
 def coverage(labels: sitk.Image, grid: sitk.Image) -> float:

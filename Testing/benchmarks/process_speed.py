@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(tree: Path, args: list[str], importtime: bool = False) -> tuple[float, str]:
-    """Wall seconds of ``python -m FSDiffRegLib.cli ARGS`` with ``tree`` first on the path, and its stderr."""
+    """Wall seconds of ``python -m FSDiffRegLib.commands.cli ARGS`` with ``tree`` first on the path, and its stderr."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "FSDiffRegLib.cli", *args]
+    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "FSDiffRegLib.commands.cli", *args]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tree)
     seconds = time.perf_counter() - start
@@ -67,7 +67,7 @@ def main() -> None:
               f"torch._dynamo imported: {'yes' if dynamo else 'no'}")
         if args.pairs:
             sys.path.insert(0, str(tree))
-            from FSDiffRegLib import acdc
+            from FSDiffRegLib.imaging import acdc
 
             pairs = acdc.split(args.data, "validation")[:args.pairs]
             manifest = Path(tmp) / "cohort.csv"

@@ -26,17 +26,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from FSDiffRegLib import acdc, refine
-from FSDiffRegLib.benchmark import comparison, folding_per_pair
-from FSDiffRegLib.config import Config
 from FSDiffRegLib.defaults import DEFAULT_REFINE, NETWORK_ONLY, TRACK_REFINE, RefineOptions
-from FSDiffRegLib.evaluate import markdown_table, score_field, summarize
-from FSDiffRegLib.field import apply_field, flow_to_field, resample_field
-from FSDiffRegLib.heart import blurred_outside, decoder_outputs
-from FSDiffRegLib.metrics import heart_dice
-from FSDiffRegLib.preprocess import locate_heart, network_grid, prepare_pair
-from FSDiffRegLib.unfold import unfold
-from FSDiffRegLib.weights import load_model
+from FSDiffRegLib.evaluation.benchmark import comparison, folding_per_pair
+from FSDiffRegLib.evaluation.evaluate import markdown_table, score_field, summarize
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.field import apply_field, flow_to_field, resample_field
+from FSDiffRegLib.imaging.metrics import heart_dice
+from FSDiffRegLib.imaging.preprocess import locate_heart, network_grid, prepare_pair
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.model.heart import blurred_outside, decoder_outputs
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.pipeline import refine
+from FSDiffRegLib.pipeline.unfold import unfold
 
 CANDIDATES: dict[str, tuple[RefineOptions, bool]] = {  # name: (options, coarse levels only)
     "FSDiffReg (network)": (NETWORK_ONLY, False),

@@ -1,7 +1,7 @@
 """Compare ways of adapting the prediction to one pair, on ACDC validation pairs.
 
 Modes: the network only; the former field refinement (Adam on the full-resolution flow,
-lr 0.05 voxels); the coarse-to-fine refinement of FSDiffRegLib.refine, plain and
+lr 0.05 voxels); the coarse-to-fine refinement of FSDiffRegLib.pipeline.refine, plain and
 diffeomorphic (smoothness 12, no Gaussian); its Gaussian smoothing, each part alone and both
 (the default), and the refined flow blurred outside the true heart (labels: an upper bound of
 what a heart mask could give); fine-tuning the network's weights on the pair (Adam on the
@@ -28,17 +28,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from FSDiffRegLib import acdc, refine
 from FSDiffRegLib.defaults import RefineOptions
-from FSDiffRegLib.evaluate import score_field
-from FSDiffRegLib.field import flow_to_field, resample_field
-from FSDiffRegLib.heart import blurred_outside, heart_on_grid
-from FSDiffRegLib.losses import score_weights, sdg_ncc_loss, smoothness_loss
-from FSDiffRegLib.network import FSDiffRegNet
-from FSDiffRegLib.preprocess import prepare_pair
-from FSDiffRegLib.refine import refine_flow
-from FSDiffRegLib.spatial import integrate_velocity, warp
-from FSDiffRegLib.weights import load_model
+from FSDiffRegLib.evaluation.evaluate import score_field
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.field import flow_to_field, resample_field
+from FSDiffRegLib.imaging.preprocess import prepare_pair
+from FSDiffRegLib.model.heart import blurred_outside, heart_on_grid
+from FSDiffRegLib.model.losses import score_weights, sdg_ncc_loss, smoothness_loss
+from FSDiffRegLib.model.network import FSDiffRegNet
+from FSDiffRegLib.model.spatial import integrate_velocity, warp
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.pipeline import refine
+from FSDiffRegLib.pipeline.refine import refine_flow
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ACDC"
 DEFAULT_MODES = "net,old10,old50,c2f20,c2f40,c2f60,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10"

@@ -12,13 +12,13 @@ import time
 import SimpleITK as sitk
 import torch
 
-from FSDiffRegLib.config import Config
 from FSDiffRegLib.defaults import RefineOptions
 from FSDiffRegLib.device import pick_device
-from FSDiffRegLib.network import FSDiffRegNet, parameter_count
-from FSDiffRegLib.register import register_images
+from FSDiffRegLib.model.config import Config
+from FSDiffRegLib.model.network import FSDiffRegNet, parameter_count
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.pipeline.register import register_images
 from FSDiffRegLib.resources import BUNDLED_WEIGHTS, SAMPLE
-from FSDiffRegLib.weights import load_model
 
 
 def timed(fn, repeats: int) -> float:

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from FSDiffRegLib import acdc
+from FSDiffRegLib.imaging import acdc
 
 
 def run(args: list[str]) -> tuple[float, float]:
     """Wall seconds and peak resident MB of one ``fsdiffreg`` process."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.cli", *args], stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.commands.cli", *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start

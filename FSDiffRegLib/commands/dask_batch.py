@@ -1,0 +1,97 @@
+"""``fsdiffreg batch --dask``: the cases as tasks of a dask.distributed cluster (FSDiffRegLib.batch)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+from distributed import Client, LocalCluster, as_completed, get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ..errors import InputError
+from .batch import BatchOptions, Case, Log, Request, Summary, error_line, fingerprint, run_case, set_row, up_to_date
+
+PLUGIN = "fsdiffreg-model"
+
+
+class ModelPlugin(WorkerPlugin):
+    """A dask worker plugin: the model loaded once on each worker, torch given the worker's share of the cores."""
+
+    name = PLUGIN
+
+    def __init__(self, weights: str | None, device: str, threads: int | None) -> None:
+        self.weights, self.device, self.threads = weights, device, threads
+        self.loaded: tuple | None = None
+
+    def setup(self, worker: object) -> None:
+        import torch
+
+        from ..device import pick_device
+        from ..model.weights import load_model
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.loaded = load_model(self.weights, pick_device(self.device))
+
+    def teardown(self, worker: object) -> None:
+        self.loaded = None
+
+
+def run_on_worker(request: Request) -> tuple[float, str | None]:
+    """A dask task: one case with the worker's model; its seconds and error line."""
+    start = time.time()
+    error = run_case(request, get_worker().plugins[PLUGIN].loaded, None, lambda message: None)
+    return time.time() - start, error
+
+
+def dask_client(address: str) -> tuple[Client, int | None]:
+    """A client of the cluster at ``address``, or of a new LocalCluster of N worker processes for ``local:N``;
+    and the torch threads of each worker (its share of the cores where the cluster is local)."""
+    if address.startswith("local:"):
+        workers = address.partition(":")[2]
+        if not workers.isdigit() or int(workers) < 1:
+            raise InputError(f"--dask local:N needs N, the number of worker processes, at least 1; got {address!r}")
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None)
+        return Client(cluster), max(1, (os.cpu_count() or 1) // int(workers))
+    return Client(address), None
+
+
+def run_dask(address: str, requests: list[tuple[Case, Request]], options: BatchOptions, summary: Summary,
+             log: Log) -> None:
+    """Each case a dask task (a worker that dies mid-case has its case run again elsewhere); the summary here."""
+    from ..model.weights import sha256, weights_path
+
+    weights_sha256 = sha256(weights_path(options.weights))
+    client, threads = dask_client(address)
+    futures = {}
+    try:
+        plugin = ModelPlugin(options.weights, options.device, threads)
+        (getattr(client, "register_plugin", None) or client.register_worker_plugin)(plugin, name=PLUGIN)
+        for case, request in requests:
+            if up_to_date(request, fingerprint(request), weights_sha256):
+                summary.record(set_row(case.id, "skipped", 0.0, Path(request.out_dir)))
+                continue
+            futures[client.submit(run_on_worker, request, key=f"fsdiffreg-{case.id}-{secrets.token_hex(4)}",
+                                  pure=False)] = (case, request)
+        for future in as_completed(futures):
+            case, request = futures[future]
+            try:
+                seconds, error = future.result()
+            except Exception as err:  # the case's workers died (dask's allowed failures) or the cluster went
+                seconds, error = 0.0, error_line(err)
+            row = set_row(case.id, "failed" if error else "done", seconds, Path(request.out_dir), error or "")
+            summary.record(row)
+            log(f"{case.id}: {row['status']} in {row['seconds']} s" + (f": {row['error']}" if error else ""))
+    except KeyboardInterrupt:
+        for future, (case, _) in futures.items():
+            if not future.done():
+                summary.record({"id": case.id, "status": "interrupted"})
+        raise
+    finally:
+        client.cancel(list(futures))
+        cluster = client.cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()

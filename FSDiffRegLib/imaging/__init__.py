@@ -1,0 +1,1 @@
+"""Reading, checking and preparing images, label maps and cines; displacement fields; metrics."""

@@ -1,0 +1,276 @@
+"""Tracking a whole cardiac cycle: every frame registered to the reference (ED) frame, the ED labels
+carried onto each frame, and the heart's function measured from them.
+
+Each frame is the fixed image and the reference frame the moving one, so every frame's field
+maps straight to the reference and no error accumulates along the cycle. All frames share one
+network grid: the box of the heart-centred grid that holds the labelled heart and HEART_MARGIN_MM
+around it (about half the grid, so half the cost; validation Dice as on the whole grid), the field
+fading to zero over TAPER_MM at the box's sides and zero beyond. The network runs on batches of
+frames (on a GPU; one at a time is fastest on a CPU) and the refinement optimises every frame at
+once, each frame's correction the one it would get alone (``refine.refine_flow``), at half the
+cost per frame on a CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..defaults import TRACK_REFINE, RefineOptions
+from ..errors import InputError
+from ..imaging.cine import Cine, check_cine_labels, join_frames, read_cine, reference_index, with_times
+from ..imaging.field import apply_field, flow_to_field, resample_field, write_field
+from ..imaging.imageio import read_image, write_image
+from ..imaging.preprocess import canonical, network_grid, normalized, resample_to
+from ..model.network import FSDiffRegNet
+from ..outputs.bullseye import save_bullseye
+from ..outputs.curves import save_curves
+from ..outputs.folder import output_folder, write_json, write_metrics, written
+from .function import cardiac_function, check_structures, quality_notes, strain_csv, structure_volumes, volumes_csv
+from .refine import refine_flow
+from .register import describe, field_metrics, prepare, refuse_non_finite
+from .strain import Strain, contour_strain
+from .unfold import unfold
+
+HEART_MARGIN_MM = 18.0  # context registered around the labelled heart
+TAPER_MM = 9.0  # band inside the box's sides over which the field fades to zero
+NETWORK_BATCH = {"cpu": 1, "cuda": 8}  # frames per network pass (2-core CPU: 1.12 s a frame alone, 1.44 in fours)
+
+
+@dataclass(frozen=True)
+class TrackRequest:
+    """What ``fsdiffreg track`` is asked: the cine, the labels of its reference frame (1-based), where to
+    write, and how to register."""
+
+    cine: str | Path
+    labels: str | Path
+    out_dir: str | Path
+    reference_frame: int = 1
+    weights: str | Path | None = None
+    device: str = "auto"
+    refine: RefineOptions = TRACK_REFINE
+    frame_times_ms: tuple[float, ...] | None = None  # instead of the file's
+
+
+@dataclass
+class Tracking:
+    """Per frame: the field (frame -> reference, on the frame grid) and the propagated labels; then the
+    volumes, the function and the run record."""
+
+    fields: list[sitk.Image]
+    labels: list[sitk.Image]
+    volumes: list[dict[str, float]]
+    function: dict
+    metrics: dict = field(default_factory=dict)
+    strain: Strain | None = None
+
+
+def heart_centre(labels: sitk.Image) -> np.ndarray:
+    """Physical centroid of the labelled heart (every label above 0)."""
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(sitk.Cast(labels > 0, sitk.sitkUInt8))
+    return np.array(stats.GetCentroid(1))
+
+
+def heart_region(labels: sitk.Image, grid: sitk.Image, multiple: int) -> tuple[slice, ...]:
+    """(D, H, W) slices of ``grid`` around the labelled heart plus HEART_MARGIN_MM, each side a multiple of
+    ``multiple`` voxels (or the grid's side), centred on the heart where the grid allows."""
+    inside = np.argwhere(sitk.GetArrayFromImage(resample_to(labels, grid, 0, nearest=True)) > 0)
+    if not len(inside):
+        box = " x ".join(f"{n * mm:.0f}" for n, mm in zip(grid.GetSize(), grid.GetSpacing()))
+        raise InputError(f"ED labels have no voxel within the {box} mm box around their centre: is it one heart?")
+    size = np.array(grid.GetSize()[::-1])
+    margin = np.ceil(HEART_MARGIN_MM / np.array(grid.GetSpacing()[::-1])).astype(int)
+    low, high = inside.min(axis=0) - margin, inside.max(axis=0) + 1 + margin
+    side = np.minimum(-(-(high - low) // multiple) * multiple, size)
+    start = np.clip((low + high - side) // 2, 0, size - side)
+    return tuple(slice(int(a), int(a + n)) for a, n in zip(start, side))
+
+
+def region_grid(grid: sitk.Image, region: tuple[slice, ...]) -> sitk.Image:
+    """The part of ``grid`` that ``region`` (D, H, W slices) covers, as a grid of its own."""
+    return sitk.RegionOfInterest(grid, [r.stop - r.start for r in region[::-1]], [r.start for r in region[::-1]])
+
+
+def taper(region: tuple[slice, ...], grid: sitk.Image) -> torch.Tensor:
+    """(1, 1, D, H, W) weights on ``region``: 1, falling linearly to 0 over TAPER_MM towards each side of the
+    region that lies inside ``grid`` (beyond the grid's own sides the field stops as it always has)."""
+    weights = torch.ones(1, 1, *(r.stop - r.start for r in region))
+    for axis, (r, n, mm) in enumerate(zip(region, grid.GetSize()[::-1], grid.GetSpacing()[::-1])):
+        band = max(1, round(TAPER_MM / mm))
+        ramp = torch.ones(r.stop - r.start)
+        rising = torch.arange(band, dtype=torch.float32) / band
+        if r.start > 0:
+            ramp[:band] = torch.minimum(ramp[:band], rising)
+        if r.stop < n:
+            ramp[-band:] = torch.minimum(ramp[-band:], rising.flip(0))
+        shape = [1] * 5
+        shape[axis + 2] = -1
+        weights = weights * ramp.view(shape)
+    return weights
+
+
+def frames_on_grid(frames: list[sitk.Image], grid: sitk.Image) -> torch.Tensor:
+    """The frames, each normalised to [-1, 1], on the network grid: (N, 1, D, H, W)."""
+    arrays = [sitk.GetArrayFromImage(resample_to(normalized(f), grid, -1.0)) for f in frames]
+    return torch.from_numpy(np.stack(arrays))[:, None]
+
+
+def predict_flows(
+    model: FSDiffRegNet,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    refine: RefineOptions,
+    log: Callable[[str], None],
+) -> torch.Tensor:
+    """Flows (N, 3, D, H, W) from ``moving`` (1, 1, D, H, W) to each of ``fixed`` (N, 1, D, H, W)."""
+    flows, scores = [], []
+    n, batch = fixed.shape[0], NETWORK_BATCH.get(fixed.device.type, 1)
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            f = fixed[start:start + batch]
+            m = moving.expand(f.shape[0], -1, -1, -1, -1)
+            score, flow = model(m, f, f, torch.zeros(f.shape[0], dtype=torch.long, device=f.device))
+            flows.append(flow)
+            scores.append(score)
+            log(f"network {start + f.shape[0]}/{n} frames")
+    flow, score = torch.cat(flows), torch.cat(scores)
+    if refine.steps > 0:
+        flow = refine_flow(flow, moving.expand(n, -1, -1, -1, -1), fixed, score, model.cfg, refine, log)
+    return flow.float().cpu()
+
+
+def track_frames(
+    cine: Cine,
+    labels: sitk.Image,
+    reference: int,
+    model: FSDiffRegNet,
+    device: torch.device,
+    refine: RefineOptions = TRACK_REFINE,
+    log: Callable[[str], None] = lambda message: None,
+) -> Tracking:
+    """Register every frame of ``cine`` to frame index ``reference`` (0-based) whose labels are ``labels``."""
+    labels = check_cine_labels(labels, cine)
+    start = time.time()
+    frames = cine.frames
+    others = [i for i in range(len(frames)) if i != reference]
+    whole = network_grid(canonical(frames[reference]), heart_centre(labels), model.cfg)
+    region = heart_region(labels, whole, model.cfg.grid_multiple)
+    check_structures(labels, "ED")
+    grid = region_grid(whole, region)
+    moving = frames_on_grid([frames[reference]], grid).to(device)
+    fixed = frames_on_grid([frames[i] for i in others], grid).to(device)
+    flows = predict_flows(model, moving, fixed, refine, log) * taper(region, whole)
+    flows = dict(zip(others, flows.numpy()))
+    fields, warped, unfolded = [], [], []
+    for i, frame in enumerate(frames):
+        if i == reference:
+            fields.append(zero_field(frame))
+            warped.append(labels)
+            unfolded.append({"folded_before": 0, "folded_before_fine": 0})
+        else:
+            field, stats = unfold(resample_field(flow_to_field(flows[i], grid), frame), grid)
+            fields.append(field)
+            unfolded.append(stats)
+            warped.append(apply_field(labels, fields[-1], nearest=True))
+    volumes = [structure_volumes(w) for w in warped]
+    strain = contour_strain(fields, labels)
+    function = cardiac_function(volumes, reference + 1, strain)
+    function["quality"] = quality_notes(function, volumes, fields, warped, strain)
+    quality = [field_metrics(f, grid) for f in fields]
+    metrics = {
+        "seconds": round(time.time() - start, 3),
+        "device": str(device),
+        "refine": asdict(refine),
+        "frames": len(frames),
+        "reference_frame": reference + 1,
+        "network_grid": list(grid.GetSize()),
+        "folding_percent": [q["folding_percent"] for q in quality],
+        "sd_jacobian": [q["sd_jacobian"] for q in quality],
+        "folded_before_unfold": [[s["folded_before"], s["folded_before_fine"]] for s in unfolded],
+    }
+    return Tracking(fields, warped, volumes, function, metrics, strain)
+
+
+def zero_field(frame: sitk.Image) -> sitk.Image:
+    """The identity as a displacement field on ``frame``'s grid."""
+    zero = sitk.Image(frame.GetSize(), sitk.sitkVectorFloat64, 3)
+    zero.CopyInformation(frame)
+    return zero
+
+
+def frame_file(stem: str, frame: int, frames: int) -> str:
+    """``field_07.nii.gz``, ``labels_07.nii.gz``: 1-based, zero-padded to the frame count's width (at least 2
+    digits)."""
+    return f"{stem}_{frame:0{max(2, len(str(frames)))}d}.nii.gz"
+
+
+def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[str], None]) -> None:
+    """The output set into ``folder`` (field_NN.nii.gz and labels_NN.nii.gz per frame, labels.nii.gz, volumes.csv,
+    function.json, strain.csv; function.png and strain_bullseye.png where matplotlib is installed), each checked
+    as written, metrics.json last.
+
+    labels.nii.gz holds every frame's labels as one 4D image; the 3D labels_NN.nii.gz are the same frames for
+    readers of 3D images only (Slicer reads a volume sequence from NRRD only).
+    """
+    n = len(tracking.fields)
+    refuse_non_finite({frame_file("field", k, n): image for k, image in enumerate(tracking.fields, start=1)})
+    for k, (image, labels) in enumerate(zip(tracking.fields, tracking.labels), start=1):
+        write_field(image, folder / frame_file("field", k, n), compression=1)
+        write_image(labels, folder / frame_file("labels", k, n), use_compression=True)
+        log(f"writing {k}/{n} frames")
+    write_image(join_frames(tracking.labels, cine.times_ms), folder / "labels.nii.gz", use_compression=True)
+    with written(folder / "volumes.csv"):
+        (folder / "volumes.csv").write_text(volumes_csv(tracking.volumes, cine.times_ms))
+    write_json(folder / "function.json", tracking.function)
+    with written(folder / "function.png"):
+        save_curves(tracking.volumes, tracking.function, cine.times_ms, folder / "function.png", log)
+    if tracking.strain is not None:
+        with written(folder / "strain.csv"):
+            (folder / "strain.csv").write_text(strain_csv(tracking.strain, cine.times_ms))
+        with written(folder / "strain_bullseye.png"):
+            save_bullseye(tracking.function["strain"]["segments"], folder / "strain_bullseye.png", log)
+    write_metrics(folder, tracking.metrics)
+
+
+def read_inputs(request: TrackRequest, inputs: dict | None = None) -> dict:
+    """The request's cine (with the frame times asked), reference frame index and labels read and checked, and the
+    inputs as metrics.json names them (``inputs`` where already described)."""
+    cine = read_cine(request.cine)
+    if request.frame_times_ms is not None:
+        cine = with_times(cine, request.frame_times_ms)
+    reference = reference_index(cine, request.reference_frame)
+    labels = read_image(request.labels, "labels")
+    return {"cine": cine, "reference": reference, "labels": labels, "inputs": inputs or input_records(request)}
+
+
+def input_records(request: TrackRequest) -> dict:
+    """The inputs as metrics.json names them (``register.describe``)."""
+    return {"cine": describe(request.cine), "labels": describe(request.labels)}
+
+
+def options_record(request: TrackRequest) -> dict:
+    """The options as asked that shape the outputs (metrics.json's ``options``: what ``batch`` resumes by)."""
+    times = None if request.frame_times_ms is None else list(request.frame_times_ms)
+    return {"refine": asdict(request.refine), "reference_frame": request.reference_frame, "frame_times_ms": times}
+
+
+def track_files(request: TrackRequest, log: Callable[[str], None] = lambda message: None,
+                loaded: tuple[FSDiffRegNet, dict] | None = None, read: dict | None = None) -> Tracking:
+    """The ``fsdiffreg track`` command: check everything, track, write the set whole or nothing.
+
+    ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read (``read_inputs``)."""
+    inputs = {"cine": request.cine, "labels": request.labels, "weights": request.weights}
+    with output_folder(request.out_dir, inputs) as staging:
+        run = prepare(request, read_inputs, "reading cine", log, loaded, read)
+        tracking = track_frames(run.read["cine"], run.read["labels"], run.read["reference"], run.model, run.device,
+                                request.refine, log)
+        tracking.metrics.update(run.record(options_record(request)))
+        write_tracking(tracking, run.read["cine"], staging, log)
+    return tracking

@@ -1,0 +1,1 @@
+"""Training the network (single process or torchrun) on ACDC pairs."""
