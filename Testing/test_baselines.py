@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from FSDiffRegLib.commands.cli import METHODS, ablation_item, add_benchmark_arguments, methods_from
+from FSDiffRegLib.commands.cli import METHODS, ablation_item, add_benchmark_arguments, benchmark_request, methods_from
 from FSDiffRegLib.evaluation import benchmark
 from FSDiffRegLib.evaluation.baselines import BASELINES, identity_field, missing
 from FSDiffRegLib.imaging.field import apply_field
@@ -89,7 +89,8 @@ def test_ablations_without_weights_are_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark, "ABLATIONS", {"FDG-off": tmp_path / "absent.pt"})
     parser = argparse.ArgumentParser()
     add_benchmark_arguments(parser)
-    methods, skipped = benchmark.build_methods(parser.parse_args(["--data", ".", "--methods", "ablations"]), "cpu")
+    methods, skipped = benchmark.build_methods(
+        benchmark_request(parser.parse_args(["--data", ".", "--methods", "ablations"])), "cpu")
     assert methods == [] and len(skipped) == 1 and skipped[0].startswith("FSDiffReg FDG-off: no weights at ")
 
 
@@ -114,7 +115,7 @@ def test_benchmark_on_one_validation_pair(data_dir, bundled_weights, tmp_path, c
     out = tmp_path / "results.md"
     args = parser.parse_args(["--data", str(data_dir), "--limit", "1", "--methods", "identity,network",
                               "--device", "cpu", "--out", str(out)])
-    benchmark.main_benchmark(args)
+    benchmark.main_benchmark(benchmark_request(args))
     text = out.read_text()
     assert text == capsys.readouterr().out
     assert "fsdiffreg benchmark --data" in text and "--methods identity,network" in text and "Pairs: 1 " in text
@@ -137,8 +138,9 @@ def test_benchmark_on_a_training_pair(data_dir, tmp_path):
     parser = argparse.ArgumentParser()
     add_benchmark_arguments(parser)
     out = tmp_path / "results.md"
-    benchmark.main_benchmark(parser.parse_args(["--data", str(data_dir), "--split", "train", "--limit", "1",
-                                                "--methods", "identity", "--out", str(out)]))
+    benchmark.main_benchmark(benchmark_request(parser.parse_args(["--data", str(data_dir), "--split", "train",
+                                                                  "--limit", "1", "--methods", "identity",
+                                                                  "--out", str(out)])))
     text = out.read_text()
     assert text.startswith("# FSDiffReg benchmark on the ACDC train split")
     assert "Pairs: 1 (patient001 to patient001;" in text and "--split train" in text

@@ -188,7 +188,7 @@ def test_dask_local_cluster_runs_the_cases_and_a_killed_workers_case_runs_again(
 
 
 def test_a_folders_sha256_covers_its_subfolders_and_not_hidden_files(tmp_path: Path) -> None:
-    from FSDiffRegLib.pipeline.register import describe
+    from FSDiffRegLib.outputs.sets import describe
 
     (tmp_path / "cine" / "slice01").mkdir(parents=True)
     (tmp_path / "cine" / "slice01" / "IM_00.dcm").write_bytes(b"one")

@@ -19,19 +19,11 @@ from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.imaging.metrics import dice
 from FSDiffRegLib.imaging.preprocess import prepare_pair
 from FSDiffRegLib.model.config import Config
-from FSDiffRegLib.model.heart import (
-    HeartHead,
-    blurred_outside,
-    head_inputs,
-    heart_on_grid,
-    heart_path,
-    pair_features,
-    save_heart,
-    train_heart,
-)
+from FSDiffRegLib.model.heart import HeartHead, blurred_outside, head_inputs
 from FSDiffRegLib.model.network import FSDiffRegNet
-from FSDiffRegLib.model.weights import load_model, sha256
+from FSDiffRegLib.model.weights import heart_path, load_model, save_heart, sha256
 from FSDiffRegLib.resources import sample_pair
+from FSDiffRegLib.training.heart_head import heart_on_grid, pair_features, train_heart
 
 
 def test_the_head_on_each_blocks_resolution_equals_the_head_on_features_resized_first():

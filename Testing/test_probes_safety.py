@@ -224,8 +224,8 @@ def test_saving_weights_never_writes_over_a_file_beside_them(tmp_path):
 
 def test_train_heart_refuses_a_checksum_file_it_would_write_over(tmp_path, untrained_weights):
     from FSDiffRegLib.defaults import HeartTraining
-    from FSDiffRegLib.model.heart import make_heart
-    from FSDiffRegLib.outputs.folder import OutputError
+    from FSDiffRegLib.errors import OutputError
+    from FSDiffRegLib.training.heart_head import make_heart
 
     out = tmp_path / "head.pt"
     out.with_name("head.pt.sha256").write_text("the user's notes\n")

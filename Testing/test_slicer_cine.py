@@ -24,6 +24,7 @@ import vtk
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 import slicer_cine_child as child  # noqa: E402
 from FSDiffRegLib.defaults import PLAUSIBLE_INTERVAL_MS  # noqa: E402
+from FSDiffRegLib.labels import structure_of  # noqa: E402
 from FSDiffRegMRML.cine_inputs import (  # noqa: E402
     InputError,
     checkCine,
@@ -32,7 +33,6 @@ from FSDiffRegMRML.cine_inputs import (  # noqa: E402
     frameCount,
     frameTimesMs,
     segmentValues,
-    structureOf,
     writeCineInputs,
 )
 from FSDiffRegMRML.cine_job import TrackingError, TrackingJob  # noqa: E402
@@ -315,7 +315,7 @@ def test_failure_and_crash_are_one_line_about_tracking(tmp_path):
     ("RV", 1), ("Right ventricle", 1), ("rv_blood_pool", 1), ("Myo", 2), ("myocardium", 2), ("LV Myocardium", 2),
     ("LV", 3), ("lv", 3), ("LV blood pool", 3), ("Left-Ventricle", 3), ("Segment_1", None), ("scar", None)])
 def test_segment_names_of_the_structures(name, value):
-    assert structureOf(name) == value
+    assert structure_of(name) == value
 
 
 def segmentation_named(names: list[str]):

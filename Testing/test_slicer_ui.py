@@ -175,7 +175,7 @@ def cmake_glob(text: str, variable: str) -> set[Path]:
 def test_slicer_gets_the_weights_the_library_names_not_the_ablation_weights():
     """The bundled weights (FSDiffRegLib.resources), their checksums and heart heads, and the model card;
     the ablation weights only the benchmark reads stay out of Slicer."""
-    from FSDiffRegLib.model.heart import heart_path
+    from FSDiffRegLib.model.weights import heart_path
     from FSDiffRegLib.resources import NAMED_WEIGHTS, WEIGHTS
 
     installed = {p for p in cmake_glob((MODULE / "CMakeLists.txt").read_text(), "_lib_data") if p.parent == WEIGHTS}

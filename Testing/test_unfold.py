@@ -10,10 +10,10 @@ import torch
 from FSDiffRegLib.defaults import NETWORK_ONLY, TRACK_REFINE
 from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.imaging.cine import Cine
-from FSDiffRegLib.imaging.metrics import jacobian_determinant
+from FSDiffRegLib.imaging.metrics import field_metrics, jacobian_determinant
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.pipeline import unfold
-from FSDiffRegLib.pipeline.register import field_metrics, register_images
+from FSDiffRegLib.pipeline.register import register_images
 from FSDiffRegLib.pipeline.track import track_frames
 
 SIZE, SPACING = (48, 48, 12), (1.5, 1.5, 3.0)  # x, y, z

@@ -22,7 +22,6 @@ counted as a ventricle. Nothing here changes an input node or adds anything to t
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +31,10 @@ import vtk
 from vtk.util import numpy_support
 
 from FSDiffRegLib.defaults import PLAUSIBLE_INTERVAL_MS
+from FSDiffRegLib.labels import COLORS, STRUCTURES, structure_name, structure_of
 
 from .inputs import InputError, checkPlace, checkVolume, labelmapOnGrid, sameGeometry, segmentIds, writeVolume
 
-#: ACDC's label values (as FSDiffRegLib.pipeline.function.STRUCTURES, which loads SimpleITK: not imported here).
-STRUCTURES = {1: "RV", 2: "Myo", 3: "LV"}
 #: Milliseconds per unit of a sequence's time index (a ``.seq.nrrd``'s).
 MS_PER_INDEX_UNIT = {"s": 1000.0, "ms": 1.0}
 #: The attribute every multivolume has (MultiVolumeImporter sets it on each path, the multivolume NRRD reader too).
@@ -47,19 +45,6 @@ MS_PER_LABEL_UNIT = {"ms": 1.0, "sec": 1000.0, "": 1000.0}
 #: Frame-identifying DICOM tags whose frame labels are times (MultiVolumeImporterPlugin; "Time" is its
 #: TemporalPosition x RepetitionTime, "" a 4D NIfTI); others (EchoTime, FlipAngle, b-values) are not.
 TIME_TAGS = {"TriggerTime", "AcquisitionTime", "SeriesTime", "ContentTime", "DeltaStartTime", "Time", ""}
-#: Colours of the structures where the labels give none (label maps): RV blue, Myo green, LV red.
-STRUCTURE_COLORS = {1: (0.25, 0.45, 0.9), 2: (0.35, 0.75, 0.35), 3: (0.9, 0.3, 0.25)}
-#: Segment names (lower case, words split by single spaces) taken for each structure.
-SYNONYMS = {
-    1: {"rv", "right ventricle", "right ventricular cavity", "rv cavity", "rv blood pool",
-        "right ventricle blood pool", "right ventricular blood pool"},
-    2: {"myo", "myocardium", "lv myocardium", "left ventricular myocardium", "left ventricle myocardium",
-        "lv myo", "lv wall", "myocardial wall"},
-    3: {"lv", "left ventricle", "left ventricular cavity", "lv cavity", "lv blood pool", "left ventricle blood pool",
-        "left ventricular blood pool", "lv endocardium"},
-}
-
-
 @dataclass
 class Structure:
     """A label value's name and colour (None: Slicer's default) in the outputs."""
@@ -154,17 +139,11 @@ def frameTimesMs(cine) -> list[float] | None:
     return times if len(intervals) and all(low <= d <= high for d in intervals) else None
 
 
-def structureOf(segmentName: str) -> int | None:
-    """The ACDC value a segment name stands for (``"LV blood pool"`` -> 3), or None."""
-    words = " ".join(re.split(r"[\s_-]+", segmentName.strip().lower()))
-    return next((value for value, names in SYNONYMS.items() if words in names), None)
-
-
 def segmentValues(segmentation) -> dict[str, int]:
     """Segment ID -> label value (see the module's docstring); InputError if two segments name one structure."""
     ids = segmentIds(segmentation)
     names = {i: segmentation.GetSegmentation().GetSegment(i).GetName() for i in ids}
-    named = {i: structureOf(names[i]) for i in ids}
+    named = {i: structure_of(names[i]) for i in ids}
     if not any(named.values()):
         return {segmentId: index + 1 for index, segmentId in enumerate(ids)}
     for value in STRUCTURES:
@@ -279,7 +258,7 @@ def structures(labels) -> dict[int, Structure]:
             found[value] = Structure(STRUCTURES.get(value, segment.GetName()), tuple(segment.GetColor()))
         return dict(sorted(found.items()))
     values = sorted(int(v) for v in np.unique(voxels(labels)) if v > 0)
-    return {v: Structure(STRUCTURES.get(v, f"label{v}"), STRUCTURE_COLORS.get(v)) for v in values}
+    return {v: Structure(structure_name(v), COLORS.get(v)) for v in values}
 
 
 def frameFileName(number: int, frames: int) -> str:

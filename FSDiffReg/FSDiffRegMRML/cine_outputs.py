@@ -38,7 +38,9 @@ from pathlib import Path
 import slicer
 import vtk
 
-from .cine_inputs import STRUCTURES, Structure, cineFrames, frameCount, frameTimesMs
+from FSDiffRegLib.labels import structure_name
+
+from .cine_inputs import Structure, cineFrames, frameCount, frameTimesMs
 from .inputs import sameGeometry
 from .outputs import readTransform
 
@@ -129,24 +131,19 @@ def readLabelFrame(path: Path, frame):
     return labelmap
 
 
-def segmentId(value: int) -> str:
-    """A label value's segment ID, as volumes.csv names its column: RV, Myo, LV, or label<v>."""
-    return STRUCTURES.get(value, f"label{value}")
-
-
 def labelSegmentation(labelmap, frame, structures: dict[int, Structure], scene):
     """A new segmentation in ``scene`` with a segment per structure (even an empty one), filled from ``labelmap``."""
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     ids = vtk.vtkStringArray()  # the n-th ID receives label value n
     for value in range(1, max(structures) + 1):
         structure = structures.get(value)
-        ids.InsertNextValue(segmentId(value) if structure else "")
+        ids.InsertNextValue(structure_name(value) if structure else "")
         if structure:
             segment = slicer.vtkSegment()
             segment.SetName(structure.name)
             if structure.color is not None:
                 segment.SetColor(*structure.color)
-            segmentation.GetSegmentation().AddSegment(segment, segmentId(value))
+            segmentation.GetSegmentation().AddSegment(segment, structure_name(value))
     if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation, ids):
         raise OSError("cannot fill a tracked segmentation from the tracked labels")
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(frame)
@@ -237,7 +234,7 @@ def curves(table, structures: dict[int, Structure]) -> list:
     where the table has it, else their number."""
     columns = tableColumns(table)
     x = xColumn(columns)
-    wanted = [(f"{segmentId(v)}_ml", f"{s.name} volume", s.color, False) for v, s in structures.items()]
+    wanted = [(f"{structure_name(v)}_ml", f"{s.name} volume", s.color, False) for v, s in structures.items()]
     wanted += [(column, column.replace("_percent", "").replace("_", " "), color, True)
                for column, color in STRAIN_COLORS.items()]
     series = []

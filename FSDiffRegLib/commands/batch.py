@@ -22,8 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,8 +29,9 @@ from pathlib import Path
 from typing import Callable, Union
 
 from ..defaults import RefineOptions
-from ..errors import DeviceError, InputError, WeightsError
-from ..outputs.folder import METRICS, OutputError, interrupts_held, marked
+from ..errors import DeviceError, InputError, OutputError, WeightsError
+from ..files import replaced_whole
+from ..outputs.folder import METRICS, interrupts_held, marked
 from ..pipeline import register, track
 from .manifest import Case, Manifest
 from .shards import Shard, summary_name
@@ -141,14 +140,8 @@ class Summary:
         writer = csv.DictWriter(text, SUMMARY_COLUMNS, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows.values())
-        temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
-        with interrupts_held():
-            try:
-                temporary.write_text(text.getvalue(), encoding="utf-8")
-                os.replace(temporary, self.path)
-            finally:
-                if temporary.exists():
-                    temporary.unlink()
+        with interrupts_held(), replaced_whole(self.path) as handle:
+            handle.write(text.getvalue().encode("utf-8"))
 
     def failed(self) -> int:
         return sum(row["status"] == "failed" for row in self.rows.values())
@@ -213,9 +206,13 @@ def run_local(requests: list[tuple[Case, Request]], options: BatchOptions, summa
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+Runner = Callable[[list[tuple[Case, Request]], BatchOptions, Summary, Log], None]  # runs the cases, fills the summary
+
+
 def run_batch(manifest: Manifest, out_root: str | Path, options: BatchOptions, shard: Shard | None = None,
-              dask: str | None = None, log: Log = lambda message: None) -> int:
-    """Run the shard's cases of ``manifest`` into ``out_root``; the number that failed."""
+              runner: Runner = run_local, log: Log = lambda message: None) -> int:
+    """Run the shard's cases of ``manifest`` into ``out_root`` with ``runner`` (``run_local``, or
+    ``dask_batch.run_dask`` given its address); the number that failed."""
     from .shards import take
 
     out_root = Path(out_root).absolute()
@@ -228,13 +225,5 @@ def run_batch(manifest: Manifest, out_root: str | Path, options: BatchOptions, s
             f"{len(manifest.cases)} cases")
     summary = Summary(out_root / summary_name(shard), [case.id for case in cases])
     requests = [(case, request_for(manifest.kind, case, out_root, options)) for case in cases]
-    if dask:
-        try:
-            from .dask_batch import run_dask
-        except ImportError:
-            raise InputError("--dask needs dask.distributed: pip install 'dask[distributed]'") from None
-
-        run_dask(dask, requests, options, summary, log)
-    else:
-        run_local(requests, options, summary, log)
+    runner(requests, options, summary, log)
     return summary.failed()

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -27,8 +28,8 @@ from ..defaults import (
     checked_smoothness,
     checked_steps,
 )
-from ..errors import DeviceError, InputError, WeightsError
-from ..outputs.folder import OutputError, written
+from ..errors import DeviceError, InputError, OutputError, WeightsError
+from ..files import written
 from ..resources import sample_pair
 
 DEFAULT_DATA = Path("../shared/data/ACDC")
@@ -88,10 +89,16 @@ def _batch(args: argparse.Namespace) -> int:
         raise InputError("--heart is for register manifests: track registers the heart's region already")
     refine = replace(DEFAULT_REFINE if manifest.kind == "register" else TRACK_REFINE, **given)
     shard = parse_shard(args.shard) if args.shard else shard_from_env()
-    from .batch import BatchOptions, run_batch
+    from .batch import BatchOptions, run_batch, run_local
 
-    failed = run_batch(manifest, args.out_root, BatchOptions(args.weights, args.device, refine), shard, args.dask,
-                       _say)
+    runner = run_local
+    if args.dask:
+        try:
+            from .dask_batch import run_dask
+        except ImportError:
+            raise InputError("--dask needs dask.distributed: pip install 'dask[distributed]'") from None
+        runner = partial(run_dask, args.dask)
+    failed = run_batch(manifest, args.out_root, BatchOptions(args.weights, args.device, refine), shard, runner, _say)
     print(f"{failed} case(s) failed; summary in {Path(args.out_root).resolve()}" if failed else
           f"every case done; summary in {Path(args.out_root).resolve()}")
     return 1 if failed else 0
@@ -105,9 +112,11 @@ def function_summary(function: dict) -> str:
 
 
 def _evaluate_function(args: argparse.Namespace) -> None:
-    from ..evaluation.evaluate_function import main_evaluate_function
+    from ..evaluation.evaluate_function import FunctionEvaluationRequest, main_evaluate_function
 
-    main_evaluate_function(args, refine_options(args))
+    main_evaluate_function(FunctionEvaluationRequest(
+        Path(args.data), tuple(args.methods), args.limit, args.strain_groups, Path(args.cines) if args.cines else None,
+        args.weights, args.device, refine_options(args)))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -161,7 +170,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _train_heart(args: argparse.Namespace) -> None:
-    from ..model.heart import make_heart
+    from ..training.heart_head import make_heart
 
     options = HeartTraining(steps=args.steps, pairs=args.pairs)
     info = make_heart(Path(args.data), args.weights, Path(args.out) if args.out else None, options, log=_say)
@@ -172,7 +181,33 @@ def _train_heart(args: argparse.Namespace) -> None:
 def _benchmark(args: argparse.Namespace) -> None:
     from ..evaluation.benchmark import main_benchmark
 
-    main_benchmark(args)
+    main_benchmark(benchmark_request(args))
+
+
+def benchmark_request(args: argparse.Namespace):  # -> BenchmarkRequest (its module loads torch)
+    from ..evaluation.benchmark import BenchmarkRequest
+
+    return BenchmarkRequest(Path(args.data), args.out, tuple(args.methods), args.split, args.limit, args.direction,
+                            refine_options(args), args.weights, tuple(args.ablation_weights), args.device,
+                            command_line(args))
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The ``fsdiffreg benchmark`` command that gives these results (``--out`` left out)."""
+    parts = ["fsdiffreg benchmark"]
+    for key, value in vars(args).items():
+        if key in ("func", "command", "out") or value is None or value is False or value == []:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif key == "methods":
+            parts.append(f"{flag} {','.join(value)}")
+        elif key == "ablation_weights":
+            parts += [f"{flag} {name}={path}" for name, path in value]
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
 
 
 def _devices(args: argparse.Namespace) -> None:

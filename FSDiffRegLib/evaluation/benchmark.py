@@ -24,13 +24,12 @@ method cannot reuse pages another one freed. C++ allocations (ITK, elastix, ANTs
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import importlib.metadata
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -39,26 +38,25 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..commands.cli import refine_options
-from ..defaults import NETWORK_ONLY, RefineOptions
+from ..defaults import DEFAULT_REFINE, NETWORK_ONLY, RefineOptions
 from ..device import pick_device
 from ..errors import InputError
+from ..files import replaced_whole
 from ..imaging import acdc
 from ..imaging.preprocess import locate_heart, network_grid
 from ..model.config import Config
 from ..model.weights import load_model
 from ..pipeline.register import register_images
 from ..resources import WEIGHTS
-from .baselines import BASELINE_NAMES, BASELINES, Baseline, runnable
 from .evaluate import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     markdown_table,
     paired_bootstrap,
-    row_name,
     score_field,
     summarize,
 )
+from .methods import Method, chosen_methods
 
 ABLATIONS = {
     "FDG-off": WEIGHTS / "fsdiffreg_acdc_cpu_fdg_off.pt",
@@ -67,13 +65,21 @@ ABLATIONS = {
 VERSIONS = ("torch", "SimpleITK", "itk-elastix", "antspyx")
 
 
-@dataclass
-class Method:
-    """A row of the table: its name and how it registers a pair (fixed, moving) -> field."""
+@dataclass(frozen=True)
+class BenchmarkRequest:
+    """What to compare, on which pairs, and where the report goes (``fsdiffreg benchmark``'s options)."""
 
-    name: str
-    register: Baseline
-    last: dict = field(default_factory=dict)  # FSDiffReg: the last run's fold removal (metrics.json's ``unfold``)
+    data: Path  # the ACDC folder
+    out: str  # the Markdown report
+    methods: tuple[str, ...]  # from identity, elastix, ants, network, refine, ablations
+    split: str = "validation"
+    limit: int | None = None  # the first pairs of the split only
+    direction: str = "es-ed"  # es-ed, ed-es or both
+    refine: RefineOptions = DEFAULT_REFINE
+    weights: str | None = None
+    ablation_weights: tuple[tuple[str, Path], ...] = ()  # (name, path): an ablation row's weights
+    device: str = "auto"
+    command: str = ""  # the command that asks for this, shown in the report
 
 
 class PeakMemory:
@@ -107,9 +113,9 @@ def model_method(name: str, weights: Path | None, device: torch.device,
                  refine: RefineOptions = NETWORK_ONLY) -> Method:
     """FSDiffReg with the given weights, as ``register`` runs it."""
     model, _ = load_model(weights, device)
-    method = Method(name, lambda fixed, moving: sitk.Image())
+    method = Method(name, lambda fixed, moving, moving_labels: sitk.Image())
 
-    def run(fixed: sitk.Image, moving: sitk.Image) -> sitk.Image:
+    def run(fixed: sitk.Image, moving: sitk.Image, moving_labels: sitk.Image) -> sitk.Image:
         result = register_images(fixed, moving, model, device, refine=refine)
         method.last = result.metrics["unfold"]
         return result.field
@@ -118,22 +124,15 @@ def model_method(name: str, weights: Path | None, device: torch.device,
     return method
 
 
-def build_methods(args: argparse.Namespace, device: torch.device) -> tuple[list[Method], list[str]]:
+def build_methods(request: BenchmarkRequest, device: torch.device) -> tuple[list[Method], list[str]]:
     """The methods asked for, in table order, and a note for each one that cannot run here.
 
     An ablation whose default weights are absent is skipped; one given explicitly must load.
     """
-    refine = refine_options(args)
-    keys, skipped = runnable(args.methods)
-    methods = [Method(BASELINE_NAMES[key], BASELINES[key]) for key in keys]
-    if "network" in args.methods:
-        methods.append(model_method("FSDiffReg (network)", args.weights, device))
-    if "refine" in args.methods and refine.steps > 0:
-        methods.append(model_method(row_name(refine), args.weights, device, refine))
-    elif "refine" in args.methods:
-        skipped.append("FSDiffReg (+refine 0): the network row")
-    if "ablations" in args.methods:
-        explicit = dict(args.ablation_weights)
+    methods, skipped = chosen_methods(request.methods, request.refine,
+                                      lambda name, refine: model_method(name, request.weights, device, refine))
+    if "ablations" in request.methods:
+        explicit = dict(request.ablation_weights)
         for name, path in {**ABLATIONS, **explicit}.items():
             if name in explicit or path.is_file():
                 methods.append(model_method(f"FSDiffReg {name} (network)", path, device))
@@ -142,11 +141,12 @@ def build_methods(args: argparse.Namespace, device: torch.device) -> tuple[list[
     return methods, skipped
 
 
-def run_method(method: Method, fixed: sitk.Image, moving: sitk.Image) -> tuple[sitk.Image, float, float]:
+def run_method(method: Method, fixed: sitk.Image, moving: sitk.Image,
+               moving_labels: sitk.Image) -> tuple[sitk.Image, float, float]:
     """The method's field, its wall-clock seconds and its peak memory in MB."""
     with PeakMemory() as peak:
         start = time.perf_counter()
-        field = method.register(fixed, moving)
+        field = method.register(fixed, moving, moving_labels)
         seconds = time.perf_counter() - start
     return field, seconds, peak.mb
 
@@ -173,8 +173,8 @@ def benchmark(pairs: list[acdc.AcdcPair], methods: list[Method], log: Callable[[
         grid = network_grid(fixed, locate_heart(fixed, moving), Config())
         for method in methods:
             if index == 0:
-                method.register(fixed, moving)  # warm-up, untimed
-            result, seconds, mb = run_method(method, fixed, moving)
+                method.register(fixed, moving, moving_labels)  # warm-up, untimed
+            result, seconds, mb = run_method(method, fixed, moving, moving_labels)
             row = {**score_field(result, grid, moving_labels, fixed_labels, carried_ef=way == "ed-es"),
                    "seconds": seconds, "peak_mb": mb}
             row.update({f"unfold_{k}": float(v) for k, v in method.last.items()})
@@ -225,24 +225,6 @@ def folding_per_pair(rows: Rows, cases: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The ``fsdiffreg benchmark`` command that gives these results (``--out`` left out)."""
-    parts = ["fsdiffreg benchmark"]
-    for key, value in vars(args).items():
-        if key in ("func", "command", "out") or value is None or value is False or value == []:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif key == "methods":
-            parts.append(f"{flag} {','.join(value)}")
-        elif key == "ablation_weights":
-            parts += [f"{flag} {name}={path}" for name, path in value]
-        else:
-            parts.append(f"{flag} {value}")
-    return " ".join(parts)
-
-
 def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
@@ -264,16 +246,16 @@ def environment(device: torch.device) -> str:
 
 
 def report(rows: Rows, cases: list[tuple[str, str]], pairs: list[acdc.AcdcPair], skipped: list[str],
-           args: argparse.Namespace, device: torch.device) -> str:
+           request: BenchmarkRequest, device: torch.device) -> str:
     """The Markdown report: what ran, where, a table per direction, the comparison with the network alone,
     the folding per pair and what was skipped."""
     ways = dict.fromkeys(w for _, w in cases)
     lines = [
-        f"# FSDiffReg benchmark on the ACDC {args.split} split",
+        f"# FSDiffReg benchmark on the ACDC {request.split} split",
         "",
         f"Pairs: {len(pairs)} ({pairs[0].patient} to {pairs[-1].patient}; {', '.join(ways)}; ES->ED: ED fixed, "
         f"ES moving; ED->ES: ES fixed, ED moving), run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        f"Command: `{command_line(args)}`",
+        f"Command: `{request.command}`",
         f"Machine: {environment(device)}.",
     ]
     for way in ways:
@@ -310,18 +292,17 @@ def report_path(text: str) -> Path:
     return out
 
 
-def main_benchmark(args: argparse.Namespace) -> None:
-    """Run the benchmark, print the report and write it to ``args.out``."""
-    out = report_path(args.out)
-    pairs = acdc.split(args.data, args.split)[: args.limit]
-    device = pick_device(args.device)
-    methods, skipped = build_methods(args, device)
+def main_benchmark(request: BenchmarkRequest) -> None:
+    """Run the benchmark, print the report and write it to ``request.out``."""
+    out = report_path(request.out)
+    pairs = acdc.split(request.data, request.split)[: request.limit]
+    device = pick_device(request.device)
+    methods, skipped = build_methods(request, device)
     rows, cases = benchmark(pairs, methods, lambda message: print(f"fsdiffreg: {message}", file=sys.stderr, flush=True),
-                            tuple(directions(args.direction)))
-    text = report(rows, cases, pairs, skipped, args, device)
+                            tuple(directions(request.direction)))
+    text = report(rows, cases, pairs, skipped, request, device)
     print(text, end="")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, out)  # a reader never sees half a report
+    with replaced_whole(out) as handle:  # a reader never sees half a report
+        handle.write(text.encode("utf-8"))
 

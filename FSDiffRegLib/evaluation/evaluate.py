@@ -11,10 +11,10 @@ import torch
 from ..defaults import DEFAULT_REFINE, RefineOptions
 from ..imaging import acdc
 from ..imaging.field import apply_field
-from ..imaging.metrics import heart_dice, jacobian_determinant, jacobian_stats
+from ..imaging.metrics import field_metrics, heart_dice, jacobian_determinant, jacobian_stats
 from ..model.network import FSDiffRegNet
 from ..pipeline.function import structure_volumes
-from ..pipeline.register import field_metrics, register_images
+from ..pipeline.register import register_images
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0

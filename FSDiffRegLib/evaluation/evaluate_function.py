@@ -12,7 +12,6 @@ manual ED/ES labels.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -23,31 +22,33 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..defaults import NETWORK_ONLY, RefineOptions
+from ..defaults import TRACK_REFINE, RefineOptions
 from ..device import pick_device
 from ..imaging import acdc
 from ..imaging.cine import Cine, read_cine
 from ..imaging.field import apply_field
-from ..imaging.metrics import heart_dice
+from ..imaging.metrics import field_metrics, heart_dice
 from ..imaging.preprocess import canonical, network_grid
 from ..model.config import Config
 from ..model.network import FSDiffRegNet
 from ..model.weights import load_model
 from ..pipeline.function import structure_volumes
-from ..pipeline.register import field_metrics
 from ..pipeline.track import heart_centre, track_frames
-from .baselines import BASELINE_NAMES, BASELINES, runnable
-from .evaluate import row_name
-
-Propagate = Callable[[sitk.Image, sitk.Image, sitk.Image], sitk.Image]  # (ED, ES, ED labels) -> field on ES
+from .methods import Method, chosen_methods
 
 
-@dataclass
-class Method:
-    """A row: its name and its field from the ES frame to the ED frame (which carries the ED labels onto ES)."""
+@dataclass(frozen=True)
+class FunctionEvaluationRequest:
+    """What ``fsdiffreg evaluate-function`` measures, with which methods and weights."""
 
-    name: str
-    propagate: Propagate
+    data: Path  # the ACDC folder
+    methods: tuple[str, ...]  # from elastix, ants, network, refine
+    limit: int | None = None  # the first validation pairs only
+    strain_groups: bool = False  # also the strain at ES per ACDC diagnostic group
+    cines: Path | None = None  # also track each cine in this folder
+    weights: str | None = None
+    device: str = "auto"
+    refine: RefineOptions = TRACK_REFINE
 
 
 def ejection_fraction(edv: float, esv: float) -> float:
@@ -56,19 +57,12 @@ def ejection_fraction(edv: float, esv: float) -> float:
 
 
 def model_method(name: str, model: FSDiffRegNet, device: torch.device, refine: RefineOptions) -> Method:
-    """FSDiffReg as ``track`` runs it, on the cine (ED, ES) with the ED frame as reference."""
-    def propagate(ed: sitk.Image, es: sitk.Image, ed_labels: sitk.Image) -> sitk.Image:
+    """FSDiffReg as ``track`` runs it: the field from ES (fixed) to ED (moving), on the cine (ED, ES) with the
+    ED frame and its labels as reference."""
+    def register(es: sitk.Image, ed: sitk.Image, ed_labels: sitk.Image) -> sitk.Image:
         return track_frames(Cine([ed, es], None), ed_labels, 0, model, device, refine).fields[1]
 
-    return Method(name, propagate)
-
-
-def baseline_method(key: str) -> Method:
-    """elastix or ANTs registering ES (fixed) to ED (moving)."""
-    def propagate(ed: sitk.Image, es: sitk.Image, ed_labels: sitk.Image) -> sitk.Image:
-        return BASELINES[key](es, ed)
-
-    return Method(BASELINE_NAMES[key], propagate)
+    return Method(name, register)
 
 
 def pair_row(method: Method, pair: acdc.AcdcPair) -> dict[str, float]:
@@ -76,7 +70,7 @@ def pair_row(method: Method, pair: acdc.AcdcPair) -> dict[str, float]:
     ed, es = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
     ed_labels, es_labels = sitk.ReadImage(str(pair.fixed_labels)), sitk.ReadImage(str(pair.moving_labels))
     start = time.perf_counter()
-    field = method.propagate(ed, es, ed_labels)
+    field = method.register(es, ed, ed_labels)  # ES fixed, ED moving: carries the ED labels onto ES
     seconds = time.perf_counter() - start
     propagated = apply_field(ed_labels, field, nearest=True)
     row = heart_dice(sitk.GetArrayFromImage(propagated), sitk.GetArrayFromImage(es_labels))
@@ -149,28 +143,17 @@ def cine_rows(folder: Path, model: FSDiffRegNet, device: torch.device, refine: R
     return "\n".join(lines)
 
 
-def build_methods(args: argparse.Namespace, model: FSDiffRegNet, device: torch.device,
-                  refine: RefineOptions) -> tuple[list[Method], list[str]]:
-    """The methods asked for, and why any cannot run here."""
-    keys, skipped = runnable(args.methods)
-    methods = [baseline_method(key) for key in keys]
-    if "network" in args.methods:
-        methods.append(model_method("FSDiffReg (network)", model, device, NETWORK_ONLY))
-    if "refine" in args.methods and refine.steps > 0:
-        methods.append(model_method(row_name(refine), model, device, refine))
-    return methods, skipped
-
-
-def main_evaluate_function(args: argparse.Namespace, refine: RefineOptions) -> None:
-    """Print the tables the options ask for."""
+def main_evaluate_function(request: FunctionEvaluationRequest) -> None:
+    """Print the tables the request asks for."""
     def log(message: str) -> None:
         print(f"fsdiffreg: {message}", file=sys.stderr, flush=True)
 
-    device = pick_device(args.device)
-    model, about = load_model(args.weights, device)
+    device, refine = pick_device(request.device), request.refine
+    model, about = load_model(request.weights, device)
     print(f"weights {about['name']} (sha256 {about['sha256'][:12]}), device {device}\n")
-    methods, skipped = build_methods(args, model, device, refine)
-    pairs = acdc.split(args.data, "validation")[: args.limit]
+    methods, skipped = chosen_methods(request.methods, refine,
+                                      lambda name, refine: model_method(name, model, device, refine))
+    pairs = acdc.split(request.data, "validation")[: request.limit]
     rows: dict[str, list[dict[str, float]]] = {m.name: [] for m in methods}
     for pair in pairs:
         for method in methods:
@@ -182,7 +165,7 @@ def main_evaluate_function(args: argparse.Namespace, refine: RefineOptions) -> N
     print(acdc_table(rows))
     for note in skipped:
         print(f"Skipped: {note}.")
-    if args.strain_groups:
-        print("\n" + strain_groups(Path(args.data), model, device, refine, log))
-    if args.cines:
-        print("\n" + cine_rows(Path(args.cines), model, device, refine))
+    if request.strain_groups:
+        print("\n" + strain_groups(request.data, model, device, refine, log))
+    if request.cines:
+        print("\n" + cine_rows(request.cines, model, device, refine))

@@ -11,7 +11,6 @@ from pathlib import Path
 
 TRAIN_IDS = range(1, 91)
 VALIDATION_IDS = range(91, 101)
-LABELS = {"RV": 1, "Myo": 2, "LV": 3}
 DIRECTIONS = {"es-ed": "ES->ED", "ed-es": "ED->ES"}  # --direction: ES moving onto ED fixed (the paper's), or back
 
 

@@ -15,7 +15,8 @@ from typing import BinaryIO
 import numpy as np
 import SimpleITK as sitk
 
-from ..outputs.folder import WriteError, write_failure, written
+from ..errors import WriteError
+from ..files import write_failure, written
 from .imageio import holds, write_image
 
 NIFTI_VECTOR, NIFTI_DISPLACEMENT = 1007, 1006  # NIfTI intent codes: vector, displacement vector

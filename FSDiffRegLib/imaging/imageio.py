@@ -20,8 +20,8 @@ import nibabel
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
-from ..outputs.folder import WriteError, write_failure
+from ..errors import InputError, WriteError
+from ..files import write_failure
 
 sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ACDC's sform notes are harmless noise
 

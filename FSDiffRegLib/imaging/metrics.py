@@ -1,11 +1,12 @@
-"""Registration metrics: Dice, Jacobian determinant, folding, SD|J|, global NCC."""
+"""Registration metrics: Dice, Jacobian determinant, folding, SD|J| (of a field on a grid), global NCC."""
 
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
 
-from .acdc import LABELS
+from ..labels import VALUES
+from .field import resample_field
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -16,7 +17,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def heart_dice(warped_labels: np.ndarray, fixed_labels: np.ndarray) -> dict[str, float]:
     """Dice of LV, Myo, RV, their mean, and the whole heart (all labels > 0)."""
-    scores = {name: dice(warped_labels == v, fixed_labels == v) for name, v in LABELS.items()}
+    scores = {name: dice(warped_labels == v, fixed_labels == v) for name, v in VALUES.items()}
     scores["mean"] = float(np.mean([scores["LV"], scores["Myo"], scores["RV"]]))
     scores["heart"] = dice(warped_labels > 0, fixed_labels > 0)
     return scores
@@ -51,3 +52,9 @@ def ncc(a: np.ndarray, b: np.ndarray) -> float:
     b = b.astype(np.float64).ravel() - b.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def field_metrics(field: sitk.Image, grid: sitk.Image) -> dict[str, float]:
+    """Folding % and SD|J| of a field, measured on the heart-centred network grid."""
+    jac = sitk.GetArrayFromImage(jacobian_determinant(resample_field(field, grid)))
+    return jacobian_stats(jac)

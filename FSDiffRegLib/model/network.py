@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
-from .spatial import upsample_flow, warp
+from .spatial import upsample_flow
 
 
 class Conv3d(nn.Conv3d):
@@ -237,12 +237,6 @@ class FSDiffRegNet(nn.Module):
         flows.append(self.final_flow(last, last))
         return score, torch.stack(flows).mean(dim=0)
 
-    @torch.no_grad()
-    def register(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference as the paper: input {m, f, f} at t = 0; return (flow, warped moving)."""
-        t = torch.zeros(moving.shape[0], dtype=torch.long, device=moving.device)
-        _, flow = self(moving, fixed, fixed, t)
-        return flow, warp(moving, flow)
 
 
 def parameter_count(model: nn.Module) -> int:

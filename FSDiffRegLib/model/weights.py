@@ -1,21 +1,21 @@
-"""Saving and safely loading model weights, with SHA256 checks."""
+"""Saving and safely loading model weights and the heart head beside them, with SHA256 checks."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
-import secrets
 import zipfile
 from pathlib import Path
 
 import torch
 
 from ..errors import WeightsError
+from ..files import replaced_whole
 from ..resources import weights_path
 from .config import Config
+from .heart import HeartHead
 from .network import FSDiffRegNet
 
 
@@ -41,15 +41,8 @@ def write_with_checksum(payload: dict, path: Path) -> str:
     """``torch.save`` the payload whole (through a new hidden temporary file beside it, never a file already
     there) and a ``.sha256`` file beside it; return the digest."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replaced_whole(path) as handle:
+        torch.save(payload, handle)
     digest = sha256(path)
     path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
     return digest
@@ -147,8 +140,6 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     the weights, when there is one, becomes ``model.heart`` (FSDiffRegLib.heart). Returns the
     model and a description {name, sha256, info, heart}.
     """
-    from .heart import heart_path, load_heart  # heart.py reads and writes its file through this module
-
     path = weights_path(path)
     payload, digest = checked_payload(path)
     try:
@@ -161,3 +152,34 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     info = payload.get("info", {})
     return model, {"name": path.name, "sha256": digest, "info": info if isinstance(info, dict) else {},
                    "heart": heart_path(path).name if model.heart is not None else None}
+
+
+def heart_path(weights: Path) -> Path:
+    """Where the heart head of ``weights`` lies: beside them, ``<stem>_heart.pt``."""
+    return weights.with_name(weights.stem + "_heart.pt")
+
+
+def save_heart(head: HeartHead, path: Path, info: dict) -> None:
+    """Write {config: {channels}, state_dict, info} and its ``.sha256`` beside it."""
+    payload = {"config": {"channels": head.channels},
+               "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "info": info}
+    write_with_checksum(payload, path)
+
+
+def load_heart(weights: Path, network_sha256: str) -> HeartHead | None:
+    """The head saved beside ``weights`` (None when there is none), checked against its checksum and
+    against the network it was trained on."""
+    path = heart_path(weights)
+    if not path.is_file():
+        return None
+    payload, _ = checked_payload(path)
+    trained_on = payload.get("info", {}).get("network_sha256")
+    if trained_on != network_sha256:
+        raise WeightsError(f"heart head {path.name} was trained for other weights than {weights.name} "
+                           f"(network SHA256 {str(trained_on)[:12]}... != {network_sha256[:12]}...)")
+    try:
+        head = HeartHead(list(payload["config"]["channels"]))
+        head.load_state_dict(payload["state_dict"])
+    except Exception as err:  # a missing key, a shape that does not fit
+        raise WeightsError(f"cannot load heart head {path}: {first_line(err)}") from None
+    return head.eval()

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..pipeline.function import structure_names
+from ..labels import structure_names
 from .plotting import pyplot
 
 

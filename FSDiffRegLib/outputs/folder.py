@@ -22,7 +22,6 @@ Imports nothing heavy: the command line catches ``OutputError``.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -36,25 +35,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .. import __version__
+from ..errors import OutputError, WriteError
+from ..files import writable, written
 
 OUTPUT_NAME = re.compile(  # the files of a `register` or `track` set, which a new run of either may replace
     r"(displacement|warped|jacobian|warped_labels|labels|(field|labels)_\d{2,})\.nii\.gz|metrics\.json|figure\.png"
     r"|function\.(json|png)|volumes\.csv")
 METRICS = "metrics.json"
 MARK = "fsdiffreg"  # metrics.json key: the version that wrote the set
-FULL_DISK_BYTES = 1 << 20  # free space below which a write that failed without a reason is put down to a full disk
-
-
-class OutputError(ValueError):
-    """An out-dir that cannot be used, or outputs that must not be written; the message says why."""
-
-
-class WriteError(OutputError):
-    """A file of the set that was not written whole; ``output_folder`` adds the out-dir to the message."""
-
-    def __init__(self, path: Path, cause: str) -> None:
-        super().__init__(f"cannot write {path.name}: {cause}")
-        self.name, self.cause = path.name, cause
 
 
 @contextmanager
@@ -122,10 +110,6 @@ def refuse_inside(out: Path, role: str, path: Path) -> None:
 def holds_cwd(out: Path) -> bool:
     cwd = Path.cwd()
     return out == cwd or out in cwd.parents
-
-
-def writable(folder: Path) -> bool:
-    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def read_only(folder: Path) -> bool:
@@ -334,49 +318,6 @@ def write_json(path: Path, data: dict) -> None:
         raise OutputError(f"the run gave non-finite values for {', '.join(bad)}; nothing written")
     with written(path):
         path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-
-
-@contextmanager
-def written(path: Path) -> Iterator[None]:
-    """Turn a failed write of ``path`` (an OSError, which names no file) into a WriteError naming it and why."""
-    try:
-        yield
-    except OSError as err:
-        raise WriteError(path, write_failure(path, err)) from None
-
-
-def write_failure(path: Path, err: OSError | None = None) -> str:
-    """Why writing ``path`` failed: the system's reason ``err``, or, where the writer gives none (ITK), what
-    the file and its folder show."""
-    limit = file_size_limit()
-    if (err is not None and err.errno == errno.EFBIG) or (limit is not None and size(path) >= limit):
-        return ("it reached the file-size limit" + (f" of {limit} bytes (ulimit -f)" if limit is not None else "")
-                + " before it was whole")
-    if err is not None:
-        return (err.strerror or str(err)).lower()
-    if not writable(path.parent):
-        return f"{path.parent} is not writable"
-    free = shutil.disk_usage(path.parent).free
-    if free < FULL_DISK_BYTES:
-        return f"the disk is full ({free} bytes free)"
-    return "the file on disk is incomplete or differs from what was written"
-
-
-def file_size_limit() -> int | None:
-    """The largest file this process may write (``ulimit -f``) in bytes; None without a limit."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    return None if soft == resource.RLIM_INFINITY else soft
-
-
-def size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def write_metrics(folder: Path, metrics: dict) -> None:

@@ -26,30 +26,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..labels import MYO, STRUCTURES, structure_name, structure_names
 from .strain import SEGMENT_NAMES, Strain
 
-STRUCTURES = {1: "RV", 2: "Myo", 3: "LV"}
-MYO = 2
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
 DECIMALS = 2  # function.json; volumes.csv has 3 decimals
 MIN_STRUCTURE_VOXELS = 27  # fewest voxels of RV, Myo or LV in the reference labels (module docstring)
 FEW_VOXELS = 200  # a quality note below this in any frame (about 4.5 ml on ACDC's 1.5 x 1.5 x 10 mm voxels)
 FOLD_PERCENT = 1.0  # a quality note above this share of folded myocardium voxels in a frame
 EF_RANGE = (5.0, 90.0)  # a quality note outside
-
-
-def structure_name(value: int) -> str:
-    return STRUCTURES.get(value, f"label{value}")
-
-
-def structure_names(volumes: list[dict[str, float]]) -> list[str]:
-    """Structures of any frame in the order RV, Myo, LV, then label<v> by value."""
-    known = list(STRUCTURES.values())
-
-    def order(name: str) -> tuple[int, int]:
-        return (0, known.index(name)) if name in known else (1, int(name[len("label"):]))
-
-    return sorted({name for frame in volumes for name in frame}, key=order)
 
 
 def check_structures(labels: sitk.Image, role: str) -> None:

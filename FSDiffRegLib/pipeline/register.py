@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -18,12 +17,14 @@ from ..device import pick_device
 from ..errors import InputError
 from ..imaging.field import apply_field, flow_to_field, resample_field, write_field
 from ..imaging.imageio import check_image, check_labels, read_image, write_image
-from ..imaging.metrics import jacobian_determinant, jacobian_stats, ncc
+from ..imaging.metrics import field_metrics, jacobian_determinant, ncc
 from ..imaging.preprocess import PreparedPair, normalized, prepare_pair, resample_to
 from ..model.heart import blurred_outside, decoder_outputs
 from ..model.network import FSDiffRegNet
-from ..model.weights import load_model, sha256
-from ..outputs.folder import OutputError, output_folder, write_metrics
+from ..model.predict import predict
+from ..model.weights import load_model
+from ..outputs.folder import output_folder, write_metrics
+from ..outputs.sets import describe, refuse_non_finite
 from .refine import refine_flow
 from .unfold import unfold
 
@@ -53,7 +54,7 @@ def predict_flow(
 
     moving, fixed = tensor(prepared.moving), tensor(prepared.fixed)
     with torch.no_grad(), decoder_outputs(model) as features:
-        score, flow = model(moving, fixed, fixed, torch.zeros(1, dtype=torch.long, device=device))
+        score, flow = predict(model, moving, fixed)
     heart = model.heart.probability(features + [fixed, moving]) if uses_heart(model, refine) else None
     features.clear()
     if refine.steps > 0:
@@ -66,12 +67,6 @@ def predict_flow(
 def uses_heart(model: FSDiffRegNet, refine: RefineOptions) -> bool:
     """Whether the refined flow is blurred away from the heart: asked for, refined, and a head at hand."""
     return refine.heart and refine.steps > 0 and model.heart is not None
-
-
-def field_metrics(field: sitk.Image, grid: sitk.Image) -> dict[str, float]:
-    """Folding % and SD|J| of a field, measured on the heart-centred network grid."""
-    jac = sitk.GetArrayFromImage(jacobian_determinant(resample_field(field, grid)))
-    return jacobian_stats(jac)
 
 
 def similarity(fixed: sitk.Image, image: sitk.Image, grid: sitk.Image) -> float:
@@ -117,25 +112,6 @@ def register_images(
     }
     labels = apply_field(moving_labels, field, nearest=True) if moving_labels is not None else None
     return Registration(field, warped, jacobian, prepared.grid, metrics, labels)
-
-
-def describe(path: str | Path) -> dict:
-    """An input as metrics.json names it: absolute path, and a file's size and SHA256 (a folder's file count and
-    the SHA256 of its files' relative paths and SHA256s, subfolders' too, hidden ones left out)."""
-    path = Path(path).resolve()
-    if path.is_dir():
-        files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
-                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        listing = "".join(f"{name}\0{sha256(path / name)}\n" for name in files)
-        return {"path": str(path), "files": len(files), "sha256": hashlib.sha256(listing.encode()).hexdigest()}
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256(path)}
-
-
-def refuse_non_finite(images: dict[str, sitk.Image]) -> None:
-    """OutputError naming the first output (by file name) that holds NaN or infinite values."""
-    for name, image in images.items():
-        if not np.all(np.isfinite(sitk.GetArrayViewFromImage(image))):
-            raise OutputError(f"the registration gave NaN or infinite values in {name}; nothing written")
 
 
 def write_files(result: Registration, folder: Path) -> None:

@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-RV, MYO, LV = 1, 2, 3
+from ..labels import LV, MYO, RV
+
 RAYS = 72  # 5 degrees apart: segment borders fall on rays
 STEP_MM = 0.25  # sampling along a ray
 SMOOTHING = 2  # a contour's radius is averaged over this many rays on either side: label voxels make it jagged

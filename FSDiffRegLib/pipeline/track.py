@@ -27,14 +27,17 @@ from ..errors import InputError
 from ..imaging.cine import Cine, check_cine_labels, join_frames, read_cine, reference_index, with_times
 from ..imaging.field import apply_field, flow_to_field, resample_field, write_field
 from ..imaging.imageio import read_image, write_image
+from ..imaging.metrics import field_metrics
 from ..imaging.preprocess import canonical, network_grid, normalized, resample_to
 from ..model.network import FSDiffRegNet
+from ..model.predict import predict
 from ..outputs.bullseye import save_bullseye
 from ..outputs.curves import save_curves
 from ..outputs.folder import output_folder, write_json, write_metrics, written
+from ..outputs.sets import describe, refuse_non_finite
 from .function import cardiac_function, check_structures, quality_notes, strain_csv, structure_volumes, volumes_csv
 from .refine import refine_flow
-from .register import describe, field_metrics, prepare, refuse_non_finite
+from .register import prepare
 from .strain import Strain, contour_strain
 from .unfold import unfold
 
@@ -136,7 +139,7 @@ def predict_flows(
         for start in range(0, n, batch):
             f = fixed[start:start + batch]
             m = moving.expand(f.shape[0], -1, -1, -1, -1)
-            score, flow = model(m, f, f, torch.zeros(f.shape[0], dtype=torch.long, device=f.device))
+            score, flow = predict(model, m, f)
             flows.append(flow)
             scores.append(score)
             log(f"network {start + f.shape[0]}/{n} frames")
@@ -251,7 +254,7 @@ def read_inputs(request: TrackRequest, inputs: dict | None = None) -> dict:
 
 
 def input_records(request: TrackRequest) -> dict:
-    """The inputs as metrics.json names them (``register.describe``)."""
+    """The inputs as metrics.json names them (``outputs.sets.describe``)."""
     return {"cine": describe(request.cine), "labels": describe(request.labels)}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..files import replaced_whole
 from ..imaging.acdc import AcdcPair
 from ..imaging.preprocess import prepare_pair, resample_to
 from ..model.config import Config
@@ -50,15 +50,13 @@ def load_grid_pairs(pairs: list[AcdcPair], cfg: Config, cache: Path | None = Non
     items = [grid_pair(p, cfg) for p in pairs]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
-        with open(tmp, "wb") as handle:
+        with replaced_whole(cache) as handle:
             np.savez_compressed(
                 handle,
                 patients=np.array([g.patient for g in items]),
                 **{k: np.stack([getattr(g, k) for g in items])
                    for k in ("fixed", "moving", "fixed_labels", "moving_labels")},
             )
-        os.replace(tmp, cache)
     return items
 
 

@@ -33,21 +33,23 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import __version__
-from ..errors import InputError, WeightsError
+from ..errors import InputError, OutputError, WeightsError
+from ..files import replaced_whole
 from ..imaging import acdc
 from ..imaging.metrics import heart_dice
+from ..labels import STRUCTURES
 from ..model.config import Config
 from ..model.diffusion import NoiseSchedule
 from ..model.losses import diffusion_loss, one_hot, score_weights, sdg_ncc_loss, smoothness_loss, soft_dice_loss
 from ..model.network import FSDiffRegNet, parameter_count
+from ..model.predict import predict
 from ..model.spatial import warp
 from ..model.weights import checked_payload, first_line, load_safely, load_state, save_weights
-from ..outputs.folder import OutputError, locked
+from ..outputs.folder import locked
 from . import distributed
 from .dataset import GridPair, load_grid_pairs, training_sample
 
 LOG_FIELDS = ["epoch", "step", "loss", "diffusion", "ncc", "smooth", "dice", "seconds"]
-STRUCTURES = 3  # ACDC labels 1 RV, 2 Myo, 3 LV
 RUN_MARK = "fsdiffreg-run.json"  # the first file of a run folder: {"fsdiffreg": version, "run": "train"}
 RUN_LOCK = ".fsdiffreg-train-lock"  # held by rank 0 while a run trains: a second run in the folder is refused
 CHECKPOINT_KEYS = {"model", "optimizer", "state", "config", "rng"}
@@ -101,8 +103,8 @@ def training_loss(
     }
     parts["loss"] = parts["diffusion"] + cfg.lam * parts["ncc"] + cfg.lam_phi * parts["smooth"]
     if cfg.lam_dice > 0 and labels is not None:
-        warped = warp(one_hot(labels[0], STRUCTURES), flow)
-        parts["dice"] = soft_dice_loss(warped, one_hot(labels[1], STRUCTURES))
+        warped = warp(one_hot(labels[0], len(STRUCTURES)), flow)
+        parts["dice"] = soft_dice_loss(warped, one_hot(labels[1], len(STRUCTURES)))
         parts["loss"] = parts["loss"] + cfg.lam_dice * parts["dice"]
     return parts
 
@@ -115,7 +117,7 @@ def validate(model: FSDiffRegNet, items: list[GridPair], device: torch.device) -
     for item in items:
         moving = to_device(torch.from_numpy(item.moving)[None, None], device)
         fixed = to_device(torch.from_numpy(item.fixed)[None, None], device)
-        flow, _ = model.register(moving, fixed)
+        _, flow = predict(model, moving, fixed)
         labels = torch.from_numpy(item.moving_labels.astype(np.float32))[None, None].to(device)
         warped = warp(labels, flow, mode="nearest")[0, 0].cpu().numpy().astype(np.uint8)
         rows.append(heart_dice(warped, item.fixed_labels))
@@ -234,10 +236,9 @@ def set_random_state(state: dict) -> None:
 
 
 def _save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "state": asdict(state), "config": json.loads(model.cfg.to_json()), "rng": random_state()}, tmp)
-    tmp.replace(path)
+    with replaced_whole(path) as handle:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": asdict(state),
+                    "config": json.loads(model.cfg.to_json()), "rng": random_state()}, handle)
 
 
 def read_checkpoint(path: Path) -> tuple[dict, Config]:

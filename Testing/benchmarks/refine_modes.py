@@ -33,13 +33,14 @@ from FSDiffRegLib.evaluation.evaluate import score_field
 from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.imaging.field import flow_to_field, resample_field
 from FSDiffRegLib.imaging.preprocess import prepare_pair
-from FSDiffRegLib.model.heart import blurred_outside, heart_on_grid
+from FSDiffRegLib.model.heart import blurred_outside
 from FSDiffRegLib.model.losses import score_weights, sdg_ncc_loss, smoothness_loss
 from FSDiffRegLib.model.network import FSDiffRegNet
 from FSDiffRegLib.model.spatial import integrate_velocity, warp
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.pipeline import refine
 from FSDiffRegLib.pipeline.refine import refine_flow
+from FSDiffRegLib.training.heart_head import heart_on_grid
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ACDC"
 DEFAULT_MODES = "net,old10,old50,c2f20,c2f40,c2f60,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10"
