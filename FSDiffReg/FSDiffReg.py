@@ -53,8 +53,8 @@ from FSDiffRegMRML.dependencies import (
 from FSDiffRegMRML.display import showDeformation
 from FSDiffRegMRML.inputs import InputError, checkInputs
 from FSDiffRegMRML.job import RegistrationJob
-from FSDiffRegMRML.outputs import RegistrationOutputs, summary
 from FSDiffRegMRML.process import DeviceQuery, RegisterOptions, Worker, pythonSlicerExecutable
+from FSDiffRegMRML.registration_outputs import RegistrationOutputs, summary
 
 DEVICES = ["Auto", "CPU", "CUDA"]
 DEFORMATION_MODES = ["Grid", "Glyph", "Contour"]
@@ -145,7 +145,7 @@ class FSDiffRegParameterNode:
     movingVolume: vtkMRMLScalarVolumeNode
     movingLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     device: Annotated[str, Choice(DEVICES)] = "Auto"
-    refineSteps: Annotated[int, WithinRange(0, 1000)] = RegisterOptions.refineSteps
+    refineSteps: Annotated[int, WithinRange(0, RegisterOptions.maxRefineSteps)] = RegisterOptions.refineSteps
     smoothness: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     weightsFile: str = ""
     outputTransform: vtkMRMLGridTransformNode

@@ -26,18 +26,14 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from FSDiffRegLib.commands import worker  # noqa: E402
+from FSDiffRegLib.events import error, progress, stage, to_stderr  # noqa: E402
 from FSDiffRegLib.imaging.field import write_field  # noqa: E402
-
-NAMES = {1: "RV", 2: "Myo", 3: "LV"}
-
-
-def say(message: str) -> None:
-    print(f"fsdiffreg: {message}", file=sys.stderr, flush=True)
+from FSDiffRegLib.labels import structure_name  # noqa: E402
 
 
 def expected_volumes(frame: int, values: list[int]) -> dict[str, float]:
     """Volume (ml) of each label value at ``frame`` (1-based), as the stand-in writes them."""
-    return {f"{NAMES.get(v, f'label{v}')}_ml": round(10.0 * v + 1.5 * frame - 0.125 * frame * frame, 3)
+    return {f"{structure_name(v)}_ml": round(10.0 * v + 1.5 * frame - 0.125 * frame * frame, 3)
             for v in values}
 
 
@@ -116,7 +112,7 @@ def write_outputs(out: Path, frames: list[sitk.Image], labels: sitk.Image, refer
         if mode != "missing-field" or k != n:
             write_field(shift_field(frame, float(k - reference)), out / f"field_{k:0{width}d}.nii.gz")
         sitk.WriteImage(tracked[k - 1], str(out / f"labels_{k:0{width}d}.nii.gz"))
-        say(f"writing {k}/{n} frames")
+        to_stderr(progress("writing", k, n, f"writing: {k} of {n} frames written"))
     sitk.WriteImage(sitk.JoinSeries(tracked), str(out / "labels.nii.gz"))
     values = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v > 0]
     rows = []
@@ -146,11 +142,11 @@ def track(argv: list[str]) -> int:
     parser.add_argument("--frame-times-ms", type=lambda text: [float(t) for t in text.split(",")])
     args = parser.parse_args(argv)
     mode = os.environ.get("FAKE_TRACK", "ok")
-    say("reading cine")
+    to_stderr(stage("reading", "reading cine"))
     if mode == "hang":
         time.sleep(300)
     if mode == "error":
-        say("error: labels must be integer-valued, got float")
+        to_stderr(error("labels must be integer-valued, got float"))
         return 2
     if mode == "crash":
         raise MemoryError
@@ -158,15 +154,16 @@ def track(argv: list[str]) -> int:
     frames = [sitk.ReadImage(str(p)) for p in paths]
     labels = sitk.ReadImage(args.labels)
     record(argv, args, paths, frames, labels)
-    say(f"loading weights on {args.device}")
+    to_stderr(stage("loading", f"loading weights on {args.device}"))
     for k in range(2, len(frames) + 2, 2):
-        say(f"network {min(k, len(frames))}/{len(frames)} frames")
+        done = min(k, len(frames))
+        to_stderr(progress("network", done, len(frames), f"network: {done} of {len(frames)} frames registered"))
     for step in range(1, args.refine + 1):
-        say(f"refining {100 * step // args.refine} % ({step}/{args.refine} steps), 0 s left")
+        to_stderr(progress("refining", step, args.refine, f"refining: {step} of {args.refine} steps done"))
     write_outputs(Path(args.out_dir), frames, labels, args.reference_frame, mode, args.frame_times_ms)
     return 0
 
 
 if __name__ == "__main__":
     worker.run = track
-    worker.Worker().serve()
+    worker.CommandServer().serve()

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from FSDiffRegLib.commands import work_folders
-from FSDiffRegLib.commands.worker import FINISHED, PARENT_GONE
+from FSDiffRegLib.commands.worker import PARENT_GONE
+from FSDiffRegLib.events import FINISHED
 from FSDiffRegLib.model.config import Config
 from FSDiffRegLib.model.network import FSDiffRegNet
 from FSDiffRegLib.model.weights import save_weights

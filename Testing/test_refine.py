@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from FSDiffRegLib.defaults import MAX_STEPS, REFINE_OPTION, REFINE_STEPS, RefineOptions
 from FSDiffRegLib.errors import InputError
+from FSDiffRegLib.events import Event, line, read
 from FSDiffRegLib.imaging.metrics import heart_dice
 from FSDiffRegLib.model.config import Config
 from FSDiffRegLib.model.spatial import warp
@@ -127,11 +128,16 @@ def test_the_default_blurs_away_from_the_heart_for_a_smoother_field_at_the_same_
     assert dice > gaussian_dice - 0.002
 
 
-def test_progress_lines_show_percent_steps_and_time_left(pair):
-    lines: list[str] = []
-    refine(pair, torch.zeros_like(pair["truth"]), 7, log=lines.append)
-    assert lines[0] == "refining 0 % (0/7 steps)" and lines[-1] == "refining 100 % (7/7 steps)"
-    assert all(re.fullmatch(r"refining \d+ % \([1-6]/7 steps\), \d+ (s|min \d+ s) left", line) for line in lines[1:-1])
+def test_progress_events_say_steps_work_and_time_left(pair):
+    said: list[Event] = []
+    refine(pair, torch.zeros_like(pair["truth"]), 7, log=said.append)
+    assert all(e.type == "progress" and e.stage == "refining" and e.total == 7 for e in said)
+    assert (said[0].step, said[0].fraction, said[-1].step, said[-1].fraction) == (0, 0.0, 7, 1.0)
+    assert said[0].text == "refining: 0 of 7 steps done (0 % of the work)"
+    assert said[-1].text == "refining: 7 of 7 steps done (100 % of the work)"
+    assert all(re.fullmatch(r"refining: [1-6] of 7 steps done \(\d+ % of the work\), about \d+ (s|min \d+ s) left",
+                            e.text) for e in said[1:-1])
+    assert [read(line(e)) for e in said] == said  # as they cross to the Slicer module
 
 
 class Clock:
@@ -146,22 +152,25 @@ class Clock:
 
 
 def test_progress_counts_work_so_that_fine_steps_weigh_more():
-    lines: list[str] = []
-    progress = Progress([1] * 5 + [3] * 5, lines.append, Clock(1.0))  # 1 s a step, whatever its work
+    said: list[Event] = []
+    progress = Progress([1] * 5 + [3] * 5, said.append, Clock(1.0))  # 1 s a step, whatever its work
     for _ in range(10):
         progress.step()
-    assert lines == ["refining 0 % (0/10 steps)", "refining 10 % (2/10 steps), 18 s left",
-                     "refining 20 % (4/10 steps), 16 s left", "refining 40 % (6/10 steps), 9 s left",
-                     "refining 55 % (7/10 steps), 6 s left", "refining 70 % (8/10 steps), 3 s left",
-                     "refining 85 % (9/10 steps), 2 s left", "refining 100 % (10/10 steps)"]
+    assert [(e.step, round(100 * e.fraction)) for e in said] == [(0, 0), (2, 10), (4, 20), (6, 40), (7, 55), (8, 70),
+                                                                  (9, 85), (10, 100)]
+    assert [e.text for e in said[:2]] == ["refining: 0 of 10 steps done (0 % of the work)",
+                                          "refining: 2 of 10 steps done (10 % of the work), about 18 s left"]
+    assert [e.text.split("about ")[-1] for e in said[2:-1]] == ["16 s left", "9 s left", "6 s left", "3 s left",
+                                                                 "2 s left"]
 
 
 def test_slow_steps_give_a_line_at_least_every_ten_seconds():
-    lines: list[str] = []
-    progress = Progress([1] * 1000, lines.append, Clock(11.0))
+    said: list[Event] = []
+    progress = Progress([1] * 1000, said.append, Clock(11.0))
     for _ in range(30):
         progress.step()
-    assert len(lines) == 31 and lines[-1] == "refining 3 % (30/1000 steps), 2 h 57 min left"
+    assert len(said) == 31
+    assert said[-1].text == "refining: 30 of 1000 steps done (3 % of the work), about 2 h 57 min left"
 
 
 def test_durations_read_naturally():

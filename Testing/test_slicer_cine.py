@@ -23,6 +23,7 @@ import vtk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 import slicer_cine_child as child  # noqa: E402
+from FSDiffRegLib import events  # noqa: E402
 from FSDiffRegLib.defaults import PLAUSIBLE_INTERVAL_MS  # noqa: E402
 from FSDiffRegLib.labels import structure_of  # noqa: E402
 from FSDiffRegMRML.cine_inputs import (  # noqa: E402
@@ -289,17 +290,21 @@ def test_track_command_passes_the_frame_times():
 
 
 def test_progress_moves_frame_by_frame(tmp_path):
-    lines = ["fsdiffreg: reading cine", "fsdiffreg: loading weights on cpu", "fsdiffreg: network 2/4 frames",
-             "fsdiffreg: network 4/4 frames", "fsdiffreg: refining 50 % (30/60 steps), 3 s left",
-             "fsdiffreg: refining 100 % (60/60 steps), 0 s left", "fsdiffreg: writing 1/4 frames",
-             "fsdiffreg: writing 4/4 frames"]
-    assert [TrackingProcess.stageProgress(line.split(": ", 1)[1]) for line in lines] == [5, 10, 30, 50, 68, 85, 87, 95]
-    process = TrackingProcess(stand_in_worker(tmp_path, printing(lines)).run(["track"]))
-    assert drain(process) == lines and process.progress == 95 and process.succeeded
+    said = [events.stage("reading", "reading cine"), events.stage("loading", "loading weights on cpu"),
+            events.progress("network", 2, 4, "network: 2 of 4 frames registered"),
+            events.progress("network", 4, 4, "network: 4 of 4 frames registered"),
+            events.progress("refining", 30, 60, "refining: 30 of 60 steps done (50 % of the work)", 0.5),
+            events.progress("refining", 60, 60, "refining: 60 of 60 steps done (100 % of the work)"),
+            events.progress("writing", 1, 4, "writing: 1 of 4 frames written"),
+            events.progress("writing", 4, 4, "writing: 4 of 4 frames written")]
+    assert [TrackingProcess.stageProgress(event) for event in said] == [5, 10, 30, 50, 68, 85, 87, 95]
+    process = TrackingProcess(stand_in_worker(tmp_path, printing(said)).run(["track"]))
+    assert drain(process) == [events.human(event) for event in said]
+    assert process.progress == 95 and process.succeeded
 
 
 def test_failure_and_crash_are_one_line_about_tracking(tmp_path):
-    refusal = printing(["fsdiffreg track: error: reference frame 30 is out of range"], "return 2")
+    refusal = printing([events.error("reference frame 30 is out of range")], "return 2")
     error = TrackingProcess(stand_in_worker(tmp_path, refusal).run(["track"]))
     drain(error)
     assert error.failure() == "reference frame 30 is out of range"
@@ -465,7 +470,7 @@ def test_the_child_gets_every_frame_and_the_labels_with_acdc_values(run):
         np.testing.assert_allclose(labels, frame, atol=1e-4)
     # the RV, Myo and LV boxes differ in size: their counts tell which value each structure got
     assert record["labels_counts"] == label_counts(ed_labels_array())
-    assert "fsdiffreg: network 5/5 frames" in run["lines"] and run["job"].progress == 95
+    assert "fsdiffreg: network: 5 of 5 frames registered" in run["lines"] and run["job"].progress == 95
 
 
 def expected_index(run) -> tuple[str, str, list[str]]:

@@ -17,5 +17,5 @@ def test_mrml_layer_imports_no_simpleitk_and_no_torch():
             f"for name in {LAYER!r}: __import__(name)\n"
             "print(json.dumps(sorted(m for m in ('SimpleITK', 'torch') if m in sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert {'FSDiffRegMRML.outputs', 'FSDiffRegMRML.process'} <= set(LAYER)
+    assert {'FSDiffRegMRML.registration_outputs', 'FSDiffRegMRML.process'} <= set(LAYER)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []

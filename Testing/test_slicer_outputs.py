@@ -24,7 +24,8 @@ from FSDiffRegLib.imaging.metrics import jacobian_determinant
 from FSDiffRegLib.pipeline.register import Registration, write_outputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
-from FSDiffRegMRML import display, inputs, outputs  # noqa: E402
+from FSDiffRegMRML import display, inputs  # noqa: E402
+from FSDiffRegMRML import registration_outputs as outputs  # noqa: E402
 from slicer_releases import vtk_log  # noqa: E402
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])

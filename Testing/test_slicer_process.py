@@ -17,6 +17,7 @@ import pytest
 import slicer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
+from FSDiffRegLib import events
 from FSDiffRegLib.commands import work_folders
 from FSDiffRegLib.commands.work_folders import process_exists
 from FSDiffRegLib.defaults import DEFAULT_STEPS
@@ -57,7 +58,8 @@ def stand_in_worker(folder: Path, command: str) -> Worker:
     script = folder / "stand_in_worker.py"
     script.write_text(f"import os, sys, time\nsys.path.insert(0, {str(ROOT)!r})\n"
                       "from FSDiffRegLib.commands import worker\n"
-                      f"{command}\nworker.run = run\nworker.Worker().serve()\n")
+                      "from FSDiffRegLib.events import error, read, result, stage, to_stderr\n"
+                      f"{command}\nworker.run = run\nworker.CommandServer().serve()\n")
     launcher = folder / "PythonLauncher"
     launcher.write_text('#!/bin/sh\n[ "$*" = "-m FSDiffRegLib.commands.worker" ] '
                         '|| { echo "bad arguments: $*" >&2; exit 3; }\n'
@@ -66,15 +68,16 @@ def stand_in_worker(folder: Path, command: str) -> Worker:
     return Worker(str(launcher))
 
 
-def printing(lines: list[str], ending: str = "return 0") -> str:
-    """A stand-in command that prints ``lines`` on stderr as the CLI does, then runs ``ending``."""
-    prints = "".join(f"    print({line!r}, file=sys.stderr, flush=True)\n" for line in lines)
+def printing(said: list[events.Event], ending: str = "return 0") -> str:
+    """A stand-in command that reports ``said`` as the CLI does (the human lines, and the events the worker's
+    parent asks for), then runs ``ending``."""
+    prints = "".join(f"    to_stderr(read({events.line(event)!r}))\n" for event in said)
     return f"def run(args):\n{prints}    {ending}\n"
 
 
-def scripted(folder: Path, lines: list[str], ending: str = "return 0") -> RegistrationProcess:
-    """A registration in a stand-in worker whose command prints ``lines``, then runs ``ending``."""
-    return RegistrationProcess(stand_in_worker(folder, printing(lines, ending)).run(["register"]))
+def scripted(folder: Path, said: list[events.Event], ending: str = "return 0") -> RegistrationProcess:
+    """A registration in a stand-in worker whose command reports ``said``, then runs ``ending``."""
+    return RegistrationProcess(stand_in_worker(folder, printing(said, ending)).run(["register"]))
 
 
 def drain(process: RegistrationProcess) -> list[str]:
@@ -90,24 +93,26 @@ def drain(process: RegistrationProcess) -> list[str]:
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the stand-in launchers are shell scripts")
 
 
-def test_progress_follows_the_stage_lines(tmp_path):
-    stages = ["fsdiffreg: reading images", "fsdiffreg: loading weights on cpu", "fsdiffreg: registering",
-              "fsdiffreg: refining (25 steps)", "fsdiffreg: writing outputs"]
-    process = scripted(tmp_path, stages)
-    assert drain(process) == stages
+def test_progress_follows_the_stage_events_and_the_log_shows_their_text(tmp_path):
+    said = [events.stage("reading", "reading images"), events.stage("loading", "loading weights on cpu"),
+            events.stage("registering"), events.progress("refining", 5, 25, "refining: 5 of 25 steps done"),
+            events.stage("writing", "writing outputs")]
+    assert [RegistrationProcess.stageProgress(event) for event in said] == [10, 20, 35, 60, 90]
+    process = scripted(tmp_path, said)
+    assert drain(process) == [events.human(event) for event in said]  # the log shows their text, not the events
     assert process.progress == 90 and process.succeeded and process.error is None
 
 
 def test_error_line_becomes_the_failure_message(tmp_path):
-    process = scripted(tmp_path, ["fsdiffreg: reading images", "fsdiffreg: error: moving image must be 3D, got 4D"],
-                       "return 2")
+    process = scripted(tmp_path, [events.stage("reading", "reading images"),
+                                  events.error("moving image must be 3D, got 4D")], "return 2")
     drain(process)
     assert not process.succeeded and process.failure() == "moving image must be 3D, got 4D"
 
 
 def test_crash_without_error_line_reports_exit_code_and_last_line(tmp_path):
     """An exception no handler expects ends the worker (status 1, the traceback's last line)."""
-    process = scripted(tmp_path, ["fsdiffreg: reading images"], "raise MemoryError")
+    process = scripted(tmp_path, [events.stage("reading", "reading images")], "raise MemoryError")
     drain(process)
     assert process.failure() == "registration failed (exit code 1): MemoryError"
 
@@ -118,7 +123,8 @@ def test_undecodable_output_is_replaced_not_fatal(tmp_path):
     command = ("def run(args):\n"
                "    sys.stderr.buffer.write(b'fsdiffreg: reading images from caf\\xe9 \\xff\\xfe\\n')\n"
                "    sys.stderr.flush()\n"
-               "    print('fsdiffreg: error: weights file not found', file=sys.stderr, flush=True)\n"
+               "    to_stderr(stage('reading', 'reading images'))\n"
+               "    to_stderr(error('weights file not found'))\n"
                "    return 2\n")
     process = RegistrationProcess(stand_in_worker(tmp_path, command).run(["register"]))
     lines = drain(process)
@@ -287,17 +293,18 @@ def answer(query) -> dict:
 
 
 @pytest.mark.skipif(os.name == "nt", reason="stand-ins are shell scripts")
-def test_device_query_reads_the_json_line_among_other_output(tmp_path):
+def test_device_query_reads_the_result_event_among_other_output(tmp_path):
     reply = {"torch": "2.4.1", "cuda": True, "devices": ["cpu", "cuda"], "cuda_names": ["RTX"]}
-    body = f"print('UserWarning: something', file=sys.stderr)\nprint({json.dumps(reply)!r})\nreturn 0"
+    body = (f"print('UserWarning: something', file=sys.stderr)\nto_stderr(result('devices found', {reply!r}))\n"
+            f"print({json.dumps(reply)!r})\nreturn 0")
     query = child.DeviceQuery(devices_stand_in(tmp_path, body))
     assert answer(query) == {"torch": "2.4.1", "devices": ["cpu", "cuda"], "error": None}
     assert query.poll() == answer(query)  # the answer stays
 
 
 @pytest.mark.skipif(os.name == "nt", reason="stand-ins are shell scripts")
-def test_device_query_reports_the_cli_error_line(tmp_path):
-    body = "print(\"fsdiffreg: error: torch cannot be imported: No module named 'torch'\", file=sys.stderr)\nreturn 2"
+def test_device_query_reports_the_cli_error_event(tmp_path):
+    body = "to_stderr(error(\"torch cannot be imported: No module named 'torch'\"))\nreturn 2"
     result = answer(child.DeviceQuery(devices_stand_in(tmp_path, body)))
     assert result == {"torch": None, "devices": [], "error": "torch cannot be imported: No module named 'torch'"}
 
@@ -411,7 +418,7 @@ time.sleep(300)
 #: (so no write to a closed pipe ends it).
 QUIET_CHILD = ("import time; from FSDiffRegLib.commands import worker; "
                "worker.run = lambda args: (print('fsdiffreg: reading images', flush=True), time.sleep(300)); "
-               "worker.Worker().serve()")
+               "worker.CommandServer().serve()")
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to see the process tree")

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 from FSDiffRegMRML.display import JACOBIAN_COLORS  # noqa: E402
 from FSDiffRegMRML.inputs import InputError  # noqa: E402
 from FSDiffRegMRML.job import RegistrationJob  # noqa: E402
-from FSDiffRegMRML.outputs import summary  # noqa: E402
 from FSDiffRegMRML.process import RegisterOptions  # noqa: E402
+from FSDiffRegMRML.registration_outputs import summary  # noqa: E402
 from test_slicer_outputs import ijk_to_ras, load_volume, new_scene, resampled_through, rotated, rotation, voxels
 
 

@@ -9,6 +9,7 @@ import json
 import py_compile
 import re
 import struct
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -19,6 +20,9 @@ MODULE = ROOT / "FSDiffReg"
 SOURCE = MODULE / "FSDiffReg.py"
 UI = MODULE / "Resources" / "UI" / "FSDiffReg.ui"
 MRML = MODULE / "FSDiffRegMRML"
+sys.path.insert(0, str(MODULE))
+from FSDiffRegLib.defaults import MAX_STEPS  # noqa: E402
+from FSDiffRegMRML.process import RegisterOptions  # noqa: E402
 
 #: The widget class each kind of parameter must be bound to (Slicer's GUI connectors).
 WIDGET_FOR = {"choice": "QComboBox", "int": "QSpinBox", "float": "QDoubleSpinBox", "bool": "QCheckBox",
@@ -92,6 +96,14 @@ def test_parameter_is_bound_to_a_widget_its_type_can_use(field):
                  for s in p.iter("string")]
         assert types and all(t in annotation for t in types) and all(t in types for t in
                                                                       re.findall(r"vtkMRML\w+", annotation))
+
+
+def test_the_panel_allows_the_refinement_steps_the_library_allows():
+    spin_box = ui_widgets()["refineStepsSpinBox"]
+    maximum = next(p for p in spin_box.findall("property") if p.get("name") == "maximum")
+    assert int(maximum.findtext("number")) == MAX_STEPS
+    assert parameter_fields()["refineSteps"] == "Annotated[int, WithinRange(0, RegisterOptions.maxRefineSteps)]"
+    assert RegisterOptions.maxRefineSteps == MAX_STEPS
 
 
 def test_every_node_selector_gets_the_scene():

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from FSDiffRegLib.commands import work_folders
-from FSDiffRegLib.commands.worker import FINISHED, PARENT_GONE
+from FSDiffRegLib.commands.worker import PARENT_GONE
+from FSDiffRegLib.events import FINISHED
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +57,7 @@ def test_the_end_of_input_ends_an_idle_worker(worker):
 
 #: The real worker loop, whose command says it started and is then busy for a minute.
 BUSY = ("import time; from FSDiffRegLib.commands import worker; "
-        "worker.run = lambda args: (print('started', flush=True), time.sleep(60)); worker.Worker().serve()")
+        "worker.run = lambda args: (print('started', flush=True), time.sleep(60)); worker.CommandServer().serve()")
 
 
 def input_ends_mid_command(python: list[str], folder: Path, env: dict | None = None) -> int:

@@ -2,7 +2,7 @@
 
 - ``process``: the ``fsdiffreg register`` and ``track`` commands in a child process, and its output;
 - ``inputs``: checking input nodes and writing them to files;
-- ``outputs``: turning the library's output files into new MRML nodes;
+- ``registration_outputs``: turning the library's output files into new MRML nodes;
 - ``display``: Jacobian colours, the deformation grid, slice-view layers;
 - ``job``: one registration of MRML nodes, from inputs to output nodes;
 - ``cine_inputs``, ``cine_job``, ``cine_outputs``: the same for tracking a cine (``fsdiffreg track``):

@@ -42,7 +42,7 @@ from FSDiffRegLib.labels import structure_name
 
 from .cine_inputs import Structure, cineFrames, frameCount, frameTimesMs
 from .inputs import sameGeometry
-from .outputs import readTransform
+from .registration_outputs import readTransform
 
 #: Units of the table's columns and function values, from the suffix of their names.
 UNITS = {"_ml": "ml", "_ms": "ms", "_percent": "%", "_g": "g"}

@@ -11,9 +11,7 @@ import numpy as np
 import slicer
 import vtk
 
-
-class InputError(ValueError):
-    """Inputs the registration cannot use; the message tells the user what to change."""
+from FSDiffRegLib.errors import InputError  # inputs the run cannot use; the message says what to change
 
 
 def _geometry(volume) -> np.ndarray:

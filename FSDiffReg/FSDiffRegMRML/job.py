@@ -9,8 +9,8 @@ from typing import Callable
 from FSDiffRegLib.commands.work_folders import new_work_folder
 
 from .inputs import checkInputs, writeInputs
-from .outputs import RegistrationOutputs, loadOutputs
 from .process import RegisterOptions, RegistrationProcess, Worker, pythonSlicerExecutable, registerCommand
+from .registration_outputs import RegistrationOutputs, loadOutputs
 
 
 class RegistrationError(RuntimeError):

@@ -19,31 +19,28 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from FSDiffRegLib.commands.worker import FINISHED
-from FSDiffRegLib.defaults import DEFAULT_STEPS
+from FSDiffRegLib import events
+from FSDiffRegLib.defaults import DEFAULT_STEPS, MAX_STEPS
 from FSDiffRegLib.resources import PACKAGE
 
-#: Progress (percent) reached when the CLI announces each stage on stderr.
+#: Progress (percent) of ``fsdiffreg register`` once each stage (``events``' stage name) begins.
 STAGES = {
-    "reading images": 10,
-    "loading weights": 20,
+    "reading": 10,
+    "loading": 20,
     "registering": 35,
     "refining": 60,
-    "writing outputs": 90,
+    "writing": 90,
 }
-#: Progress (percent) of ``fsdiffreg track``: each stage's span; "K/N frames" and "P %" move within it.
+#: Progress (percent) of ``fsdiffreg track``: each stage's span; its progress events move within it.
 TRACK_STAGES = {
-    "reading cine": (5, 5),
-    "loading weights": (10, 10),
+    "reading": (5, 5),
+    "loading": (10, 10),
     "network": (10, 50),
     "refining": (50, 85),
     "writing": (85, 95),
 }
-FRAME_COUNT = re.compile(r"^(network|writing) (\d+)/(\d+) frames")
-REFINED_PERCENT = re.compile(r"^refining (\d+(?:\.\d+)?) %")
-ERROR_LINE = re.compile(r"^fsdiffreg(?: \w+)?: error: (.*)$")
-STAGE_LINE = re.compile(r"^fsdiffreg: (.*)$")
 KILLED = -9  # the exit status of a cancelled command
 
 
@@ -73,6 +70,7 @@ class RegisterOptions:
     weights: str = ""
     refineSteps: int = DEFAULT_STEPS
     smoothness: float | None = None
+    maxRefineSteps: ClassVar[int] = MAX_STEPS  # the library's limit, which the panel allows too
 
 
 def modelArguments(options: RegisterOptions) -> list[str]:
@@ -117,13 +115,14 @@ def launch(args: list[str], cwd: Path) -> subprocess.Popen:
     """Start ``args`` in a process group of its own, stdout and stderr merged into one UTF-8 text pipe.
 
     Its own group lets cancel stop launchers (``PythonSlicer`` starts the real Python as
-    a child) together with what they started; on Windows no console window opens. The
+    a child) together with what they started; on Windows no console window opens. The child
+    prints its events (``FSDiffRegLib.events``) beside its log lines. The
     child writes UTF-8 whatever the system's code page; a byte that still does not decode
     becomes U+FFFD instead of stopping the reader. Its stdin is a pipe that only this
     process holds, so the system closes it when this process ends, however it ends (the
     worker then ends too: FSDiffRegLib.commands.worker).
     """
-    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", events.SWITCH: "1"}
     options = dict(cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                    encoding="utf-8", errors="replace", env=env)
     if os.name == "nt":
@@ -199,7 +198,7 @@ class WorkerRun:
         self.worker = worker
         token = secrets.token_hex(16)
         self.request = json.dumps({"args": args, "work_folder": str(workDir) if workDir else None, "token": token})
-        self._finished = re.compile(re.escape(f"{FINISHED} {token} ") + r"(-?\d+)$")
+        self._finished = re.compile(re.escape(f"{events.FINISHED} {token} ") + r"(-?\d+)$")
         self.sent = False
         self.returncode: int | None = None
         self.cancelled = False
@@ -215,7 +214,7 @@ class WorkerRun:
             line = line[:finished.start()]
             if not line:
                 return
-        if line.strip():
+        if line.strip() and events.read(line) is None:
             self.lastLine = line
         self._lines.append(line)
 
@@ -310,7 +309,7 @@ class Worker:
 
 
 class RegistrationProcess:
-    """A running ``fsdiffreg register``: its lines, progress, outcome; cancel stops it."""
+    """A running ``fsdiffreg register``: its log lines, progress and outcome, from its events; cancel stops it."""
 
     what = "registration"
 
@@ -320,10 +319,14 @@ class RegistrationProcess:
         self.error: str | None = None
 
     def poll(self) -> list[str]:
-        """New output lines (never blocks)."""
-        lines = self.command.poll()
-        for line in lines:
-            self._parse(line)
+        """New log lines for people (never blocks); the events among the output move the progress."""
+        lines = []
+        for line in self.command.poll():
+            event = events.read(line)
+            if event is None:
+                lines.append(line)
+            else:
+                self.take(event)
         return lines
 
     @property
@@ -333,19 +336,16 @@ class RegistrationProcess:
     def cancel(self) -> None:
         self.command.cancel()
 
-    def _parse(self, line: str) -> None:
-        error = ERROR_LINE.match(line)
-        if error:
-            self.error = error.group(1)
-            return
-        stage = STAGE_LINE.match(line)
-        if stage:
-            self.progress = max(self.progress, self.stageProgress(stage.group(1)) or 0)
+    def take(self, event: events.Event) -> None:
+        if event.type == "error":
+            self.error = event.text
+        elif event.type in ("stage", "progress"):
+            self.progress = max(self.progress, self.stageProgress(event) or 0)
 
     @staticmethod
-    def stageProgress(stage: str) -> int | None:
-        """Percent reached once the CLI says ``stage`` (a line without its "fsdiffreg: "); None: not a stage."""
-        return next((p for name, p in STAGES.items() if stage.startswith(name)), None)
+    def stageProgress(event: events.Event) -> int | None:
+        """Percent reached at a stage or progress event; None: a stage without a place on the bar."""
+        return STAGES.get(event.stage)
 
     @property
     def succeeded(self) -> bool:
@@ -364,32 +364,16 @@ class TrackingProcess(RegistrationProcess):
     what = "tracking"
 
     @staticmethod
-    def stageProgress(stage: str) -> int | None:
-        count = FRAME_COUNT.match(stage)
-        if count:
-            start, end = TRACK_STAGES[count.group(1)]
-            return start + (end - start) * int(count.group(2)) // max(int(count.group(3)), 1)
-        refined = REFINED_PERCENT.match(stage)
-        if refined:
-            start, end = TRACK_STAGES["refining"]
-            return start + round((end - start) * min(float(refined.group(1)), 100.0) / 100.0)
-        return next((start for name, (start, _) in TRACK_STAGES.items() if stage.startswith(name)), None)
-
-
-def lastJsonObject(lines: list[str]) -> dict | None:
-    """The last line that is a JSON object (other lines may be warnings from torch)."""
-    for line in reversed(lines):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+    def stageProgress(event: events.Event) -> int | None:
+        if event.stage not in TRACK_STAGES:
+            return None
+        start, end = TRACK_STAGES[event.stage]
+        return start + round((end - start) * (event.fraction or 0.0))
 
 
 class DeviceQuery:
-    """``fsdiffreg devices`` in the worker: which torch is installed and which devices it can use.
+    """``fsdiffreg devices`` in the worker: which torch is installed and which devices it can use (its result
+    event).
 
     ``poll()`` is None while it runs, then ``{"torch": version or None, "devices": [...],
     "error": None or a one-line reason}`` (no devices when the command failed or was cancelled).
@@ -412,11 +396,11 @@ class DeviceQuery:
         failed = {"torch": None, "devices": []}
         if self.command.cancelled:
             return {**failed, "error": "device query cancelled"}
-        for line in self._lines:
-            error = ERROR_LINE.match(line)
-            if error:
-                return {**failed, "error": error.group(1)}
-        reply = lastJsonObject(self._lines)
+        said = [event for event in map(events.read, self._lines) if event is not None]
+        error = next((event.text for event in said if event.type == "error"), None)
+        if error is not None:
+            return {**failed, "error": error}
+        reply = next((event.data for event in reversed(said) if event.type == "result"), None)
         if self.command.returncode != 0 or reply is None:
             return {**failed, "error": self.command.crash("device query")}
         return {"torch": reply.get("torch"), "devices": list(reply.get("devices", [])), "error": None}

@@ -30,6 +30,7 @@ from typing import Callable, Union
 
 from ..defaults import RefineOptions
 from ..errors import DeviceError, InputError, OutputError, WeightsError
+from ..events import Report, ignore, note, prefixed, progress, stage
 from ..files import replaced_whole
 from ..outputs.folder import METRICS, interrupts_held, marked
 from ..pipeline import register, track
@@ -40,7 +41,6 @@ SUMMARY_COLUMNS = ("id", "status", "seconds", "folding_percent", "ncc_before", "
                    "rv_ef_percent", "error")
 EXPECTED_ERRORS = (InputError, OutputError, WeightsError, DeviceError, OSError)
 Request = Union[register.RegisterRequest, track.TrackRequest]
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def up_to_date(request: Request, inputs: dict | None, weights_sha256: str) -> bo
             and metrics.get("options") == options and metrics.get("weights_sha256") == weights_sha256)
 
 
-def run_case(request: Request, loaded: tuple, read: dict | None, log: Log) -> str | None:
+def run_case(request: Request, loaded: tuple, read: dict | None, log: Report) -> str | None:
     """Register or track one case into its out-dir; the error line, or None when its set is written."""
     try:
         if isinstance(request, register.RegisterRequest):
@@ -168,17 +168,13 @@ def prepare(request: Request, weights_sha256: str) -> Prepared:
         return Prepared(request, error=error_line(err))
 
 
-def prefixed(log: Log, case_id: str) -> Log:
-    return lambda message: log(f"{case_id}: {message}")
-
-
-def run_local(requests: list[tuple[Case, Request]], options: BatchOptions, summary: Summary, log: Log) -> None:
+def run_local(requests: list[tuple[Case, Request]], options: BatchOptions, summary: Summary, log: Report) -> None:
     """Each case in this process, the model loaded once, the next case read while this one computes."""
     from ..device import pick_device
     from ..model.weights import load_model
 
     device = pick_device(options.device)
-    log(f"loading weights on {device}")
+    log(stage("loading", f"loading weights on {device}"))
     loaded = load_model(options.weights, device)
     pool = ThreadPoolExecutor(1, thread_name_prefix="fsdiffreg-prefetch")
     ahead: Future | None = pool.submit(prepare, requests[0][1], loaded[1]["sha256"]) if requests else None
@@ -196,8 +192,8 @@ def run_local(requests: list[tuple[Case, Request]], options: BatchOptions, summa
                 row = set_row(case.id, "failed" if error else "done", time.time() - start, Path(request.out_dir),
                               error or "")
             summary.record(row)
-            log(f"case {number + 1}/{len(requests)} {case.id}: {row['status']} in {row['seconds']} s"
-                + (f": {row['error']}" if row["error"] else ""))
+            log(progress("cases", number + 1, len(requests), f"case {number + 1} of {len(requests)}, {case.id}: "
+                         f"{row['status']} in {row['seconds']} s" + (f": {row['error']}" if row["error"] else "")))
     except KeyboardInterrupt:
         if case is not None and summary.rows[case.id]["status"] == "pending":
             summary.record({"id": case.id, "status": "interrupted"})
@@ -206,11 +202,12 @@ def run_local(requests: list[tuple[Case, Request]], options: BatchOptions, summa
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-Runner = Callable[[list[tuple[Case, Request]], BatchOptions, Summary, Log], None]  # runs the cases, fills the summary
+#: Runs the cases and fills the summary.
+Runner = Callable[[list[tuple[Case, Request]], BatchOptions, Summary, Report], None]
 
 
 def run_batch(manifest: Manifest, out_root: str | Path, options: BatchOptions, shard: Shard | None = None,
-              runner: Runner = run_local, log: Log = lambda message: None) -> int:
+              runner: Runner = run_local, log: Report = ignore) -> int:
     """Run the shard's cases of ``manifest`` into ``out_root`` with ``runner`` (``run_local``, or
     ``dask_batch.run_dask`` given its address); the number that failed."""
     from .shards import take
@@ -221,8 +218,8 @@ def run_batch(manifest: Manifest, out_root: str | Path, options: BatchOptions, s
     out_root.mkdir(parents=True, exist_ok=True)
     cases = take(manifest.cases, shard)
     if shard is not None:
-        log(f"shard {shard.index} of {shard.count} (from {shard.source}, counted from 0): {len(cases)} of "
-            f"{len(manifest.cases)} cases")
+        log(note(f"shard {shard.index} of {shard.count} (from {shard.source}, counted from 0): {len(cases)} of "
+                 f"{len(manifest.cases)} cases"))
     summary = Summary(out_root / summary_name(shard), [case.id for case in cases])
     requests = [(case, request_for(manifest.kind, case, out_root, options)) for case in cases]
     runner(requests, options, summary, log)

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from .. import events
 from ..defaults import (
     DEFAULT_REFINE,
     MAX_STEPS,
@@ -39,10 +40,6 @@ METHODS = ("identity", "elastix", "ants", "network", "refine", "ablations")
 FUNCTION_METHODS = ("elastix", "ants", "network", "refine")
 
 
-def _say(message: str) -> None:
-    print(f"fsdiffreg: {message}", file=sys.stderr, flush=True)
-
-
 def _summary(metrics: dict) -> str:
     return (f"folding {metrics['folding_percent']:.4f} %, SD|J| {metrics['sd_jacobian']:.3f}, "
             f"NCC {metrics['ncc_before']:.3f} -> {metrics['ncc_after']:.3f}, "
@@ -59,8 +56,11 @@ def _register(args: argparse.Namespace) -> None:
 
     request = RegisterRequest(args.fixed, args.moving, args.out_dir, args.moving_labels, args.weights, args.device,
                               refine_options(args))
-    result = register_files(request, log=_say)
-    print(f"{_summary(result.metrics)}\noutputs in {Path(args.out_dir).resolve()}")
+    result = register_files(request, log=events.to_stderr)
+    out = Path(args.out_dir).resolve()
+    if events.wanted():
+        events.to_stderr(events.result(f"registered: outputs in {out}", {"out_dir": str(out)}))
+    print(f"{_summary(result.metrics)}\noutputs in {out}")
 
 
 def _track(args: argparse.Namespace) -> None:
@@ -68,9 +68,12 @@ def _track(args: argparse.Namespace) -> None:
 
     request = TrackRequest(args.cine, args.labels, args.out_dir, args.reference_frame, args.weights, args.device,
                            refine_options(args), args.frame_times_ms)
-    tracking = track_files(request, log=_say)
+    tracking = track_files(request, log=events.to_stderr)
+    out = Path(args.out_dir).resolve()
+    if events.wanted():
+        events.to_stderr(events.result(f"tracked: outputs in {out}", {"out_dir": str(out)}))
     print(f"{function_summary(tracking.function)}; {tracking.metrics['seconds']:.1f} s on "
-          f"{tracking.metrics['device']}\noutputs in {Path(args.out_dir).resolve()}")
+          f"{tracking.metrics['device']}\noutputs in {out}")
 
 
 def _batch(args: argparse.Namespace) -> int:
@@ -98,7 +101,8 @@ def _batch(args: argparse.Namespace) -> int:
         except ImportError:
             raise InputError("--dask needs dask.distributed: pip install 'dask[distributed]'") from None
         runner = partial(run_dask, args.dask)
-    failed = run_batch(manifest, args.out_root, BatchOptions(args.weights, args.device, refine), shard, runner, _say)
+    failed = run_batch(manifest, args.out_root, BatchOptions(args.weights, args.device, refine), shard, runner,
+                       events.to_stderr)
     print(f"{failed} case(s) failed; summary in {Path(args.out_root).resolve()}" if failed else
           f"every case done; summary in {Path(args.out_root).resolve()}")
     return 1 if failed else 0
@@ -141,10 +145,11 @@ def _demo(args: argparse.Namespace) -> None:
 
     def figure(result, folder: Path) -> None:
         with written(folder / "figure.png"):
-            save_figure(sitk.ReadImage(str(fixed)), sitk.ReadImage(str(moving)), result, folder / "figure.png", _say)
+            save_figure(sitk.ReadImage(str(fixed)), sitk.ReadImage(str(moving)), result, folder / "figure.png",
+                        events.to_stderr)
 
     request = RegisterRequest(fixed, moving, args.out_dir, sample["moving_labels"], args.weights, args.device)
-    result = register_files(request, log=_say, also=figure)
+    result = register_files(request, log=events.to_stderr, also=figure)
     out = Path(args.out_dir).resolve()
     print(f"registered the bundled ACDC sample (patient 091, ES -> ED): {_summary(result.metrics)}")
     picture = f"; figure {out / 'figure.png'}" if (out / "figure.png").is_file() else ""  # none without matplotlib
@@ -173,7 +178,8 @@ def _train_heart(args: argparse.Namespace) -> None:
     from ..training.heart_head import make_heart
 
     options = HeartTraining(steps=args.steps, pairs=args.pairs)
-    info = make_heart(Path(args.data), args.weights, Path(args.out) if args.out else None, options, log=_say)
+    info = make_heart(Path(args.data), args.weights, Path(args.out) if args.out else None, options,
+                      log=events.to_stderr)
     score = info["validation_heart_dice"]
     print(f"heart head for {info['weights']}: validation heart Dice {score['mean']:.3f} (lowest {score['min']:.3f})")
 
@@ -216,7 +222,10 @@ def _devices(args: argparse.Namespace) -> None:
         from ..device import device_report
     except (ImportError, OSError) as err:
         raise DeviceError(f"torch cannot be imported: {err}") from None
-    print(json.dumps(device_report()))
+    report = device_report()
+    if events.wanted():
+        events.to_stderr(events.result("devices found", report))
+    print(json.dumps(report))
 
 
 def option(parse: Callable[[str], object]) -> Callable[[str], object]:
@@ -366,6 +375,8 @@ class Parser(argparse.ArgumentParser):
     '--frame-times-ms -10,20,50' (argparse takes '-10,20,50' for an option: it is no single number)."""
 
     def error(self, message: str) -> None:
+        if events.wanted():
+            print(events.line(events.error(message)), file=sys.stderr, flush=True)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def parse_known_args(self, args: Sequence[str] | None = None,
@@ -510,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         print("fsdiffreg: interrupted", file=sys.stderr, flush=True)
         return 130
     except (InputError, WeightsError, DeviceError, OutputError, OSError) as err:
-        print(f"fsdiffreg: error: {err}", file=sys.stderr, flush=True)
+        events.to_stderr(events.error(str(err)))
         return 2
     finally:
         if main_thread:

@@ -11,7 +11,8 @@ from distributed import Client, LocalCluster, as_completed, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import InputError
-from .batch import BatchOptions, Case, Log, Request, Summary, error_line, fingerprint, run_case, set_row, up_to_date
+from ..events import Report, ignore, progress
+from .batch import BatchOptions, Case, Request, Summary, error_line, fingerprint, run_case, set_row, up_to_date
 
 PLUGIN = "fsdiffreg-model"
 
@@ -42,7 +43,7 @@ class ModelPlugin(WorkerPlugin):
 def run_on_worker(request: Request) -> tuple[float, str | None]:
     """A dask task: one case with the worker's model; its seconds and error line."""
     start = time.time()
-    error = run_case(request, get_worker().plugins[PLUGIN].loaded, None, lambda message: None)
+    error = run_case(request, get_worker().plugins[PLUGIN].loaded, None, ignore)
     return time.time() - start, error
 
 
@@ -59,7 +60,7 @@ def dask_client(address: str) -> tuple[Client, int | None]:
 
 
 def run_dask(address: str, requests: list[tuple[Case, Request]], options: BatchOptions, summary: Summary,
-             log: Log) -> None:
+             log: Report) -> None:
     """Each case a dask task (a worker that dies mid-case has its case run again elsewhere); the summary here."""
     from ..model.weights import sha256, weights_path
 
@@ -75,7 +76,7 @@ def run_dask(address: str, requests: list[tuple[Case, Request]], options: BatchO
                 continue
             futures[client.submit(run_on_worker, request, key=f"fsdiffreg-{case.id}-{secrets.token_hex(4)}",
                                   pure=False)] = (case, request)
-        for future in as_completed(futures):
+        for done, future in enumerate(as_completed(futures), 1):
             case, request = futures[future]
             try:
                 seconds, error = future.result()
@@ -83,7 +84,8 @@ def run_dask(address: str, requests: list[tuple[Case, Request]], options: BatchO
                 seconds, error = 0.0, error_line(err)
             row = set_row(case.id, "failed" if error else "done", seconds, Path(request.out_dir), error or "")
             summary.record(row)
-            log(f"{case.id}: {row['status']} in {row['seconds']} s" + (f": {row['error']}" if error else ""))
+            log(progress("cases", done, len(futures), f"case {done} of {len(futures)}, {case.id}: {row['status']} in "
+                         f"{row['seconds']} s" + (f": {row['error']}" if error else "")))
     except KeyboardInterrupt:
         for future, (case, _) in futures.items():
             if not future.done():

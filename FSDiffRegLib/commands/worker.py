@@ -4,7 +4,7 @@ The Slicer module keeps one worker so that Python starts, torch is imported and 
 warmed up once, not at every Register. Each line on stdin is one command, a JSON object
 ``{"args": [...], "work_folder": path or null, "token": text}`` (``args`` as after ``fsdiffreg``;
 ``work_folder`` and ``token`` optional). The worker runs it as the command line would, printing
-the same lines, then ``fsdiffreg: finished <token> <exit status>`` (without a token: ``fsdiffreg:
+the same lines, then ``fsdiffreg: finished <token> <exit status>`` (``events.FINISHED``) (without a token: ``fsdiffreg:
 finished <exit status>``). The parent makes a new random token for each command, so neither the
 arguments nor what a command prints can forge its status line. A line that is not such a command
 gets one error line and status 2, and the worker goes on.
@@ -31,15 +31,15 @@ import sys
 import threading
 from pathlib import Path
 
+from ..events import FINISHED, error, to_stderr
 from .cli import main
 from .work_folders import made_here
 
-FINISHED = "fsdiffreg: finished"
 PARENT_GONE = 3  # exit status of a worker whose input ended while it ran a command
 TOKEN = re.compile(r"[0-9A-Za-z_-]{8,64}")
 
 
-class Worker:
+class CommandServer:
     """Takes commands from stdin (a thread, so the end of stdin is seen even mid-command) and runs them."""
 
     def __init__(self) -> None:
@@ -69,8 +69,7 @@ class Worker:
             token = token if isinstance(token, str) and TOKEN.fullmatch(token) else None
             problem = refusal(value)
             if problem:
-                print(f"fsdiffreg: error: the worker was sent {problem}: {line.strip()[:80]!r}", file=sys.stderr,
-                      flush=True)
+                to_stderr(error(f"the worker was sent {problem}: {line.strip()[:80]!r}"))
                 status = 2
             else:
                 self.work_folder = Path(value["work_folder"]) if value.get("work_folder") else None
@@ -129,4 +128,4 @@ def release_memory() -> None:
 
 
 if __name__ == "__main__":
-    Worker().serve()
+    CommandServer().serve()

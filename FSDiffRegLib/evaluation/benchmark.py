@@ -27,12 +27,10 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import os
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,6 +39,7 @@ import torch
 from ..defaults import DEFAULT_REFINE, NETWORK_ONLY, RefineOptions
 from ..device import pick_device
 from ..errors import InputError
+from ..events import Report, ignore, note, to_stderr
 from ..files import replaced_whole
 from ..imaging import acdc
 from ..imaging.preprocess import locate_heart, network_grid
@@ -159,7 +158,7 @@ def directions(which: str) -> list[str]:
 Rows = dict[str, list[dict[str, float]]]
 
 
-def benchmark(pairs: list[acdc.AcdcPair], methods: list[Method], log: Callable[[str], None] = lambda message: None,
+def benchmark(pairs: list[acdc.AcdcPair], methods: list[Method], log: Report = ignore,
               ways: tuple[str, ...] = ("es-ed",)) -> tuple[Rows, list[tuple[str, str]]]:
     """One row per pair and direction for each method: Dice, folding (heart and fixed grid; FSDiffReg also before
     its fold removal), SD|J|, LV EF error (ED onto ES), seconds, peak MB; and the (patient, direction) of each row."""
@@ -179,9 +178,9 @@ def benchmark(pairs: list[acdc.AcdcPair], methods: list[Method], log: Callable[[
                    "seconds": seconds, "peak_mb": mb}
             row.update({f"unfold_{k}": float(v) for k, v in method.last.items()})
             rows[method.name].append(row)
-            log(f"{pair.patient} {acdc.DIRECTIONS[way]} {method.name}: Dice mean {row['mean']:.3f}, "
-                f"folding {row['folding_percent']:.3f} % ({row['folding_fixed_percent']:.3f} % on the fixed grid), "
-                f"{seconds:.1f} s, {mb:.0f} MB")
+            log(note(f"{pair.patient} {acdc.DIRECTIONS[way]} {method.name}: Dice mean {row['mean']:.3f}, "
+                     f"folding {row['folding_percent']:.3f} % ({row['folding_fixed_percent']:.3f} % on the fixed "
+                     f"grid), {seconds:.1f} s, {mb:.0f} MB"))
     return rows, cases
 
 
@@ -298,7 +297,7 @@ def main_benchmark(request: BenchmarkRequest) -> None:
     pairs = acdc.split(request.data, request.split)[: request.limit]
     device = pick_device(request.device)
     methods, skipped = build_methods(request, device)
-    rows, cases = benchmark(pairs, methods, lambda message: print(f"fsdiffreg: {message}", file=sys.stderr, flush=True),
+    rows, cases = benchmark(pairs, methods, to_stderr,
                             tuple(directions(request.direction)))
     text = report(rows, cases, pairs, skipped, request, device)
     print(text, end="")

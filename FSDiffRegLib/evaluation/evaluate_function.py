@@ -12,7 +12,6 @@ manual ED/ES labels.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from ..defaults import TRACK_REFINE, RefineOptions
 from ..device import pick_device
+from ..events import Report, note, to_stderr
 from ..imaging import acdc
 from ..imaging.cine import Cine, read_cine
 from ..imaging.field import apply_field
@@ -103,7 +103,7 @@ def acdc_table(rows: dict[str, list[dict[str, float]]]) -> str:
 
 
 def strain_groups(data: Path, model: FSDiffRegNet, device: torch.device, refine: RefineOptions,
-                  log: Callable[[str], None]) -> str:
+                  log: Report) -> str:
     """Markdown: mean (SD) global radial and circumferential strain at ES per ACDC diagnostic group."""
     by_group: dict[str, list[tuple[float, float]]] = {}
     for pair in acdc.split(data, "train") + acdc.split(data, "validation"):
@@ -113,8 +113,8 @@ def strain_groups(data: Path, model: FSDiffRegNet, device: torch.device, refine:
                                 refine)
         strain = tracking.function["strain"]
         by_group.setdefault(group, []).append((strain["radial_percent"][1], strain["circumferential_percent"][1]))
-        log(f"{pair.patient} {group}: radial {strain['radial_percent'][1]:+.1f} %, "
-            f"circumferential {strain['circumferential_percent'][1]:+.1f} %")
+        log(note(f"{pair.patient} {group}: radial {strain['radial_percent'][1]:+.1f} %, "
+            f"circumferential {strain['circumferential_percent'][1]:+.1f} %"))
     lines = ["| group | patients | radial strain at ES (%) | circumferential strain at ES (%) |", "|---|---|---|---|"]
     for group, values in sorted(by_group.items()):
         a = np.array(values)
@@ -145,9 +145,6 @@ def cine_rows(folder: Path, model: FSDiffRegNet, device: torch.device, refine: R
 
 def main_evaluate_function(request: FunctionEvaluationRequest) -> None:
     """Print the tables the request asks for."""
-    def log(message: str) -> None:
-        print(f"fsdiffreg: {message}", file=sys.stderr, flush=True)
-
     device, refine = pick_device(request.device), request.refine
     model, about = load_model(request.weights, device)
     print(f"weights {about['name']} (sha256 {about['sha256'][:12]}), device {device}\n")
@@ -159,13 +156,14 @@ def main_evaluate_function(request: FunctionEvaluationRequest) -> None:
         for method in methods:
             rows[method.name].append(pair_row(method, pair))
             r = rows[method.name][-1]
-            log(f"{pair.patient} {method.name}: Dice {r['mean']:.3f}, LV EF error {r['LV_EF_error']:+.1f} pp")
+            to_stderr(note(f"{pair.patient} {method.name}: Dice {r['mean']:.3f}, "
+                           f"LV EF error {r['LV_EF_error']:+.1f} pp"))
     print(f"ED labels carried onto ES (ES fixed, ED moving), ACDC {pairs[0].patient}-{pairs[-1].patient}; "
           f"manual LV EF mean {np.mean([r['LV_EF_manual'] for r in next(iter(rows.values()))]):.1f} %\n")
     print(acdc_table(rows))
-    for note in skipped:
-        print(f"Skipped: {note}.")
+    for reason in skipped:
+        print(f"Skipped: {reason}.")
     if request.strain_groups:
-        print("\n" + strain_groups(request.data, model, device, refine, log))
+        print("\n" + strain_groups(request.data, model, device, refine, to_stderr))
     if request.cines:
         print("\n" + cine_rows(request.cines, model, device, refine))

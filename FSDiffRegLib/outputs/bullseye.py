@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
 
+from ..events import Report, ignore
 from .plotting import pyplot
 
 
@@ -25,7 +25,7 @@ def wedge(segment: int) -> tuple[float, float, float]:
 
 
 def save_bullseye(segments: list[dict], path: str | Path,
-                  log: Callable[[str], None] = lambda message: None) -> Path | None:
+                  log: Report = ignore) -> Path | None:
     """Bullseyes of ``segments`` (function.json's ``strain.segments``); None (and one line to ``log``) where
     matplotlib is missing."""
     plt = pyplot(Path(path).name, log)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from ..events import Report, ignore
 from ..labels import structure_names
 from .plotting import pyplot
 
@@ -27,7 +27,7 @@ def _title(function: dict) -> str:
 
 
 def save_curves(volumes: list[dict[str, float]], function: dict, times_ms: list[float] | None,
-                path: str | Path, log: Callable[[str], None] = lambda message: None) -> Path | None:
+                path: str | Path, log: Report = ignore) -> Path | None:
     """Volume curves (ml) and, when ``function`` has strain, strain curves (%), against the frame
     number or the frame time (ms) when known; ``function`` is the dict of ``cardiac_function``.
     None (and one line to ``log``) where matplotlib is missing."""

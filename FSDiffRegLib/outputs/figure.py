@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..events import Report, ignore
 from ..imaging.field import field_to_flow, resample_field
 from ..imaging.preprocess import normalized, resample_to
 from .plotting import pyplot
@@ -21,7 +21,7 @@ def _slice(image: sitk.Image, grid: sitk.Image, default: float = -1.0) -> np.nda
 
 
 def save_figure(fixed: sitk.Image, moving: sitk.Image, result, path: Path,
-                log: Callable[[str], None] = lambda message: None) -> Path | None:
+                log: Report = ignore) -> Path | None:
     """Middle slice of the heart-centred grid: fixed, moving, warped, |f-m|, |f-w|, det J, grid.
     None (and one line to ``log``) where matplotlib is missing."""
     plt = pyplot(Path(path).name, log)

@@ -4,10 +4,11 @@ Resources/requirements.txt), and a missing plotting library costs the picture, n
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Callable
+
+from ..events import Report, note
 
 
-def pyplot(picture: str, log: Callable[[str], None]) -> ModuleType | None:
+def pyplot(picture: str, log: Report) -> ModuleType | None:
     """``matplotlib.pyplot`` drawing into files (the Agg backend, no display); None, after one line saying that
     ``picture`` is skipped, where matplotlib cannot be imported."""
     try:
@@ -16,6 +17,6 @@ def pyplot(picture: str, log: Callable[[str], None]) -> ModuleType | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as err:
-        log(f"{picture} skipped: matplotlib is missing ({err})")
+        log(note(f"{picture} skipped: matplotlib is missing ({err})"))
         return None
     return plt

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..defaults import RefineOptions
+from ..events import Event, Report, ignore, progress
 from ..model.config import Config
 from ..model.losses import score_weights, sdg_ncc_loss, smoothness_loss
 from ..model.spatial import gaussian_blur, integrate_velocity, upsample_flow, warp
@@ -61,15 +62,16 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """Lines 'refining 40 % (52/60 steps), 3 s left' at each tenth of the work and at least every
-    PROGRESS_SECONDS. Work counts voxels, so a step on a fine level weighs more than a coarse one."""
+    """Progress events 'refining: 52 of 60 steps done (40 % of the work), about 3 s left' at each tenth of the
+    work and at least every PROGRESS_SECONDS. Work counts voxels, so a step on a fine level weighs more than a
+    coarse one."""
 
-    def __init__(self, work: list[int], log: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, work: list[int], log: Report, clock: Callable[[], float] = time.monotonic):
         self.work, self.log, self.clock = work, log, clock
         self.total, self.done, self.steps = sum(work), 0, 0
         self.start = self.last = clock()
         self.tenths = 0
-        log(f"refining 0 % (0/{len(work)} steps)")
+        log(self.event(""))
 
     def step(self) -> None:
         """One step done; a line when due."""
@@ -79,10 +81,14 @@ class Progress:
         if tenths == self.tenths and now - self.last < PROGRESS_SECONDS:
             return
         self.tenths, self.last = tenths, now
-        line = f"refining {100 * self.done // self.total} % ({self.steps}/{len(self.work)} steps)"
-        if self.done < self.total:
-            line += f", {duration((now - self.start) * (self.total - self.done) / self.done)} left"
-        self.log(line)
+        left = duration((now - self.start) * (self.total - self.done) / self.done) if self.done < self.total else ""
+        self.log(self.event(left))
+
+    def event(self, left: str) -> Event:
+        """Where the refinement stands; ``left``: the time it should still take, if known."""
+        text = (f"refining: {self.steps} of {len(self.work)} steps done ({100 * self.done // self.total} % of the "
+                f"work)" + (f", about {left} left" if left else ""))
+        return progress("refining", self.steps, len(self.work), text, self.done / self.total)
 
 
 def compose(flow: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -109,7 +115,7 @@ def refine_flow(
     score: torch.Tensor,
     cfg: Config,
     options: RefineOptions,
-    log: Callable[[str], None] = lambda message: None,
+    log: Report = ignore,
 ) -> torch.Tensor:
     """The flow after ``options.steps`` steps, split evenly over the levels."""
     if options.steps == 0:

@@ -15,6 +15,7 @@ import torch
 from ..defaults import DEFAULT_REFINE, RefineOptions
 from ..device import pick_device
 from ..errors import InputError
+from ..events import Report, ignore, stage
 from ..imaging.field import apply_field, flow_to_field, resample_field, write_field
 from ..imaging.imageio import check_image, check_labels, read_image, write_image
 from ..imaging.metrics import field_metrics, jacobian_determinant, ncc
@@ -46,7 +47,7 @@ def predict_flow(
     prepared: PreparedPair,
     device: torch.device,
     refine: RefineOptions = DEFAULT_REFINE,
-    log: Callable[[str], None] = lambda message: None,
+    log: Report = ignore,
 ) -> np.ndarray:
     """The flow (3, D, H, W) in voxels of the network grid, refined when asked."""
     def tensor(a: np.ndarray) -> torch.Tensor:
@@ -83,7 +84,7 @@ def register_images(
     device: torch.device,
     moving_labels: sitk.Image | None = None,
     refine: RefineOptions = DEFAULT_REFINE,
-    log: Callable[[str], None] = lambda message: None,
+    log: Report = ignore,
 ) -> Registration:
     """Register ``moving`` to ``fixed``, refining the prediction on this pair as ``refine`` says, with its
     folds removed (FSDiffRegLib.unfold; ``metrics["unfold"]`` counts the folded voxels before); every output
@@ -186,27 +187,27 @@ class Prepared:
                 "weights_sha256": self.about["sha256"]}
 
 
-def prepare(request, reader: Callable, reading: str, log: Callable[[str], None],
+def prepare(request, reader: Callable, reading: str, log: Report,
             loaded: tuple[FSDiffRegNet, dict] | None = None, read: dict | None = None) -> Prepared:
     """The request's device (checked first), its inputs (``reader(request)``, logged as ``reading``) and the model;
     ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read."""
     torch_device = pick_device(request.device)
     if read is None:
-        log(reading)
+        log(stage("reading", reading))
         read = reader(request)
     if loaded is None:
-        log(f"loading weights on {torch_device}")
+        log(stage("loading", f"loading weights on {torch_device}"))
     model, about = loaded or load_model(request.weights, torch_device)
     return Prepared(torch_device, model, about, read)
 
 
-def register_paths(request: RegisterRequest, log: Callable[[str], None] = lambda message: None,
+def register_paths(request: RegisterRequest, log: Report = ignore,
                    loaded: tuple[FSDiffRegNet, dict] | None = None, read: dict | None = None) -> Registration:
     """Read, check and register the request's files; the metrics name the inputs. Writes nothing.
 
     ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read (``read_inputs``)."""
     run = prepare(request, read_inputs, "reading images", log, loaded, read)
-    log("registering")
+    log(stage("registering"))
     result = register_images(run.read["fixed"], run.read["moving"], run.model, run.device, run.read["moving_labels"],
                              request.refine, log)
     result.metrics.update(run.record(options_record(request)))
@@ -215,7 +216,7 @@ def register_paths(request: RegisterRequest, log: Callable[[str], None] = lambda
 
 def register_files(
     request: RegisterRequest,
-    log: Callable[[str], None] = lambda message: None,
+    log: Report = ignore,
     also: Callable[[Registration, Path], None] | None = None,
     loaded: tuple[FSDiffRegNet, dict] | None = None,
     read: dict | None = None,
@@ -229,7 +230,7 @@ def register_files(
               "weights": request.weights}
     with output_folder(request.out_dir, inputs) as staging:
         result = register_paths(request, log, loaded, read)
-        log("writing outputs")
+        log(stage("writing", "writing outputs"))
         write_files(result, staging)
         if also is not None:
             also(result, staging)

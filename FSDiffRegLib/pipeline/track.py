@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,6 +23,7 @@ import torch
 
 from ..defaults import TRACK_REFINE, RefineOptions
 from ..errors import InputError
+from ..events import Report, ignore, progress
 from ..imaging.cine import Cine, check_cine_labels, join_frames, read_cine, reference_index, with_times
 from ..imaging.field import apply_field, flow_to_field, resample_field, write_field
 from ..imaging.imageio import read_image, write_image
@@ -130,7 +130,7 @@ def predict_flows(
     moving: torch.Tensor,
     fixed: torch.Tensor,
     refine: RefineOptions,
-    log: Callable[[str], None],
+    log: Report,
 ) -> torch.Tensor:
     """Flows (N, 3, D, H, W) from ``moving`` (1, 1, D, H, W) to each of ``fixed`` (N, 1, D, H, W)."""
     flows, scores = [], []
@@ -142,7 +142,7 @@ def predict_flows(
             score, flow = predict(model, m, f)
             flows.append(flow)
             scores.append(score)
-            log(f"network {start + f.shape[0]}/{n} frames")
+            log(progress("network", start + f.shape[0], n, f"network: {start + f.shape[0]} of {n} frames registered"))
     flow, score = torch.cat(flows), torch.cat(scores)
     if refine.steps > 0:
         flow = refine_flow(flow, moving.expand(n, -1, -1, -1, -1), fixed, score, model.cfg, refine, log)
@@ -156,7 +156,7 @@ def track_frames(
     model: FSDiffRegNet,
     device: torch.device,
     refine: RefineOptions = TRACK_REFINE,
-    log: Callable[[str], None] = lambda message: None,
+    log: Report = ignore,
 ) -> Tracking:
     """Register every frame of ``cine`` to frame index ``reference`` (0-based) whose labels are ``labels``."""
     labels = check_cine_labels(labels, cine)
@@ -214,7 +214,7 @@ def frame_file(stem: str, frame: int, frames: int) -> str:
     return f"{stem}_{frame:0{max(2, len(str(frames)))}d}.nii.gz"
 
 
-def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[str], None]) -> None:
+def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Report) -> None:
     """The output set into ``folder`` (field_NN.nii.gz and labels_NN.nii.gz per frame, labels.nii.gz, volumes.csv,
     function.json, strain.csv; function.png and strain_bullseye.png where matplotlib is installed), each checked
     as written, metrics.json last.
@@ -227,7 +227,7 @@ def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Callable[[
     for k, (image, labels) in enumerate(zip(tracking.fields, tracking.labels), start=1):
         write_field(image, folder / frame_file("field", k, n), compression=1)
         write_image(labels, folder / frame_file("labels", k, n), use_compression=True)
-        log(f"writing {k}/{n} frames")
+        log(progress("writing", k, n, f"writing: {k} of {n} frames written"))
     write_image(join_frames(tracking.labels, cine.times_ms), folder / "labels.nii.gz", use_compression=True)
     with written(folder / "volumes.csv"):
         (folder / "volumes.csv").write_text(volumes_csv(tracking.volumes, cine.times_ms))
@@ -264,7 +264,7 @@ def options_record(request: TrackRequest) -> dict:
     return {"refine": asdict(request.refine), "reference_frame": request.reference_frame, "frame_times_ms": times}
 
 
-def track_files(request: TrackRequest, log: Callable[[str], None] = lambda message: None,
+def track_files(request: TrackRequest, log: Report = ignore,
                 loaded: tuple[FSDiffRegNet, dict] | None = None, read: dict | None = None) -> Tracking:
     """The ``fsdiffreg track`` command: check everything, track, write the set whole or nothing.
 

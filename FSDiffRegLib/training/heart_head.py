@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 from ..defaults import HEART_TRAINING, HeartTraining
 from ..errors import OutputError
+from ..events import Report, ignore, note, progress
 from ..imaging import acdc
 from ..imaging.metrics import dice
 from ..imaging.preprocess import prepare_pair
@@ -38,7 +38,7 @@ def pair_features(model: FSDiffRegNet, pair: acdc.AcdcPair) -> tuple[list[torch.
 
 
 def train_heart(model: FSDiffRegNet, pairs: list[acdc.AcdcPair], options: HeartTraining = HEART_TRAINING,
-                log: Callable[[str], None] = lambda message: None) -> HeartHead:
+                log: Report = ignore) -> HeartHead:
     """A head trained on whole volumes of the given pairs (binary cross-entropy), the network frozen."""
     examples = [pair_features(model, pair) for pair in pairs[: options.pairs]]
     torch.manual_seed(options.seed)
@@ -54,7 +54,8 @@ def train_heart(model: FSDiffRegNet, pairs: list[acdc.AcdcPair], options: HeartT
         loss.backward()
         optimizer.step()
         if (step + 1) % 100 == 0:
-            log(f"heart head step {step + 1}/{options.steps}: loss {loss.item():.4f}")
+            log(progress("training", step + 1, options.steps,
+                         f"heart head: {step + 1} of {options.steps} steps done, loss {loss.item():.4f}"))
     return head.eval()
 
 
@@ -69,7 +70,7 @@ def head_dice(model: FSDiffRegNet, head: HeartHead, pairs: list[acdc.AcdcPair]) 
 
 
 def make_heart(data_dir: Path, weights: str | None, out: Path | None, options: HeartTraining,
-               log: Callable[[str], None] = lambda message: None) -> dict:
+               log: Report = ignore) -> dict:
     """Train a head for ``weights`` on the ACDC training split, measure it on the validation split and save
     it to ``out`` (default: beside the weights, where ``register`` finds it); an existing file (or checksum file
     beside it) is refused.
@@ -79,7 +80,7 @@ def make_heart(data_dir: Path, weights: str | None, out: Path | None, options: H
         if os.path.lexists(path):
             raise OutputError(f"{path} exists: remove it first, or name another --out")
     model, about = load_model(weights)
-    log(f"features of {options.pairs} training pairs through {about['name']}")
+    log(note(f"features of {options.pairs} training pairs through {about['name']}"))
     head = train_heart(model, acdc.split(data_dir, "train"), options, log)
     scores = head_dice(model, head, acdc.split(data_dir, "validation"))
     info = {"network_sha256": about["sha256"], "weights": about["name"], "training": asdict(options),
