@@ -11,7 +11,7 @@ SLICER512 := 5.12.4.0
 VENV512 := $(VENV)/slicer512
 STAMP512 := $(VENV512)/.installed
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint typecheck clean
 
 venv: $(STAMP) $(STAMP39) $(STAMP512)
 
@@ -46,8 +46,14 @@ test: venv
 	$(BIN)/python -m pytest -q
 	$(VENV512)/bin/python -m pytest -q -p no:cacheprovider Testing/test_slicer_*.py
 
+# ruff, then the import contracts of pyproject.toml (layers, no cycles, a torch-free Slicer layer).
 lint: venv
 	$(BIN)/ruff check .
+	PYTHONPATH=.:FSDiffReg $(BIN)/lint-imports
+
+# mypy on FSDiffRegLib and FSDiffRegMRML, as pyproject.toml's [tool.mypy] says.
+typecheck: venv
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -45,7 +45,7 @@ def whole(value: object, name: str) -> int:
     try:
         if isinstance(value, bool):
             raise TypeError
-        return operator.index(value)
+        return operator.index(value)  # type: ignore[arg-type]  # TypeError below when it has no __index__
     except TypeError:
         raise InputError(f"{name} must be a whole number, got {value!r}") from None
 

@@ -20,11 +20,6 @@ NAMED_WEIGHTS = {
 BUNDLED_WEIGHTS = NAMED_WEIGHTS["weaksup"]  # the default (model card: validation decides)
 
 
-def bundled_weights() -> Path:
-    """The weights the library uses when none are named."""
-    return BUNDLED_WEIGHTS
-
-
 def weights_path(name_or_path: str | Path | None) -> Path:
     """None: the default weights; a bundled name (``weaksup``, ``paper``) unless a file of that name exists;
     else the path itself."""
@@ -33,11 +28,6 @@ def weights_path(name_or_path: str | Path | None) -> Path:
     if str(name_or_path) in NAMED_WEIGHTS and not Path(name_or_path).exists():
         return NAMED_WEIGHTS[str(name_or_path)]
     return Path(name_or_path)
-
-
-def config_path(name: str) -> Path:
-    """A bundled training configuration (``cpu``, ``paper``) by name."""
-    return CONFIGS / f"{name}.json"
 
 
 def sample_pair() -> dict[str, Path]:

@@ -40,7 +40,7 @@ class TrackingJob(RegistrationJob):
             self._clean()
             raise
 
-    def outputs(self) -> CineOutputs:
+    def outputs(self) -> CineOutputs:  # type: ignore[override]  # RegistrationJob's run, a cine's outputs
         """After the child finished: the new output nodes, or TrackingError with the reason."""
         try:
             if not self.process.succeeded:

@@ -42,7 +42,7 @@ from FSDiffRegLib.labels import structure_name
 
 from .cine_inputs import Structure, cineFrames, frameCount, frameTimesMs
 from .inputs import sameGeometry
-from .registration_outputs import readTransform
+from .registration_outputs import Node, readTransform
 
 #: Units of the table's columns and function values, from the suffix of their names.
 UNITS = {"_ml": "ml", "_ms": "ms", "_percent": "%", "_g": "g"}
@@ -56,16 +56,16 @@ STRAIN_COLORS = {"radial_strain_percent": (0.95, 0.6, 0.1), "circumferential_str
 class CineOutputs:
     """The new nodes of one tracking, and what the library measured."""
 
-    transforms: object  # vtkMRMLSequenceNode of vtkMRMLGridTransformNode
-    segmentations: object  # vtkMRMLSequenceNode of vtkMRMLSegmentationNode
-    table: object  # vtkMRMLTableNode: a row per frame
-    functionTable: object  # vtkMRMLTableNode: quantity, value, unit
-    chart: object  # vtkMRMLPlotChartNode
+    transforms: Node  # vtkMRMLSequenceNode of vtkMRMLGridTransformNode
+    segmentations: Node  # vtkMRMLSequenceNode of vtkMRMLSegmentationNode
+    table: Node  # vtkMRMLTableNode: a row per frame
+    functionTable: Node  # vtkMRMLTableNode: quantity, value, unit
+    chart: Node  # vtkMRMLPlotChartNode
     series: list  # vtkMRMLPlotSeriesNode of each curve
-    browser: object  # vtkMRMLSequenceBrowserNode: the cine's own, or a new one
+    browser: Node  # vtkMRMLSequenceBrowserNode: the cine's own, or a new one
     function: dict
     metrics: dict
-    segmentTable: object = None  # vtkMRMLTableNode: a row per AHA segment; None without segment strain
+    segmentTable: Node = None  # vtkMRMLTableNode: a row per AHA segment; None without segment strain
 
 
 def framePath(outDir: Path, stem: str, number: int, frames: int) -> Path:

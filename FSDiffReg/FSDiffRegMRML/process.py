@@ -19,7 +19,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from FSDiffRegLib import events
 from FSDiffRegLib.defaults import DEFAULT_STEPS, MAX_STEPS
@@ -111,7 +111,7 @@ def trackCommand(frames: Path, labels: Path, outDir: Path, referenceFrame: int,
     return args
 
 
-def launch(args: list[str], cwd: Path) -> subprocess.Popen:
+def launch(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     """Start ``args`` in a process group of its own, stdout and stderr merged into one UTF-8 text pipe.
 
     Its own group lets cancel stop launchers (``PythonSlicer`` starts the real Python as
@@ -123,17 +123,17 @@ def launch(args: list[str], cwd: Path) -> subprocess.Popen:
     worker then ends too: FSDiffRegLib.commands.worker).
     """
     env = {**os.environ, "PYTHONIOENCODING": "utf-8", events.SWITCH: "1"}
-    options = dict(cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                   encoding="utf-8", errors="replace", env=env)
-    if os.name == "nt":
+    options: dict[str, Any] = dict(cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   encoding="utf-8", errors="replace", env=env)
+    if sys.platform == "win32":
         flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
         return subprocess.Popen(args, creationflags=flags, **options)
     return subprocess.Popen(args, start_new_session=True, **options)
 
 
-def killTree(process: subprocess.Popen) -> None:
+def killTree(process: subprocess.Popen[str]) -> None:
     """Kill a process started by ``launch`` and every process it started."""
-    if os.name == "nt":
+    if sys.platform == "win32":
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True,
                        creationflags=subprocess.CREATE_NO_WINDOW)
     else:
@@ -142,21 +142,23 @@ def killTree(process: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     process.wait()
-    process.stdin.close()
+    if process.stdin is not None:
+        process.stdin.close()
 
 
 class ChildProcess:
     """A process started by ``launch``: a thread reads its merged output into a queue, and
     ``poll()`` (called by a GUI timer, or a loop) takes the new lines without ever blocking."""
 
-    def __init__(self, process: subprocess.Popen):
-        self.process = process
+    def __init__(self, process: subprocess.Popen[str]):
+        assert process.stdin is not None and process.stdout is not None  # ``launch`` gives both pipes
+        self.process, self.stdin, self.stdout = process, process.stdin, process.stdout
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._ended = False
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
-        for line in self.process.stdout:
+        for line in self.stdout:
             self._lines.put(line.rstrip("\r\n"))
         self._lines.put(None)
 
@@ -171,7 +173,7 @@ class ChildProcess:
             if line is None:
                 self._ended = True
                 self.process.wait()
-                self.process.stdin.close()
+                self.stdin.close()
                 break
             lines.append(line)
         return lines
@@ -270,32 +272,36 @@ class Worker:
         """Send the next command when the worker is free, and give each its lines."""
         while self._runs:
             command = self._runs[0]
-            if not command.sent:
-                self._send(command)
-            for line in self._child.poll():
+            child = self._child if command.sent else self._send(command)
+            assert child is not None  # a command sent is the running child's
+            for line in child.poll():
                 command.take(line)
-            if command.returncode is None and self._child.finished:  # the worker died mid-command
-                command.returncode = self._child.process.returncode or 1
+            if command.returncode is None and child.finished:  # the worker died mid-command
+                command.returncode = child.process.returncode or 1
             if command.returncode is None:
                 return
             self._runs.pop(0)
 
-    def _send(self, command: WorkerRun) -> None:
-        if self._child is None or self._child.finished:
-            self._child = ChildProcess(launch([self.python, "-m", "FSDiffRegLib.commands.worker"], libraryRoot()))
+    def _send(self, command: WorkerRun) -> ChildProcess:
+        """Give ``command`` to the worker, started if it is not running; the worker."""
+        child = self._child
+        if child is None or child.finished:
+            child = self._child = ChildProcess(launch([self.python, "-m", "FSDiffRegLib.commands.worker"],
+                                                      libraryRoot()))
         command.sent = True
         try:
-            self._child.process.stdin.write(command.request + "\n")
-            self._child.process.stdin.flush()
+            child.stdin.write(command.request + "\n")
+            child.stdin.flush()
         except OSError:  # it ended on its own; its end is seen by the next poll
             pass
+        return child
 
     def cancel(self, command: WorkerRun) -> None:
         """Drop ``command``: a waiting one is never sent; a running one ends with the worker."""
         if command not in self._runs:
             return
         self._runs.remove(command)
-        if command.sent:
+        if command.sent and self._child is not None:
             self._child.cancel()
             self._child = None
 
@@ -393,7 +399,7 @@ class DeviceQuery:
         self.command.cancel()
 
     def _answer(self) -> dict:
-        failed = {"torch": None, "devices": []}
+        failed: dict[str, Any] = {"torch": None, "devices": []}
         if self.command.cancelled:
             return {**failed, "error": "device query cancelled"}
         said = [event for event in map(events.read, self._lines) if event is not None]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import slicer
 import vtk
@@ -21,15 +22,17 @@ import vtk
 from .display import showJacobian
 from .inputs import sameGeometry, segmentIds
 
+Node = Any  # an MRML node: slicer's Python wrapping has no type information
+
 
 @dataclass
 class RegistrationOutputs:
-    """The new nodes of one registration, and its metrics."""
+    """The new nodes of one registration (MRML nodes: ``Node``), and its metrics."""
 
-    transform: object
-    warped: object
-    jacobian: object
-    warpedLabels: object | None
+    transform: Node
+    warped: Node
+    jacobian: Node
+    warpedLabels: Node | None
     metrics: dict
 
 

@@ -182,7 +182,7 @@ def run_local(requests: list[tuple[Case, Request]], options: BatchOptions, summa
     try:
         for number, (case, request) in enumerate(requests):
             start = time.time()
-            prepared = ahead.result()
+            prepared = ahead.result()  # type: ignore[union-attr]  # submitted for every case
             following = requests[number + 1][1] if number + 1 < len(requests) else None
             ahead = pool.submit(prepare, following, loaded[1]["sha256"]) if following is not None else None
             if prepared.skip:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 from .. import events
 from ..defaults import (
@@ -374,13 +374,14 @@ class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line: 'fsdiffreg register: error: argument --refine: ...', and which takes
     '--frame-times-ms -10,20,50' (argparse takes '-10,20,50' for an option: it is no single number)."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         if events.wanted():
             print(events.line(events.error(message)), file=sys.stderr, flush=True)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
-    def parse_known_args(self, args: Sequence[str] | None = None,
-                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(  # type: ignore[override]  # argparse's overloads, taken as one
+            self, args: Sequence[str] | None = None,
+            namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
         return super().parse_known_args(joined(sys.argv[1:] if args is None else list(args)), namespace)
 
 

@@ -6,6 +6,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import cast
 
 from distributed import Client, LocalCluster, as_completed, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -43,7 +44,9 @@ class ModelPlugin(WorkerPlugin):
 def run_on_worker(request: Request) -> tuple[float, str | None]:
     """A dask task: one case with the worker's model; its seconds and error line."""
     start = time.time()
-    error = run_case(request, get_worker().plugins[PLUGIN].loaded, None, ignore)
+    loaded = cast(ModelPlugin, get_worker().plugins[PLUGIN]).loaded
+    assert loaded is not None  # the plugin's setup loaded it before any task
+    error = run_case(request, loaded, None, ignore)
     return time.time() - start, error
 
 
@@ -69,7 +72,8 @@ def run_dask(address: str, requests: list[tuple[Case, Request]], options: BatchO
     futures = {}
     try:
         plugin = ModelPlugin(options.weights, options.device, threads)
-        (getattr(client, "register_plugin", None) or client.register_worker_plugin)(plugin, name=PLUGIN)
+        register = getattr(client, "register_plugin", None) or client.register_worker_plugin  # type: ignore[attr-defined]
+        register(plugin, name=PLUGIN)  # register_plugin from distributed 2023.9, register_worker_plugin before
         for case, request in requests:
             if up_to_date(request, fingerprint(request), weights_sha256):
                 summary.record(set_row(case.id, "skipped", 0.0, Path(request.out_dir)))

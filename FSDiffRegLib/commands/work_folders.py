@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,13 +68,14 @@ def owner(folder: Path) -> int | None:
 def remove_stale_work_folders() -> None:
     """Remove the work folders in the temporary folder whose process no longer runs."""
     for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
-        if made_here(folder) and not process_exists(owner(folder)):
+        pid = owner(folder)
+        if pid is not None and made_here(folder) and not process_exists(pid):
             shutil.rmtree(folder, ignore_errors=True)
 
 
 def process_exists(pid: int) -> bool:
     """Whether process ``pid`` runs; True where that cannot be told (its folder is then kept)."""
-    if os.name == "nt":
+    if sys.platform == "win32":
         return _windows_process_exists(pid)
     try:
         os.kill(pid, 0)
@@ -84,19 +86,20 @@ def process_exists(pid: int) -> bool:
     return True
 
 
-def _windows_process_exists(pid: int) -> bool:
-    # os.kill(pid, 0) would send Ctrl-C on Windows: ask the kernel instead.
-    import ctypes
-    from ctypes import wintypes
+if sys.platform == "win32":
+    def _windows_process_exists(pid: int) -> bool:
+        # os.kill(pid, 0) would send Ctrl-C on Windows: ask the kernel instead.
+        import ctypes
+        from ctypes import wintypes
 
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    kernel32.OpenProcess.restype = wintypes.HANDLE
-    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
-    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-    if not handle:
-        return ctypes.get_last_error() != 87  # ERROR_INVALID_PARAMETER: no such process
-    try:
-        code = wintypes.DWORD()
-        return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259  # STILL_ACTIVE
-    finally:
-        kernel32.CloseHandle(handle)
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        kernel32.OpenProcess.restype = wintypes.HANDLE
+        kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() != 87  # ERROR_INVALID_PARAMETER: no such process
+        try:
+            code = wintypes.DWORD()
+            return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)

@@ -72,6 +72,7 @@ class CommandServer:
                 to_stderr(error(f"the worker was sent {problem}: {line.strip()[:80]!r}"))
                 status = 2
             else:
+                assert isinstance(value, dict)  # refusal() found it a command
                 self.work_folder = Path(value["work_folder"]) if value.get("work_folder") else None
                 self.running = True
                 status = run(value["args"])

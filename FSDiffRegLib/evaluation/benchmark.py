@@ -90,7 +90,7 @@ class PeakMemory:
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             Path("/proc/self/clear_refs").write_text("5")
-            self.start = status_kb("VmRSS")
+            self.start: int | None = status_kb("VmRSS")
         except OSError:  # not Linux: the peak is not measured
             self.start = None
         return self
@@ -108,7 +108,7 @@ def status_kb(key: str) -> int:
     raise OSError(f"{key} not in /proc/self/status")
 
 
-def model_method(name: str, weights: Path | None, device: torch.device,
+def model_method(name: str, weights: str | Path | None, device: torch.device,
                  refine: RefineOptions = NETWORK_ONLY) -> Method:
     """FSDiffReg with the given weights, as ``register`` runs it."""
     model, _ = load_model(weights, device)

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
+from typing import cast
 
 import nibabel
 import SimpleITK as sitk
@@ -68,7 +69,7 @@ def nifti_header(path: Path) -> nibabel.Nifti1Header | None:
     """A NIfTI file's header (nibabel reads it without the voxels); None for other formats."""
     if sitk.ImageFileReader.GetImageIOFromFileName(str(path)) != "NiftiImageIO":
         return None
-    return nibabel.load(str(path)).header
+    return cast(nibabel.Nifti1Image, nibabel.load(str(path))).header
 
 
 def extract_frame(image: sitk.Image, t: int, path: Path) -> sitk.Image:
@@ -107,7 +108,7 @@ def read_frames_folder(folder: Path) -> Cine:
         shown = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
         raise InputError(f"cine folder {folder} holds label files ({shown}): a frames folder holds only the cine's "
                          "frames; move the labels out and give the reference frame's with --labels")
-    frames = []
+    frames: list[sitk.Image] = []
     for file in files:
         frame = read_file(file, "cine frame")
         check_image(frame, f"cine frame {file}")

@@ -109,7 +109,7 @@ def read_dicom_cine(folder: Path) -> tuple[list[sitk.Image], list[float]]:
     if len(gaps) and np.ptp(gaps) > POSITION_TOLERANCE_MM:
         raise InputError(f"cine DICOM folder {folder}: slices are not evenly spaced ({gaps.min():.1f} to "
                          f"{gaps.max():.1f} mm apart): a slice is missing")
-    frames = []
+    frames: list[sitk.Image] = []
     for phase in files:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(phase)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import nibabel
 import numpy as np
@@ -68,7 +69,7 @@ def check_nifti(path: Path, role: str) -> None:
     """Read a NIfTI file's voxels raw (nibabel): ITK zero-fills missing data and reads NaN or infinity as 0,
     and coerces a sheared sform to perpendicular axes (or, without a qform, fails)."""
     try:
-        nifti = nibabel.load(str(path))
+        nifti = cast(nibabel.Nifti1Image, nibabel.load(str(path)))  # a .nii(.gz) file: NIfTI-1 or -2
         voxels = np.asanyarray(nifti.dataobj)
     except Exception as err:  # nibabel, gzip and zlib raise many types for a damaged file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -213,7 +214,7 @@ def write_image(image: sitk.Image, path: Path, use_compression: bool = False, co
 def holds(path: Path, image: sitk.Image) -> bool:
     """Whether the NIfTI file ``path`` reads back whole as ``image``'s voxels."""
     try:
-        stored = np.asanyarray(nibabel.load(str(path)).dataobj)
+        stored = np.asanyarray(cast(nibabel.Nifti1Image, nibabel.load(str(path))).dataobj)
     except Exception:  # nibabel, gzip and zlib raise many types for a cut file
         return False
     expected = sitk.GetArrayViewFromImage(image)  # (..., z, y, x[, component])

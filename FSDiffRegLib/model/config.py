@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from ..resources import CONFIGS as CONFIG_DIR
 
@@ -90,7 +91,8 @@ class Config:
         if unknown:
             raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
         tuples = {"channel_mults", "grid_size", "grid_spacing", "train_crop"}
-        return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()})
+        values: dict[str, Any] = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> Config:

@@ -74,7 +74,8 @@ class HeartHead(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Logits on the grid halved along each axis (the mask is widened by several voxels anyway)."""
-        size = tuple(n // 2 for n in features[-1].shape[2:])
+        depth, height, width = (n // 2 for n in features[-1].shape[2:])
+        size = (depth, height, width)
         sums: dict[tuple[int, ...], torch.Tensor] = {}  # projections summed per resolution, resized once
         for i, (project, f) in enumerate(zip(self.project, features)):
             f = F.adaptive_avg_pool3d(f.float(), size) if f.shape[2] > size[0] else f.float()

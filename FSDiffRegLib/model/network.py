@@ -7,6 +7,7 @@ displacements in voxels of the network grid along (D, H, W).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,8 @@ class Conv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
-            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
-                                            self.groups)
+            padding = cast(tuple[int, ...], self.padding)  # this network's padding is a number, never 'same'
+            return torch.mkldnn_convolution(x, self.weight, self.bias, padding, self.stride, self.dilation, self.groups)
         return super().forward(x)
 
 
@@ -100,7 +101,7 @@ class FlowHead(nn.Module):
         self.attn = LinearAttention(channels, heads, groups) if fdg else None
         self.conv = Conv3d(channels, 3, 3, padding=1)
         nn.init.normal_(self.conv.weight, std=1e-5)
-        nn.init.zeros_(self.conv.bias)
+        nn.init.zeros_(cast(torch.Tensor, self.conv.bias))  # made with a bias
 
     def forward(self, reg: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
         h = self.attn(reg, diff) if self.attn is not None else reg
@@ -138,7 +139,7 @@ class Encoder(nn.Module):
         h = self.conv_in(x)
         skips = [h]
         for level_blocks, down in zip(self.blocks, self.downs):
-            for block in level_blocks:
+            for block in cast(nn.ModuleList, level_blocks):
                 h = block(h, temb)
                 skips.append(h)
             if not isinstance(down, nn.Identity):
@@ -186,7 +187,7 @@ class Decoder(nn.Module):
         skips = list(skips)
         feats: list[torch.Tensor] = []
         for level_blocks, up in zip(self.blocks, self.ups):
-            for block in level_blocks:
+            for block in cast(nn.ModuleList, level_blocks):
                 parts = [h, skips.pop()]
                 if guide is not None:
                     parts.append(guide[len(feats)])

@@ -115,7 +115,7 @@ def load_state(model: FSDiffRegNet, state: object, what: str) -> None:
     if mismatch:
         raise WeightsError(f"cannot load {what}: they do not fit the network: {mismatch}")
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state)  # type: ignore[arg-type]  # a mapping: state_mismatch found none else
     except Exception as err:  # e.g. a value that is not a tensor
         raise WeightsError(f"cannot load {what}: {first_line(err)}") from None
 
@@ -148,7 +148,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         raise WeightsError(f"cannot load weights {path}: invalid configuration: {first_line(err)}") from None
     load_state(model, payload["state_dict"], f"weights {path}")
     model.heart = load_heart(path, digest)
-    model.to(device, memory_format=torch.channels_last_3d).eval()
+    model.to(device, memory_format=torch.channels_last_3d).eval()  # type: ignore[call-overload]  # torch's stub omits it
     info = payload.get("info", {})
     return model, {"name": path.name, "sha256": digest, "info": info if isinstance(info, dict) else {},
                    "heart": heart_path(path).name if model.heart is not None else None}

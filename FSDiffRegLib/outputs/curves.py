@@ -36,7 +36,7 @@ def save_curves(volumes: list[dict[str, float]], function: dict, times_ms: list[
         return None
     from matplotlib.ticker import MaxNLocator
 
-    x = list(range(1, len(volumes) + 1)) if times_ms is None else list(times_ms)
+    x: list[float] = list(range(1, len(volumes) + 1)) if times_ms is None else list(times_ms)
     strain = function.get("strain")
     fig, axes = plt.subplots(1, 2 if strain else 1, figsize=(12 if strain else 6.5, 4.5), squeeze=False)
     ax = axes[0, 0]

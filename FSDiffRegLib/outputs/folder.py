@@ -29,6 +29,7 @@ import re
 import secrets
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -67,7 +68,7 @@ def output_folder(out_dir: str | Path, inputs: Mapping[str, str | Path | None] |
         try:
             os.mkdir(staging)
         except OSError as err:
-            raise OutputError(f"cannot write the output folder {out}: {err.strerror.lower()}") from None
+            raise OutputError(f"cannot write the output folder {out}: {(err.strerror or str(err)).lower()}") from None
         try:
             yield staging
             if not (staging / METRICS).is_file():
@@ -259,7 +260,7 @@ def locked(lock: Path, out: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        if os.name == "nt":  # Windows removes no open file; a lock another run opened meanwhile stays
+        if sys.platform == "win32":  # Windows removes no open file; a lock another run opened meanwhile stays
             import msvcrt
 
             msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
@@ -274,7 +275,7 @@ def locked(lock: Path, out: Path) -> Iterator[None]:
 
 def lock_file(fd: int) -> None:
     """Lock an open file exclusively without waiting; OSError if another process holds it."""
-    if os.name == "nt":
+    if sys.platform == "win32":
         import msvcrt
 
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)

@@ -20,7 +20,7 @@ cine ED, ES has no curve to check), a structure of fewer than FEW_VOXELS voxels 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -78,7 +78,7 @@ def _peak(values: list[float], pick: Callable) -> tuple[float | None, int | None
 def _strain_summary(strain: Strain) -> dict:
     peak_radial, radial_frame = _peak(strain.radial_percent, max)
     peak_circumferential, circumferential_frame = _peak(strain.circumferential_percent, min)
-    summary = {"radial_percent": [_round(v) for v in strain.radial_percent],
+    summary: dict[str, Any] = {"radial_percent": [_round(v) for v in strain.radial_percent],
                "circumferential_percent": [_round(v) for v in strain.circumferential_percent],
                "peak_radial_percent": peak_radial, "peak_radial_frame": radial_frame,
                "peak_circumferential_percent": peak_circumferential,
@@ -129,7 +129,7 @@ def cardiac_function(volumes: list[dict[str, float]], ed_frame: int, strain: Str
     es = None if chamber is None else int(np.argmin(curves[chamber]))
     function: dict = {"frames": len(volumes), "ED_frame": ed_frame, "ES_frame": None if es is None else es + 1}
     for name in ("LV", "RV"):
-        if name in curves:
+        if name in curves and es is not None:  # es is None only without LV and RV
             function[name] = _ejection(ed[name], curves[name][es])
     if "Myo" in ed:
         function["Myo"] = {"ED_volume_ml": _round(ed["Myo"]),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 import torch.nn.functional as F
@@ -128,7 +128,7 @@ def refine_flow(
     for coarse, steps in levels:
         if steps == 0:
             continue
-        m, f, w = (F.adaptive_avg_pool3d(x, coarse) for x in (moving, fixed, weights))
+        m, f, w = (F.adaptive_avg_pool3d(x, cast(tuple[int, int, int], coarse)) for x in (moving, fixed, weights))
         base = upsample_flow(flow, coarse)
         variable = torch.zeros_like(base, requires_grad=True)
         optimizer = Adam([variable], lr=REFINE_LR)  # torch.optim would import torch._dynamo

@@ -20,7 +20,7 @@ from ..imaging.field import apply_field, flow_to_field, resample_field, write_fi
 from ..imaging.imageio import check_image, check_labels, read_image, write_image
 from ..imaging.metrics import field_metrics, jacobian_determinant, ncc
 from ..imaging.preprocess import PreparedPair, normalized, prepare_pair, resample_to
-from ..model.heart import blurred_outside, decoder_outputs
+from ..model.heart import HeartHead, blurred_outside, decoder_outputs
 from ..model.network import FSDiffRegNet
 from ..model.predict import predict
 from ..model.weights import load_model
@@ -56,7 +56,8 @@ def predict_flow(
     moving, fixed = tensor(prepared.moving), tensor(prepared.fixed)
     with torch.no_grad(), decoder_outputs(model) as features:
         score, flow = predict(model, moving, fixed)
-    heart = model.heart.probability(features + [fixed, moving]) if uses_heart(model, refine) else None
+    head = model.heart if uses_heart(model, refine) else None
+    heart = head.probability(features + [fixed, moving]) if isinstance(head, HeartHead) else None
     features.clear()
     if refine.steps > 0:
         flow = refine_flow(flow, moving, fixed, score, model.cfg, refine, log)
@@ -117,9 +118,9 @@ def register_images(
 
 def write_files(result: Registration, folder: Path) -> None:
     """The set's files into ``folder``, each read back whole, metrics.json last; a non-finite image is refused."""
-    images = {"displacement.nii.gz": result.field, "warped.nii.gz": result.warped, "jacobian.nii.gz": result.jacobian,
-              "warped_labels.nii.gz": result.warped_labels}
-    images = {name: image for name, image in images.items() if image is not None}
+    images = {"displacement.nii.gz": result.field, "warped.nii.gz": result.warped, "jacobian.nii.gz": result.jacobian}
+    if result.warped_labels is not None:
+        images["warped_labels.nii.gz"] = result.warped_labels
     refuse_non_finite(images)
     write_field(images.pop("displacement.nii.gz"), folder / "displacement.nii.gz")
     for name, image in images.items():

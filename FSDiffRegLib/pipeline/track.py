@@ -169,8 +169,8 @@ def track_frames(
     grid = region_grid(whole, region)
     moving = frames_on_grid([frames[reference]], grid).to(device)
     fixed = frames_on_grid([frames[i] for i in others], grid).to(device)
-    flows = predict_flows(model, moving, fixed, refine, log) * taper(region, whole)
-    flows = dict(zip(others, flows.numpy()))
+    predicted = predict_flows(model, moving, fixed, refine, log) * taper(region, whole)
+    flows = dict(zip(others, predicted.numpy()))
     fields, warped, unfolded = [], [], []
     for i, frame in enumerate(frames):
         if i == reference:

@@ -54,7 +54,7 @@ def load_grid_pairs(pairs: list[AcdcPair], cfg: Config, cache: Path | None = Non
             np.savez_compressed(
                 handle,
                 patients=np.array([g.patient for g in items]),
-                **{k: np.stack([getattr(g, k) for g in items])
+                **{k: np.stack([getattr(g, k) for g in items])  # type: ignore[arg-type]  # numpy's stub: allow_pickle
                    for k in ("fixed", "moving", "fixed_labels", "moving_labels")},
             )
     return items

@@ -25,7 +25,7 @@ import warnings
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, TypeVar, cast
 
 import numpy as np
 import torch
@@ -89,7 +89,7 @@ def training_loss(
     are drawn for the whole global batch and this share kept, so a sample's noise is the same
     whichever rank trains it.
     """
-    cfg = getattr(model, "module", model).cfg
+    cfg = cast(Config, getattr(model, "module", model).cfg)  # the model's, or DistributedDataParallel's model's
     n = moving.shape[0]
     share = slice(rank * n, (rank + 1) * n)
     t = schedule.sample_t(n * ranks)[share].to(moving.device)
@@ -204,7 +204,8 @@ def remove_new_run(run_dir: Path, made: Path | None) -> None:
 
 def on_main(check: Callable[[], T]) -> T:
     """``check()`` run by rank 0 alone; its value, or its one-line refusal, on every rank."""
-    value, error = None, None
+    value: T | None = None
+    error: Exception | None = None
     if distributed.is_main():
         try:
             value = check()
@@ -213,7 +214,7 @@ def on_main(check: Callable[[], T]) -> T:
     value, error = distributed.from_main((value, error))
     if error is not None:
         raise error
-    return value
+    return cast(T, value)  # rank 0's value, which check() gave
 
 
 def random_state() -> dict:
@@ -221,7 +222,7 @@ def random_state() -> dict:
     _, keys, position, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,  # this rank's device
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+            "numpy": {"keys": torch.from_numpy(np.asarray(keys).astype(np.int64)), "pos": int(position),
                       "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}}
 
 
@@ -348,7 +349,7 @@ def _train(
         cfg = replace(stored, epochs=cfg.epochs, lr_schedule=cfg.lr_schedule)
     on_main(lambda: check_data(data_dir))
     seed_everything(cfg.seed)
-    model = FSDiffRegNet(cfg).to(device, memory_format=torch.channels_last_3d)
+    model = FSDiffRegNet(cfg).to(device, memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # as above
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     state = _resume(last, checkpoint, model, optimizer) if checkpoint is not None else TrainState()
     if init_weights is not None and not resuming:
