@@ -1,0 +1,49 @@
+"""The package's layout: subpackages by concern that open with a one-line docstring and load no torch, and the
+import contracts of pyproject.toml (layers, no cycles, a torch-free Slicer layer) kept."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+LIBRARY = ROOT / "FSDiffRegLib"
+SUBPACKAGES = sorted(p.parent.name for p in LIBRARY.glob("*/__init__.py"))
+
+
+def test_each_subpackage_opens_with_a_one_line_docstring_and_nothing_else():
+    assert SUBPACKAGES == ["commands", "evaluation", "imaging", "model", "outputs", "pipeline", "training"]
+    for name in SUBPACKAGES:
+        tree = ast.parse((LIBRARY / name / "__init__.py").read_text(encoding="utf-8"))
+        docstring = ast.get_docstring(tree)
+        assert docstring and "\n" not in docstring and len(tree.body) == 1, name
+
+
+def test_importing_the_subpackages_and_the_basics_loads_no_torch():
+    modules = [f"FSDiffRegLib.{name}" for name in SUBPACKAGES] + [
+        "FSDiffRegLib.labels", "FSDiffRegLib.events", "FSDiffRegLib.defaults", "FSDiffRegLib.resources",
+        "FSDiffRegLib.errors", "FSDiffRegLib.files", "FSDiffRegLib.commands.cli"]
+    code = (f"import importlib, json, sys\nfor m in {modules!r}:\n    importlib.import_module(m)\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'SimpleITK', 'numpy') if m in sys.modules)))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == []
+
+
+def test_the_import_contracts_hold():
+    """Layers (commands > evaluation, training > pipeline > outputs > imaging > model > basics), no cycle between
+    modules or subpackages, and no torch for the Slicer GUI's process (pyproject.toml, [tool.importlinter])."""
+    linter = shutil.which("lint-imports", path=os.path.dirname(sys.executable))
+    if linter is None:
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "FSDiffReg")])}
+    run = subprocess.run([linter, "--no-cache"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "Contracts: 4 kept, 0 broken." in run.stdout
