@@ -47,3 +47,25 @@ def test_the_import_contracts_hold():
     run = subprocess.run([linter, "--no-cache"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
     assert "Contracts: 4 kept, 0 broken." in run.stdout
+
+
+def test_one_name_one_thing_across_the_library_and_the_slicer_layer():
+    """No two classes (two Worker, two InputError) or modules (two outputs.py) of one name."""
+    files = [*LIBRARY.rglob("*.py"), *(ROOT / "FSDiffReg" / "FSDiffRegMRML").glob("*.py")]
+    classes: dict[str, list[str]] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                classes.setdefault(node.name, []).append(path.name)
+    assert {name: where for name, where in classes.items() if len(where) > 1} == {}
+    stems = [path.stem for path in files if path.stem != "__init__"]
+    assert sorted({stem for stem in stems if stems.count(stem) > 1}) == []
+
+
+def test_the_slicer_layer_shares_the_library_s_input_error_and_labels():
+    sys.path.insert(0, str(ROOT / "FSDiffReg"))
+    from FSDiffRegLib import errors, labels
+    from FSDiffRegMRML import cine_inputs, inputs
+
+    assert inputs.InputError is errors.InputError
+    assert cine_inputs.STRUCTURES is labels.STRUCTURES and cine_inputs.COLORS is labels.COLORS

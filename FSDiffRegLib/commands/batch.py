@@ -148,7 +148,7 @@ class Summary:
 
 
 @dataclass
-class Prepared:
+class PreparedCase:
     """A case made ready on the prefetch thread: skipped, failed before it ran, or read."""
 
     request: Request
@@ -157,15 +157,15 @@ class Prepared:
     error: str | None = None
 
 
-def prepare(request: Request, weights_sha256: str) -> Prepared:
+def prepare(request: Request, weights_sha256: str) -> PreparedCase:
     """Hash the case's inputs; unless its set is up to date, read them."""
     inputs = fingerprint(request)
     if up_to_date(request, inputs, weights_sha256):
-        return Prepared(request, skip=True)
+        return PreparedCase(request, skip=True)
     try:
-        return Prepared(request, read=command(request).read_inputs(request, inputs))
+        return PreparedCase(request, read=command(request).read_inputs(request, inputs))
     except Exception as err:  # recorded when the case's turn comes
-        return Prepared(request, error=error_line(err))
+        return PreparedCase(request, error=error_line(err))
 
 
 def run_local(requests: list[tuple[Case, Request]], options: BatchOptions, summary: Summary, log: Report) -> None:
