@@ -49,7 +49,7 @@ test: venv
 # ruff, then the import contracts of pyproject.toml (layers, no cycles, a torch-free Slicer layer).
 lint: venv
 	$(BIN)/ruff check .
-	PYTHONPATH=.:FSDiffReg $(BIN)/lint-imports
+	PYTHONPATH=.:FSDiffReg PYTHONIOENCODING=utf-8 $(BIN)/lint-imports
 
 # mypy on FSDiffRegLib and FSDiffRegMRML, as pyproject.toml's [tool.mypy] says.
 typecheck: venv

@@ -43,8 +43,9 @@ def test_the_import_contracts_hold():
     linter = shutil.which("lint-imports", path=os.path.dirname(sys.executable))
     if linter is None:
         pytest.skip("import-linter is not installed (pip install -e '.[test]')")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "FSDiffReg")])}
-    run = subprocess.run([linter, "--no-cache"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "FSDiffReg")]),
+           "PYTHONIOENCODING": "utf-8"}
+    run = subprocess.run([linter, "--no-cache"], cwd=ROOT, env=env, capture_output=True, encoding="utf-8", timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
     assert "Contracts: 4 kept, 0 broken." in run.stdout
 
