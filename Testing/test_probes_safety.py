@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from FSDiffRegLib import events
 from FSDiffRegLib.commands import work_folders
 from FSDiffRegLib.commands.worker import PARENT_GONE
 from FSDiffRegLib.events import FINISHED
@@ -298,7 +299,9 @@ def test_a_newline_in_an_argument_cannot_forge_the_finished_line(tmp_path):
 def test_a_last_line_without_its_newline_does_not_hide_the_status(tmp_path):
     from test_slicer_process import RegistrationProcess, stand_in_worker
 
-    command = "def run(args):\n    sys.stdout.write('fsdiffreg: error: no newline')\n    return 2\n"
+    last = events.line(events.error("no newline"))  # the event, its line unended
+    command = (f"def run(args):\n    print('fsdiffreg: error: no newline', flush=True)\n"
+               f"    sys.stdout.write({last!r})\n    return 2\n")
     process = RegistrationProcess(stand_in_worker(tmp_path, command).run(["register"]))
     assert drain(process) == ["fsdiffreg: error: no newline"]
     assert process.command.returncode == 2 and process.failure() == "no newline"
