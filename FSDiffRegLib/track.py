@@ -1,5 +1,6 @@
 """Tracking a whole cardiac cycle: every frame registered to the reference (ED) frame, the ED labels
-carried onto each frame, and the heart's function measured from them.
+carried onto each frame, and the heart's function measured from them (the RV volume corrected for the
+base's descent along the long axis, which tracking within the slices misses: ``descent.py``).
 
 Each frame is the fixed image and the reference frame the moving one, so every frame's field
 maps straight to the reference and no error accumulates along the cycle. All frames share one
@@ -26,6 +27,7 @@ from .bullseye import save_bullseye
 from .cine import Cine, check_cine_labels, join_frames, read_cine, reference_index, with_times
 from .curves import save_curves
 from .defaults import TRACK_REFINE, RefineOptions
+from .descent import corrected_volumes
 from .errors import InputError
 from .field import apply_field, flow_to_field, resample_field, write_field
 from .function import cardiac_function, check_structures, quality_notes, strain_csv, structure_volumes, volumes_csv
@@ -179,9 +181,11 @@ def track_frames(
             fields.append(field)
             unfolded.append(stats)
             warped.append(apply_field(labels, fields[-1], nearest=True))
-    volumes = [structure_volumes(w) for w in warped]
+    volumes, descent = corrected_volumes([structure_volumes(w) for w in warped], warped, reference)
     strain = contour_strain(fields, labels)
     function = cardiac_function(volumes, reference + 1, strain)
+    if "RV" in function:
+        function["RV"]["base_descent_mm"] = round(descent[function["ES_frame"] - 1], 1)
     function["quality"] = quality_notes(function, volumes, fields, warped, strain)
     quality = [field_metrics(f, grid) for f in fields]
     metrics = {
