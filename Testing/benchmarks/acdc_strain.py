@@ -86,7 +86,7 @@ def patient_row(out: Path, patient: str) -> dict:
             "notes": [n["check"] for n in notes],
             "rv_ef": ef(rv_ed.sum(), rv_es.sum()),
             "rv_error": ef(rv_ed.sum(), rv_tracked.sum()) - ef(rv_ed.sum(), rv_es.sum()),
-            "rv_error_descent": ef(rv_ed.sum(), rv_corrected / ml) - ef(rv_ed.sum(), rv_es.sum()),
+            "rv_error_descent": ef(rv_ed.sum(), rv_corrected) - ef(rv_ed.sum(), rv_es.sum()),
             "rv_error_basal_as_drawn": ef(rv_ed.sum(), basal_as_drawn.sum()) - ef(rv_ed.sum(), rv_es.sum()),
             "lv_error": ef((ed_a == 3).sum(), (car_a == 3).sum()) - ef((ed_a == 3).sum(), (es_a == 3).sum()),
             "rv_slices": (rv_tracked - rv_es)[present].round(1).tolist(),
