@@ -7,8 +7,9 @@ network moves tissue through the plane by under 3 mm (ACDC validation, basal sli
 basal RV stays and the RV EF comes out about 20 points low.
 
 Model: the RV shortens along the long axis by RV_SHORTENING of its ED length L (the ED slices holding RV
-times the slice spacing h) at the frame of least tracked RV volume, and at any frame in proportion to the
-tracked RV volume's fall from ED: d = RV_SHORTENING * L * clip((V_ED - V) / (V_ED - V_min), 0, 1).
+times the slice spacing h) at ES, and at any frame in proportion to the tracked LV volume's fall from ED
+(systole's time course; ES is picked on the same curve, and the tracked LV contracts where a poorly
+tracked RV may not): d = RV_SHORTENING * L * clip((LV_ED - LV) / (LV_ED - LV_min), 0, 1).
 Slab k of the RV (k = 0 the ED RV's basal one; tracked RV beyond it is atrium) keeps
 clip(((k + 1) h - d) / h, 0, 1) of its tracked voxels.
 The through-plane axis is the one with the largest spacing; the base is the end of the stack with the
@@ -48,17 +49,18 @@ def kept_fraction(slabs: int, spacing_mm: float, descent_mm: float) -> np.ndarra
 
 
 def rv_descent(volumes: list[dict[str, float]], labels: list[sitk.Image], reference: int) -> list[float]:
-    """The base's descent (mm) at each frame (module docstring); 0 everywhere without LV or RV at the reference."""
+    """The base's descent (mm) at each frame (module docstring); 0 everywhere without LV or RV at the reference,
+    or where the LV never shrinks."""
     ed = labels[reference]
     if not ({"RV", "LV"} <= set(volumes[reference])):
         return [0.0] * len(volumes)
     axis = through_plane_axis(ed)
     length = np.count_nonzero(slab_counts(ed, RV, axis)) * ed.GetSpacing()[::-1][axis]
-    rv = np.array([v.get("RV", 0.0) for v in volumes])
-    fall = rv[reference] - rv.min()
+    lv = np.array([v.get("LV", 0.0) for v in volumes])
+    fall = lv[reference] - lv.min()
     if fall <= 0:
         return [0.0] * len(volumes)
-    share = np.clip((rv[reference] - rv) / fall, 0.0, 1.0)
+    share = np.clip((lv[reference] - lv) / fall, 0.0, 1.0)
     return (RV_SHORTENING * length * share).tolist()
 
 

@@ -35,10 +35,11 @@ def heart(scale: float, rv_slices: range, base_first: bool = True) -> sitk.Image
 
 def test_the_basal_slab_leaves_as_the_base_descends():
     """ED, half way and ES tracked within the slices: the RV (8 slices, L = 80 mm) descends RV_SHORTENING * L at
-    ES, half that half way; the basal slab keeps what lies below the descended base; the LV is as tracked."""
+    ES, at other frames in proportion to the LV's fall; the basal slab keeps what lies below the descended base;
+    the LV is as tracked."""
     frames = [heart(1.0, range(8)), heart(0.9, range(8)), heart(0.8, range(8))]
     volumes = [structure_volumes(f) for f in frames]
-    fall = [(volumes[0]["RV"] - v["RV"]) / (volumes[0]["RV"] - volumes[2]["RV"]) for v in volumes]
+    fall = [(volumes[0]["LV"] - v["LV"]) / (volumes[0]["LV"] - volumes[2]["LV"]) for v in volumes]
     corrected, descent = corrected_volumes(volumes, frames, 0)
     assert descent == pytest.approx([0.0, RV_SHORTENING * 80.0 * fall[1], RV_SHORTENING * 80.0])
     assert descent[2] == pytest.approx(12.0)  # past the 10 mm basal slab, 2 mm into the next
@@ -69,8 +70,23 @@ def test_the_same_however_the_stack_is_stored():
         assert other[0] == pytest.approx(rv) and other[1] == pytest.approx(descent)
 
 
+def test_the_lv_times_the_descent():
+    """A poorly tracked RV that does not shrink still descends with the LV's systole; an LV that does not
+    shrink moves nothing."""
+    ed, es = heart(1.0, range(8)), heart(0.8, range(8))
+    rv = sitk.Cast(ed == 1, sitk.sitkUInt8)
+    still_rv = [ed, sitk.Mask(es, sitk.Cast(rv == 0, sitk.sitkUInt8)) + rv]  # ES's LV and Myo, ED's RV
+    volumes = [structure_volumes(f) for f in still_rv]
+    assert volumes[1]["RV"] == volumes[0]["RV"] and volumes[1]["LV"] < volumes[0]["LV"]
+    assert corrected_volumes(volumes, still_rv, 0)[1][1] == pytest.approx(12.0)
+    still_lv = [ed, sitk.Mask(ed, sitk.Cast(rv == 0, sitk.sitkUInt8)) + sitk.Cast(es == 1, sitk.sitkUInt8)]
+    volumes = [structure_volumes(f) for f in still_lv]
+    assert volumes[1]["RV"] < volumes[0]["RV"] and volumes[1]["LV"] == volumes[0]["LV"]
+    assert corrected_volumes(volumes, still_lv, 0) == (volumes, [0.0, 0.0])
+
+
 def test_nothing_to_correct():
-    """No RV fall (a still heart) or no LV: the volumes as tracked, no descent."""
+    """No LV fall (a still heart) or no LV: the volumes as tracked, no descent."""
     still = [heart(1.0, range(8)), heart(1.0, range(8))]
     volumes = [structure_volumes(f) for f in still]
     assert corrected_volumes(volumes, still, 0) == (volumes, [0.0, 0.0])
