@@ -175,9 +175,9 @@ def track_frames(
             warped.append(labels)
             unfolded.append({"folded_before": 0, "folded_before_fine": 0})
         else:
-            field, stats = unfold(resample_field(flow_to_field(flows[i], grid), frame), grid)
-            fields.append(field)
-            unfolded.append(stats)
+            done = unfold(resample_field(flow_to_field(flows[i], grid), frame), grid)
+            fields.append(done.field)
+            unfolded.append(done.stats)
             warped.append(apply_field(labels, fields[-1], nearest=True))
     volumes = [structure_volumes(w) for w in warped]
     strain = contour_strain(fields, labels)
