@@ -15,6 +15,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from .batch import BatchOptions, Case, Log, Request, Summary, error_line, fingerprint, run_case, set_row, up_to_date
 from .errors import InputError
+from .memory import keep_freed_memory
 from .outputs import clear_left
 
 PLUGIN = "fsdiffreg-model"
@@ -35,6 +36,7 @@ class ModelPlugin(WorkerPlugin):
         from .device import pick_device
         from .weights import load_model
 
+        keep_freed_memory()
         if self.threads:
             torch.set_num_threads(self.threads)
         self.loaded = load_model(self.weights, pick_device(self.device))
