@@ -109,6 +109,6 @@ def run_dask(address: str, requests: list[tuple[Case, Request]], options: BatchO
         client.close()
         if cluster is not None:
             cluster.close()
-        for _, request in futures.values():  # a case its stopped worker left half-written (not one a run holds)
-            clear_left(request.out_dir)
+        for root in {Path(request.out_dir).parent for _, request in futures.values()}:
+            clear_left(root)  # the cases their stopped workers left half-written (not one a live run holds)
         shutil.rmtree(scratch, ignore_errors=True)

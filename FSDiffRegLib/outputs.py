@@ -190,16 +190,15 @@ def remove_left(beside: Path, out: Path) -> None:
             remove_stale(folder, out.name)
 
 
-def clear_left(out_dir: str | Path) -> None:
-    """Remove what a killed run left for ``out_dir`` (its lock and hidden folders), unless a run holds the lock:
-    for a batch whose workers were stopped mid-case."""
-    out = Path(out_dir).resolve()
-    if not any(place.is_dir() and any(ours(e.name, out.name) for e in place.iterdir()) for place in (out.parent, out)):
-        return
-    with suppress(OutputError):
-        beside = lock_place(out)
-        with locked(beside / f".{out.name}.fsdiffreg-lock", out):
-            remove_left(beside, out)
+def clear_left(folder: str | Path) -> None:
+    """Remove what killed runs left in ``folder`` for the out-dirs in it (their locks and hidden folders), but not
+    for one whose lock a live run holds: for a batch whose workers were stopped mid-case."""
+    folder = Path(folder).resolve()
+    left = re.compile(r"\.(.+)\.fsdiffreg-(?:lock|stage-[0-9a-f]{8}|old-[0-9a-f]{8})")
+    names = {match.group(1) for match in map(left.fullmatch, os.listdir(folder)) if match}
+    for name in sorted(names):
+        with suppress(OutputError), locked(folder / f".{name}.fsdiffreg-lock", folder / name):
+            remove_left(folder, folder / name)
 
 
 def foreign(folder: Path, out_name: str) -> str | None:
