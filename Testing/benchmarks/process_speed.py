@@ -153,6 +153,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.pairs, args.repeats = 2, 1
+    try:
+        import psutil  # noqa: F401  (the peak memory of each method's process tree)
+    except ImportError:
+        raise SystemExit("process_speed.py needs psutil: pip install psutil (dask[distributed] brings it)") from None
     tree = args.tree.resolve()
     refine = ["--refine", str(args.refine)] if args.refine is not None else []
     print(f"tree {tree}\ndevice {device_line(tree)}", flush=True)
@@ -164,6 +168,12 @@ def main() -> None:
             return
         cases = cohort(tree, args.data, args.pairs)
         (tmp / "cohort.csv").write_text("id,fixed,moving\n" + "".join(f"{i},{f},{m}\n" for i, f, m in cases))
+        sys.path.insert(0, str(tree))
+        from FSDiffRegLib.baselines import missing
+
+        if "elastix" not in args.skip and missing("elastix"):
+            print(f"elastix: left out, {missing('elastix')}")
+            args.skip.append("elastix")
         seconds = {}
         for method in (m for m in METHODS if m not in args.skip):
             runs = [run(tree, command) for command in commands(method, cases, tmp, refine)]
