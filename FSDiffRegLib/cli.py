@@ -28,6 +28,7 @@ from .defaults import (
     checked_steps,
 )
 from .errors import DeviceError, InputError, WeightsError
+from .memory import keep_freed_memory
 from .outputs import OutputError, written
 from .resources import sample_pair
 
@@ -467,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a sub-command: 0 when it succeeds (batch: 1 when a case failed), 2 with one error line, 130 when interrupted
     (Ctrl-C or a terminate signal; what the run had begun to write is removed)."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:

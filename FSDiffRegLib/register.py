@@ -74,11 +74,9 @@ def field_metrics(field: sitk.Image, grid: sitk.Image) -> dict[str, float]:
     return jacobian_stats(jac)
 
 
-def similarity(fixed: sitk.Image, image: sitk.Image, grid: sitk.Image) -> float:
-    """Global NCC of two images on the network grid."""
-    a = sitk.GetArrayFromImage(resample_to(normalized(fixed), grid, -1.0))
-    b = sitk.GetArrayFromImage(resample_to(normalized(image), grid, -1.0))
-    return ncc(a, b)
+def on_grid(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """An image's voxels normalised and resampled on the network grid, as NCC compares them."""
+    return sitk.GetArrayFromImage(resample_to(normalized(image), grid, -1.0))
 
 
 def register_images(
@@ -102,21 +100,22 @@ def register_images(
     if np.all(prepared.moving == -1.0):
         raise InputError("fixed and moving images do not overlap in physical space")
     flow = predict_flow(model, prepared, device, refine, log)
-    field, unfolded = unfold(resample_field(flow_to_field(flow, prepared.grid), fixed), prepared.grid)
+    unfolded = unfold(resample_field(flow_to_field(flow, prepared.grid), fixed), prepared.grid)
+    field = unfolded.field
     warped = apply_field(moving, field)
-    jacobian = jacobian_determinant(field)
     seconds = time.time() - start
+    fixed_on_grid = on_grid(fixed, prepared.grid)  # the moving image's is prepared.moving
     metrics = {
-        **field_metrics(field, prepared.grid),
-        "ncc_before": similarity(fixed, moving, prepared.grid),
-        "ncc_after": similarity(fixed, warped, prepared.grid),
+        **jacobian_stats(unfolded.fine_jacobian),  # field_metrics(field, grid), as the fold removal measured it
+        "ncc_before": ncc(fixed_on_grid, prepared.moving),
+        "ncc_after": ncc(fixed_on_grid, on_grid(warped, prepared.grid)),
         "seconds": round(seconds, 3),
         "device": str(device),
         "refine": {**asdict(refine), "heart": uses_heart(model, refine)},
-        "unfold": unfolded,
+        "unfold": unfolded.stats,
     }
     labels = apply_field(moving_labels, field, nearest=True) if moving_labels is not None else None
-    return Registration(field, warped, jacobian, prepared.grid, metrics, labels)
+    return Registration(field, warped, unfolded.jacobian, prepared.grid, metrics, labels)
 
 
 def describe(path: str | Path) -> dict:

@@ -32,6 +32,7 @@ from .errors import InputError
 from .field import apply_field, flow_to_field, resample_field, write_field
 from .function import cardiac_function, check_structures, quality_notes, strain_csv, structure_volumes, volumes_csv
 from .imageio import read_image, write_image
+from .metrics import jacobian_stats
 from .network import FSDiffRegNet
 from .outputs import output_folder, write_json, write_metrics, written
 from .preprocess import canonical, network_grid, normalized, resample_to
@@ -170,16 +171,18 @@ def track_frames(
     fixed = frames_on_grid([frames[i] for i in others], grid).to(device)
     flows = predict_flows(model, moving, fixed, refine, log) * taper(region, whole)
     flows = dict(zip(others, flows.numpy()))
-    fields, warped, unfolded = [], [], []
+    fields, warped, unfolded, quality = [], [], [], []
     for i, frame in enumerate(frames):
         if i == reference:
             fields.append(zero_field(frame))
             warped.append(labels)
             unfolded.append({"folded_before": 0, "folded_before_fine": 0})
+            quality.append(field_metrics(fields[-1], grid))
         else:
-            field, stats = unfold(resample_field(flow_to_field(flows[i], grid), frame), grid)
-            fields.append(field)
-            unfolded.append(stats)
+            done = unfold(resample_field(flow_to_field(flows[i], grid), frame), grid)
+            fields.append(done.field)
+            unfolded.append(done.stats)
+            quality.append(jacobian_stats(done.fine_jacobian))  # field_metrics, as the fold removal measured it
             warped.append(apply_field(labels, fields[-1], nearest=True))
     volumes, descent = corrected_volumes([structure_volumes(w) for w in warped], warped, reference)
     strain = contour_strain(fields, labels)
@@ -187,7 +190,6 @@ def track_frames(
     if "RV" in function:
         function["RV"]["base_descent_mm"] = round(descent[function["ES_frame"] - 1], 1)
     function["quality"] = quality_notes(function, volumes, fields, warped, strain)
-    quality = [field_metrics(f, grid) for f in fields]
     metrics = {
         "seconds": round(time.time() - start, 3),
         "device": str(device),
