@@ -111,3 +111,17 @@ def unfold(field: sitk.Image, grid: sitk.Image | None = None) -> tuple[sitk.Imag
     stats = {"folded_before": before, "folded_before_fine": before_fine, "rounds": rounds,
              "scaled_globally": int(halvings > 0)}
     return as_field(scale * u, field), stats
+
+
+def unfold_onto(field: sitk.Image, reference: sitk.Image) -> tuple[sitk.Image, dict[str, int]]:
+    """``field`` (on the grid its flow was made on: the heart-centred network grid) with its folds removed there
+    first, then resampled onto ``reference`` and unfolded on both grids (``unfold``). The relaxation works at the
+    flow's own spacing, not across a frame's thick slices, so it changes the heart less (``track``: issue 21,
+    Testing/benchmarks/track_unfold.py). Counts: ``field``'s folds on ``reference`` (``folded_before``) and on
+    its own grid (``folded_before_fine``); the rounds of both removals; whether either needed the last resort."""
+    before = folded_voxels(resample_field(field, reference))[1]
+    relaxed, own = unfold(field)
+    out, both = unfold(resample_field(relaxed, reference), field)
+    return out, {"folded_before": before, "folded_before_fine": own["folded_before"],
+                 "rounds": own["rounds"] + both["rounds"],
+                 "scaled_globally": max(own["scaled_globally"], both["scaled_globally"])}

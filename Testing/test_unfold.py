@@ -10,6 +10,8 @@ import torch
 from FSDiffRegLib import acdc, unfold
 from FSDiffRegLib.cine import Cine
 from FSDiffRegLib.defaults import NETWORK_ONLY, TRACK_REFINE
+from FSDiffRegLib.evaluate_function import ejection_fraction
+from FSDiffRegLib.function import structure_volumes
 from FSDiffRegLib.metrics import jacobian_determinant
 from FSDiffRegLib.register import field_metrics, register_images
 from FSDiffRegLib.track import track_frames
@@ -92,7 +94,10 @@ def test_the_hardest_real_pairs_are_delivered_without_a_fold(data_dir, bundled_w
 
 
 def test_track_delivers_its_fields_without_a_fold(data_dir, bundled_weights):
-    """``track``'s refinement folds ED -> ES on patient 093 (339 / 548 voxels); its field is delivered without."""
+    """``track``'s refinement folds ED -> ES on patient 093 (233 / 422 voxels); its field is delivered without, and
+    the LV EF it carries stays near the folded field's (-8.6 points from the manual labels'; folds removed on the
+    removed on the heart grid first -11.2, on the ES grid -19.0: the relaxation across its 10 mm slices erased the
+    motion)."""
     pair = acdc.load_pair(data_dir / "training" / "patient093")
     ed, es, labels = (sitk.ReadImage(str(p)) for p in (pair.fixed, pair.moving, pair.fixed_labels))
     model, _ = load_model(bundled_weights, torch.device("cpu"))
@@ -101,3 +106,6 @@ def test_track_delivers_its_fields_without_a_fold(data_dir, bundled_weights):
     assert len(before) == 2 and before[0] == [0, 0] and sum(before[1]) > 100
     assert tracking.metrics["folding_percent"] == [0.0, 0.0]
     assert det(tracking.fields[1]).min() > 0
+    es_labels = sitk.ReadImage(str(pair.moving_labels))
+    manual = ejection_fraction(structure_volumes(labels)["LV"], structure_volumes(es_labels)["LV"])
+    assert abs(tracking.function["LV"]["EF_percent"] - manual) < 12.5

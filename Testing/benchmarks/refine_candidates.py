@@ -10,6 +10,7 @@ tables are the benchmark's). ``Dice raw``: the mean Dice before the fold removal
 - swapped: the network run on the pair swapped (the fixed image as moving), its flow inverted
   (``inverse.invert_flow``): alone, or averaged with the direct flow (displacements averaged; with the flips);
 - cascaded: the network run again on the moving image warped by its flow, the flows composed (twice, three times);
+- heart grid first: the folds removed on the network grid first, then on both (``unfold.unfold_onto``, as track).
 - refine options as ``RefineOptions`` name them (steps, smoothness, Gaussian, heart);
 - ``coarse``: the refinement on the two coarse levels only (the fine level's detail left to the network).
 
@@ -40,7 +41,7 @@ from FSDiffRegLib.inverse import invert_flow
 from FSDiffRegLib.metrics import heart_dice
 from FSDiffRegLib.preprocess import locate_heart, network_grid, prepare_pair
 from FSDiffRegLib.spatial import warp
-from FSDiffRegLib.unfold import unfold
+from FSDiffRegLib.unfold import unfold, unfold_onto
 from FSDiffRegLib.weights import load_model
 
 CANDIDATES: dict[str, tuple[RefineOptions, bool]] = {  # name: (options, coarse levels only)
@@ -60,6 +61,8 @@ CANDIDATES: dict[str, tuple[RefineOptions, bool]] = {  # name: (options, coarse 
     "FSDiffReg (network flip-averaged, averaged with the swapped pair's flip-averaged inverse)": (NETWORK_ONLY, False),
     "FSDiffReg (network cascaded twice)": (NETWORK_ONLY, False),
     "FSDiffReg (network cascaded three times)": (NETWORK_ONLY, False),
+    "FSDiffReg (network, folds removed on the heart grid first)": (NETWORK_ONLY, False),
+    "FSDiffReg (network cascaded twice, folds removed on the heart grid first)": (NETWORK_ONLY, False),
 }
 
 
@@ -158,8 +161,9 @@ def main() -> None:
                     with coarse_levels(coarse):
                         out = refine.refine_flow(flow, m, f, score, model.cfg, options)
                     out = blurred_outside(out, heart) if options.heart and options.steps > 0 else out
-                raw = resample_field(flow_to_field(out[0].float().numpy(), prepared.grid), fixed)
-                delivered, stats = unfold(raw, prepared.grid)
+                on_grid = flow_to_field(out[0].float().numpy(), prepared.grid)
+                raw = resample_field(on_grid, fixed)
+                delivered, stats = unfold_onto(on_grid, fixed) if "heart grid first" in name else unfold(raw, on_grid)
                 row = score_field(delivered, grid, moving_labels, fixed_labels, carried_ef=way == "ed-es")
                 warped = sitk.GetArrayFromImage(apply_field(moving_labels, raw, nearest=True))
                 row["mean_raw"] = heart_dice(warped, sitk.GetArrayFromImage(fixed_labels))["mean"]
