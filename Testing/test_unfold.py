@@ -11,6 +11,7 @@ from FSDiffRegLib import acdc, unfold
 from FSDiffRegLib.cine import Cine
 from FSDiffRegLib.defaults import NETWORK_ONLY, TRACK_REFINE
 from FSDiffRegLib.evaluate_function import ejection_fraction
+from FSDiffRegLib.field import resample_field
 from FSDiffRegLib.function import structure_volumes
 from FSDiffRegLib.metrics import jacobian_determinant
 from FSDiffRegLib.register import field_metrics, register_images
@@ -109,3 +110,20 @@ def test_track_delivers_its_fields_without_a_fold(data_dir, bundled_weights):
     es_labels = sitk.ReadImage(str(pair.moving_labels))
     manual = ejection_fraction(structure_volumes(labels)["LV"], structure_volumes(es_labels)["LV"])
     assert abs(tracking.function["LV"]["EF_percent"] - manual) < 12.5
+
+
+def test_folds_removed_on_the_fields_own_grid_first_leave_none_on_a_thick_sliced_grid():
+    """``unfold_onto``: the fold removed on the field's own grid, then none on a grid of 9 mm slices nor on its own;
+    away from the fold the field is the same physical displacement."""
+    field = folded_field()
+    thick = sitk.Image([SIZE[0], SIZE[1], SIZE[2] // 3], sitk.sitkUInt8)
+    thick.SetSpacing([SPACING[0], SPACING[1], 3 * SPACING[2]])
+    out, stats = unfold.unfold_onto(field, thick)
+    assert stats["folded_before_fine"] == int((det(field) <= 0).sum()) and stats["scaled_globally"] == 0
+    assert out.GetSize() == thick.GetSize() and det(out).min() > 0
+    assert unfold.folded_voxels(out, field)[1:] == (0, 0)
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(thick.GetSize()[::-1], thick.GetSpacing()[::-1])),
+                          indexing="ij")
+    far = np.hypot(x - CENTRE[0], y - CENTRE[1]) > 25.0
+    plain = sitk.GetArrayFromImage(resample_field(field, thick))
+    assert np.allclose(sitk.GetArrayFromImage(out)[far], plain[far])
