@@ -97,7 +97,7 @@ def test_the_hardest_real_pairs_are_delivered_without_a_fold(data_dir, bundled_w
 def test_track_delivers_its_fields_without_a_fold(data_dir, bundled_weights):
     """``track``'s refinement folds ED -> ES on patient 093 (233 / 422 voxels); its field is delivered without, and
     the LV EF it carries stays near the folded field's (-8.6 points from the manual labels'; folds removed on the
-    removed on the heart grid first -11.2, on the ES grid -19.0: the relaxation across its 10 mm slices erased the
+    removed on the heart grid first -11.2, on the ES grid -19.0: the relaxation across its 7 mm slices erased the
     motion)."""
     pair = acdc.load_pair(data_dir / "training" / "patient093")
     ed, es, labels = (sitk.ReadImage(str(p)) for p in (pair.fixed, pair.moving, pair.fixed_labels))
