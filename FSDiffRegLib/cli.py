@@ -19,11 +19,13 @@ from typing import Callable
 
 from .defaults import (
     DEFAULT_REFINE,
+    MAX_PASSES,
     MAX_STEPS,
     REFINE_OPTION,
     TRACK_REFINE,
     HeartTraining,
     RefineOptions,
+    checked_passes,
     checked_smoothness,
     checked_steps,
 )
@@ -51,7 +53,7 @@ def _summary(metrics: dict) -> str:
 
 def refine_options(args: argparse.Namespace) -> RefineOptions:
     return RefineOptions(args.refine, args.smoothness, diffeomorphic=args.diffeomorphic, gaussian=args.gaussian,
-                         heart=args.heart)
+                         heart=args.heart, passes=args.passes)
 
 
 def _register(args: argparse.Namespace) -> None:
@@ -81,12 +83,14 @@ def _batch(args: argparse.Namespace) -> int:
     from .shards import parse_shard, shard_from_env
 
     manifest = read_manifest(args.manifest)  # a bad manifest is refused before torch is imported
-    given = {name: getattr(args, name) for name in ("smoothness", "diffeomorphic", "gaussian", "heart")
+    given = {name: getattr(args, name) for name in ("smoothness", "diffeomorphic", "gaussian", "heart", "passes")
              if getattr(args, name) is not None}
     if args.refine is not None:
         given["steps"] = args.refine
     if manifest.kind == "track" and given.get("heart"):
         raise InputError("--heart is for register manifests: track registers the heart's region already")
+    if manifest.kind == "track" and given.get("passes", 1) != 1:
+        raise InputError("--passes is for register manifests: track runs the network once and refines")
     refine = replace(DEFAULT_REFINE if manifest.kind == "register" else TRACK_REFINE, **given)
     shard = parse_shard(args.shard) if args.shard else shard_from_env()
     from .batch import BatchOptions, run_batch
@@ -259,6 +263,11 @@ def smoothness(text: str) -> float:
     return checked_smoothness(number(text))
 
 
+@option
+def passes(text: str) -> int:
+    return checked_passes(whole_number(text))
+
+
 def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOptions = DEFAULT_REFINE) -> None:
     """--refine, --smoothness, --[no-]diffeomorphic, --[no-]gaussian, --[no-]heart: the RefineOptions of a
     sub-command, ``defaults`` unless given."""
@@ -273,12 +282,15 @@ def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOption
     parser.add_argument("--gaussian", action=argparse.BooleanOptionalAction, default=defaults.gaussian,
                         help="Gaussian-smooth each refinement step's correction and the refined flow "
                              f"(default: {'on' if defaults.gaussian else 'off'})")
-    if not defaults.heart:  # track: its grid is the heart's region already
-        parser.set_defaults(heart=False)
+    if not defaults.heart:  # track: its grid is the heart's region already, and one network pass
+        parser.set_defaults(heart=False, passes=defaults.passes)
         return
     parser.add_argument("--heart", action=argparse.BooleanOptionalAction, default=True,
                         help="blur the refined flow away from the heart that the weights' heart head finds "
                              "(default: on, where the weights carry one)")
+    parser.add_argument("--passes", type=passes, default=defaults.passes, metavar="N",
+                        help=f"network runs, each on the moving image warped by the runs before, 1 to {MAX_PASSES} "
+                             f"(default {defaults.passes})")
 
 
 def methods_from(names: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -420,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("diffeomorphic", "gaussian", "heart"):
         p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
                        help=f"as register's --{flag}" + (" (register manifests)" if flag == "heart" else ""))
+    p.add_argument("--passes", type=passes, metavar="N", help="network runs, as register's --passes (register "
+                                                              "manifests)")
     p.set_defaults(func=_batch)
 
     p = sub.add_parser("evaluate", help="Table 1 (Dice, folding, SD|J|, time) on the validation split")

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .cascade import cascade
 from .defaults import DEFAULT_REFINE, RefineOptions
 from .device import pick_device
 from .errors import InputError
@@ -47,7 +48,8 @@ def predict_flow(
     refine: RefineOptions = DEFAULT_REFINE,
     log: Callable[[str], None] = lambda message: None,
 ) -> np.ndarray:
-    """The flow (3, D, H, W) in voxels of the network grid, refined when asked."""
+    """The flow (3, D, H, W) in voxels of the network grid: the network's ``refine.passes`` (FSDiffRegLib.cascade),
+    refined when asked."""
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a)[None, None].to(device, memory_format=torch.channels_last_3d)
 
@@ -56,6 +58,7 @@ def predict_flow(
         score, flow = model(moving, fixed, fixed, torch.zeros(1, dtype=torch.long, device=device))
     heart = model.heart.probability(features + [fixed, moving]) if uses_heart(model, refine) else None
     features.clear()
+    flow = cascade(model, moving, fixed, flow, refine.passes)
     if refine.steps > 0:
         flow = refine_flow(flow, moving, fixed, score, model.cfg, refine, log)
     if heart is not None:

@@ -29,7 +29,7 @@ from .curves import save_curves
 from .defaults import TRACK_REFINE, RefineOptions
 from .descent import corrected_volumes
 from .errors import InputError
-from .field import apply_field, flow_to_field, resample_field, write_field
+from .field import apply_field, flow_to_field, write_field
 from .function import cardiac_function, check_structures, quality_notes, strain_csv, structure_volumes, volumes_csv
 from .imageio import read_image, write_image
 from .metrics import jacobian_stats
@@ -39,7 +39,7 @@ from .preprocess import canonical, network_grid, normalized, resample_to
 from .refine import refine_flow
 from .register import describe, field_metrics, prepare, refuse_non_finite
 from .strain import Strain, contour_strain
-from .unfold import unfold
+from .unfold import unfold_onto
 
 HEART_MARGIN_MM = 18.0  # context registered around the labelled heart
 TAPER_MM = 9.0  # band inside the box's sides over which the field fades to zero
@@ -179,7 +179,7 @@ def track_frames(
             unfolded.append({"folded_before": 0, "folded_before_fine": 0})
             quality.append(field_metrics(fields[-1], grid))
         else:
-            done = unfold(resample_field(flow_to_field(flows[i], grid), frame), grid)
+            done = unfold_onto(flow_to_field(flows[i], grid), frame)
             fields.append(done.field)
             unfolded.append(done.stats)
             quality.append(jacobian_stats(done.fine_jacobian))  # field_metrics, as the fold removal measured it

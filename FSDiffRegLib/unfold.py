@@ -155,3 +155,19 @@ def unfold(field: sitk.Image, grid: sitk.Image | None = None) -> Unfolded:
     stats = {"folded_before": before, "folded_before_fine": before_fine, "rounds": rounds,
              "scaled_globally": int(halvings > 0)}
     return Unfolded(as_field(scale * u, field), stats, *measured)
+
+
+def unfold_onto(field: sitk.Image, reference: sitk.Image) -> Unfolded:
+    """``field`` (on the grid its flow was made on: the heart-centred network grid) with its folds removed there
+    first, then resampled onto ``reference`` and unfolded on both grids (``unfold``). The relaxation works at the
+    flow's own spacing, not across a frame's thick slices, so it changes the heart less (``track``: issue 21,
+    Testing/benchmarks/track_unfold.py). Counts: ``field``'s folds on ``reference`` (``folded_before``) and on
+    its own grid (``folded_before_fine``); the rounds of both removals; whether either needed the last resort.
+    The determinants are those of the last check, on ``reference`` and on ``field``'s grid."""
+    before = folded_voxels(resample_field(field, reference))[1]
+    own = unfold(field)
+    both = unfold(resample_field(own.field, reference), field)
+    stats = {"folded_before": before, "folded_before_fine": own.stats["folded_before"],
+             "rounds": own.stats["rounds"] + both.stats["rounds"],
+             "scaled_globally": max(own.stats["scaled_globally"], both.stats["scaled_globally"])}
+    return Unfolded(both.field, stats, both.jacobian, both.fine_jacobian)

@@ -12,7 +12,9 @@ import torch
 from FSDiffRegLib import acdc, spatial, unfold
 from FSDiffRegLib.cine import Cine
 from FSDiffRegLib.defaults import NETWORK_ONLY, TRACK_REFINE
+from FSDiffRegLib.evaluate_function import ejection_fraction
 from FSDiffRegLib.field import resample_field
+from FSDiffRegLib.function import structure_volumes
 from FSDiffRegLib.metrics import jacobian_determinant, ncc
 from FSDiffRegLib.preprocess import normalized, resample_to
 from FSDiffRegLib.register import field_metrics, register_images
@@ -99,7 +101,10 @@ def test_the_hardest_real_pairs_are_delivered_without_a_fold(data_dir, bundled_w
 
 
 def test_track_delivers_its_fields_without_a_fold(data_dir, bundled_weights):
-    """``track``'s refinement folds ED -> ES on patient 093 (339 / 548 voxels); its field is delivered without."""
+    """``track``'s refinement folds ED -> ES on patient 093 (233 / 422 voxels); its field is delivered without, and
+    the LV EF it carries stays near the folded field's (-8.6 points from the manual labels'; folds removed on the
+    removed on the heart grid first -11.2, on the ES grid -19.0: the relaxation across its 7 mm slices erased the
+    motion)."""
     pair = acdc.load_pair(data_dir / "training" / "patient093")
     ed, es, labels = (sitk.ReadImage(str(p)) for p in (pair.fixed, pair.moving, pair.fixed_labels))
     model, _ = load_model(bundled_weights, torch.device("cpu"))
@@ -108,6 +113,27 @@ def test_track_delivers_its_fields_without_a_fold(data_dir, bundled_weights):
     assert len(before) == 2 and before[0] == [0, 0] and sum(before[1]) > 100
     assert tracking.metrics["folding_percent"] == [0.0, 0.0]
     assert det(tracking.fields[1]).min() > 0
+    es_labels = sitk.ReadImage(str(pair.moving_labels))
+    manual = ejection_fraction(structure_volumes(labels)["LV"], structure_volumes(es_labels)["LV"])
+    assert abs(tracking.function["LV"]["EF_percent"] - manual) < 12.5
+
+
+def test_folds_removed_on_the_fields_own_grid_first_leave_none_on_a_thick_sliced_grid():
+    """``unfold_onto``: the fold removed on the field's own grid, then none on a grid of 9 mm slices nor on its own;
+    away from the fold the field is the same physical displacement."""
+    field = folded_field()
+    thick = sitk.Image([SIZE[0], SIZE[1], SIZE[2] // 3], sitk.sitkUInt8)
+    thick.SetSpacing([SPACING[0], SPACING[1], 3 * SPACING[2]])
+    done = unfold.unfold_onto(field, thick)
+    out, stats = done.field, done.stats
+    assert stats["folded_before_fine"] == int((det(field) <= 0).sum()) and stats["scaled_globally"] == 0
+    assert out.GetSize() == thick.GetSize() and det(out).min() > 0
+    assert unfold.folded_voxels(out, field)[1:] == (0, 0)
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(thick.GetSize()[::-1], thick.GetSpacing()[::-1])),
+                          indexing="ij")
+    far = np.hypot(x - CENTRE[0], y - CENTRE[1]) > 25.0
+    plain = sitk.GetArrayFromImage(resample_field(field, thick))
+    assert np.allclose(sitk.GetArrayFromImage(out)[far], plain[far])
 
 
 def relaxed_whole(u: np.ndarray, weight: np.ndarray, sigmas: tuple) -> np.ndarray:
