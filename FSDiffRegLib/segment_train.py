@@ -5,6 +5,8 @@ mean Dice (3D, per structure, on each frame's own grid, through ``segment.segmen
 one row an epoch. The slices are cached once, on the model grid, in ``cache.npz``.
 
     python -m FSDiffRegLib.segment_train --data ../shared/data/ACDC --out /work/runs/seg_v1
+    python -m FSDiffRegLib.segment_train --data ../shared/data/ACDC --out /work/runs/seg_v1 \
+        --export FSDiffRegLib/assets/weights/fsdiffreg_acdc_segment_v1.pt
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import acdc, segment
+from .weights import write_with_checksum
 
 CACHE_SIZE = 224  # cached slices: model grid centre-cropped or padded to 224 x 224 (336 mm; every heart fits)
 CROP = 128  # training patch (192 mm)
@@ -117,6 +120,16 @@ def save_atomic(payload: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def export(checkpoint: Path, out: Path) -> str:
+    """The bundled form of a ``best.pt``: {network, state_dict (float16), info}, with its ``.sha256``; the
+    digest."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    info = {"epoch": state["epoch"], "validation_dice": state["dice"], "validation_dice_mean": state["dice_mean"],
+            "spacing_mm": segment.SPACING_MM, "data": "ACDC 001-090 ED and ES (CC BY-NC-SA 4.0)"}
+    return write_with_checksum({"network": state["network"], "state_dict": half, "info": info}, out)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True)
@@ -126,13 +139,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", type=Path, metavar="WEIGHTS", help="write OUT's best.pt as bundled weights, and stop")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from monai.losses import DiceCELoss
-
     args = parse_args(argv)
+    if args.export:
+        print(export(args.out / "best.pt", args.export))
+        return
+    from monai.losses import DiceCELoss  # training only: the library runs without MONAI
+
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / "cache.npz"
