@@ -27,7 +27,7 @@ from . import acdc, segment
 from .weights import write_with_checksum
 
 CACHE_SIZE = 224  # cached slices: model grid centre-cropped or padded to 224 x 224 (336 mm; every heart fits)
-CROP = 128  # training patch (192 mm)
+CROP = 96  # training patch side (144 mm): a quarter of the cost of 128, the heart within it
 STRUCTURES = {name: value for name, value in acdc.LABELS.items()}
 
 
@@ -73,21 +73,21 @@ def build_cache(data: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def augment(images: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor,
-            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """CROP x CROP patches near the heart (80 %) or anywhere (20 %), rotated (any angle), scaled (0.8-1.25),
+def augment(images: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, generator: torch.Generator,
+            crop: int = CROP) -> tuple[torch.Tensor, torch.Tensor]:
+    """crop x crop patches near the heart (80 %) or anywhere (20 %), rotated (any angle), scaled (0.8-1.25),
     with gamma, contrast, brightness and noise changes. No flips: a mirrored heart is not a heart."""
     n, size = images.shape[0], images.shape[-1]
     rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     near = rand(n) < 0.8
-    centre = torch.where(near[:, None], centres + (rand(n, 2) - 0.5) * 64, rand(n, 2) * (size - CROP) + CROP / 2)
+    centre = torch.where(near[:, None], centres + (rand(n, 2) - 0.5) * 64, rand(n, 2) * (size - crop) + crop / 2)
     centre_norm = (centre + 0.5) / size * 2 - 1  # pixel centre to grid_sample's [-1, 1] (align_corners=False)
     angle = (rand(n) * 2 - 1) * math.pi
-    scale = torch.exp((rand(n) * 2 - 1) * math.log(1.25)) * CROP / size
+    scale = torch.exp((rand(n) * 2 - 1) * math.log(1.25)) * crop / size
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack([torch.stack([cos, -sin, centre_norm[:, 1]], 1),
                          torch.stack([sin, cos, centre_norm[:, 0]], 1)], 1)
-    grid = F.affine_grid(theta, (n, 1, CROP, CROP), align_corners=False)
+    grid = F.affine_grid(theta, (n, 1, crop, crop), align_corners=False)
     x = F.grid_sample(images[:, None].float(), grid, mode="bilinear", align_corners=False)
     y = F.grid_sample(labels[:, None].float(), grid, mode="nearest", align_corners=False).long()
     gamma = torch.exp((rand(n, 1, 1, 1) * 2 - 1) * math.log(1.5))
@@ -136,6 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=CROP, help="training patch side in pixels of the model grid")
+    p.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs (and the last)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -189,20 +191,21 @@ def main(argv: list[str] | None = None) -> None:
         losses = []
         for i in range(0, len(order) - args.batch + 1, args.batch):
             idx = order[i:i + args.batch]
-            x, y = augment(images[idx], labels[idx], centres[idx], generator)
+            x, y = augment(images[idx], labels[idx], centres[idx], generator, args.crop)
             optimiser.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
             optimiser.step()
             losses.append(float(loss))
-        scores = validate(model, val)
+        validated = (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs
+        scores = validate(model, val) if validated else {n: float("nan") for n in STRUCTURES}
         mean = float(np.mean(list(scores.values())))
         row = [epoch, round(time.time() - began, 1), f"{lr:.6f}", f"{np.mean(losses):.4f}"]
         row += [f"{scores[n]:.4f}" for n in STRUCTURES] + [f"{mean:.4f}"]
         with open(log, "a", newline="") as handle:
             csv.writer(handle).writerow(row)
         network = dict(segment.NETWORK)
-        if mean > best:
+        if validated and mean > best:
             best = mean
             save_atomic({"network": network, "state_dict": model.state_dict(), "epoch": epoch,
                          "dice": scores, "dice_mean": mean}, args.out / "best.pt")
