@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import SAMPLE
+from conftest import ROOT, SAMPLE
 from FSDiffRegLib import segment
 from FSDiffRegLib.cli import main
 from FSDiffRegLib.resources import SEGMENTATION_WEIGHTS, WEIGHTS
@@ -148,3 +150,14 @@ def test_track_with_auto_labels_writes_and_records_them(tmp_path, untrained_weig
     assert np.array_equal(auto, sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels_01.nii.gz"))))
     assert main(args) == 0  # a second run replaces the set, the automatic labels with it
     assert (out / "reference_labels_auto.nii.gz").is_file()
+
+
+def test_segment_runs_without_monai(tmp_path, segmenter):
+    """MONAI trains the model only: the command runs in a Python where importing it fails (as in Slicer)."""
+    out = tmp_path / "labels.nii.gz"
+    child = ("import sys; sys.modules['monai'] = None\n"
+             "from FSDiffRegLib.cli import main\n"
+             f"sys.exit(main(['segment', {str(ED)!r}, '--out', {str(out)!r}, '--device', 'cpu']))")
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert out.is_file()
