@@ -121,12 +121,13 @@ def save_atomic(payload: dict, path: Path) -> None:
 
 
 def export(checkpoint: Path, out: Path) -> str:
-    """The bundled form of a ``best.pt``: {network, state_dict (float16), info}, with its ``.sha256``; the
-    digest."""
+    """The bundled form of a checkpoint (``best.pt``, or ``last.pt`` validated apart): {network, state_dict
+    (float16), info}, with its ``.sha256``; the digest."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state["state_dict"].items()}
-    info = {"epoch": state["epoch"], "validation_dice": state["dice"], "validation_dice_mean": state["dice_mean"],
-            "spacing_mm": segment.SPACING_MM, "data": "ACDC 001-090 ED and ES (CC BY-NC-SA 4.0)"}
+    info = {"epoch": state["epoch"], "validation_dice": state.get("dice"),
+            "validation_dice_mean": state.get("dice_mean"), "spacing_mm": segment.SPACING_MM,
+            "data": "ACDC 001-090 ED and ES (CC BY-NC-SA 4.0)"}
     return write_with_checksum({"network": state["network"], "state_dict": half, "info": info}, out)
 
 
