@@ -1,4 +1,4 @@
-"""The ``fsdiffreg`` command line: train, register, track, batch, evaluate, benchmark, demo, devices.
+"""The ``fsdiffreg`` command line: train, register, track, segment, batch, evaluate, benchmark, demo, devices.
 
 Importing this module loads no torch, SimpleITK or NumPy (``--help`` and the Slicer child
 start fast): each sub-command imports what it needs when it runs.
@@ -73,6 +73,14 @@ def _track(args: argparse.Namespace) -> None:
     tracking = track_files(request, log=_say)
     print(f"{function_summary(tracking.function)}; {tracking.metrics['seconds']:.1f} s on "
           f"{tracking.metrics['device']}\noutputs in {Path(args.out_dir).resolve()}")
+
+
+def _segment(args: argparse.Namespace) -> None:
+    from .segment import segment_file
+
+    result = segment_file(args.image, args.out, args.weights, args.device, args.overwrite, log=_say)
+    volumes = ", ".join(f"{name} {ml:.1f} ml" for name, ml in result["volumes_ml"].items())
+    print(f"{volumes}; {result['seconds']:.1f} s on {result['device']}\nlabels in {result['labels']}")
 
 
 def _batch(args: argparse.Namespace) -> int:
@@ -402,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("track", help="register every frame of a cine to its ED frame; volumes, EF and strain")
     p.add_argument("cine", help="a 4D image (x, y, z, t), a folder of 3D frame files or a DICOM cine folder "
                                 "(one series, or a series per slice)")
-    p.add_argument("--labels", required=True, help="label map of the reference frame (1 RV, 2 Myo, 3 LV as ACDC)")
+    p.add_argument("--labels", required=True,
+                   help="label map of the reference frame (1 RV, 2 Myo, 3 LV as ACDC), or 'auto': the reference frame "
+                        "segmented by the bundled model (written as reference_labels_auto.nii.gz; a file named auto: "
+                        "./auto)")
     p.add_argument("--out-dir", required=True,
                    help="folder for the outputs: new, empty or a previous run's; its contents are replaced whole")
     p.add_argument("--reference-frame", type=frame_number, default=1, metavar="N",
@@ -414,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_refine_arguments(p, TRACK_REFINE)
     p.set_defaults(func=_track)
+
+    p = sub.add_parser("segment", help="RV, Myo and LV labels (1, 2, 3 as ACDC) of a 3D short-axis frame")
+    p.add_argument("image", help="a 3D short-axis frame, slices along its third axis (any 3D image SimpleITK reads)")
+    p.add_argument("--out", required=True, help="the labels file to write (.nii.gz), on the image's grid")
+    p.add_argument("--overwrite", action="store_true", help="replace the labels file when it exists")
+    p.add_argument("--weights", help="segmentation weights file (default: the bundled model)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=_segment)
 
     p = sub.add_parser("batch", help="register or track every case of a CSV manifest; resumable, sharded, or on "
                                      "a dask cluster (docs/cohorts.md)")

@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from . import segment
 from .bullseye import save_bullseye
 from .cine import Cine, check_cine_labels, join_frames, read_cine, reference_index, with_times
 from .curves import save_curves
@@ -252,13 +253,14 @@ def read_inputs(request: TrackRequest, inputs: dict | None = None) -> dict:
     if request.frame_times_ms is not None:
         cine = with_times(cine, request.frame_times_ms)
     reference = reference_index(cine, request.reference_frame)
-    labels = read_image(request.labels, "labels")
+    labels = None if segment.is_auto(request.labels) else read_image(request.labels, "labels")
     return {"cine": cine, "reference": reference, "labels": labels, "inputs": inputs or input_records(request)}
 
 
 def input_records(request: TrackRequest) -> dict:
     """The inputs as metrics.json names them (``register.describe``)."""
-    return {"cine": describe(request.cine), "labels": describe(request.labels)}
+    return {"cine": describe(request.cine),
+            "labels": segment.AUTO if segment.is_auto(request.labels) else describe(request.labels)}
 
 
 def options_record(request: TrackRequest) -> dict:
@@ -269,14 +271,22 @@ def options_record(request: TrackRequest) -> dict:
 
 def track_files(request: TrackRequest, log: Callable[[str], None] = lambda message: None,
                 loaded: tuple[FSDiffRegNet, dict] | None = None, read: dict | None = None) -> Tracking:
-    """The ``fsdiffreg track`` command: check everything, track, write the set whole or nothing.
+    """The ``fsdiffreg track`` command: check everything, track, write the set whole or nothing. Labels ``auto``:
+    the reference frame segmented first (``segment.auto_labels``), its labels written as AUTO_LABELS.
 
     ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read (``read_inputs``)."""
-    inputs = {"cine": request.cine, "labels": request.labels, "weights": request.weights}
+    auto = segment.is_auto(request.labels)
+    inputs = {"cine": request.cine, "labels": None if auto else request.labels, "weights": request.weights}
     with output_folder(request.out_dir, inputs) as staging:
         run = prepare(request, read_inputs, "reading cine", log, loaded, read)
-        tracking = track_frames(run.read["cine"], run.read["labels"], run.read["reference"], run.model, run.device,
+        labels = run.read["labels"]
+        if auto:
+            labels, record = segment.auto_labels(run.read["cine"].frames[run.read["reference"]], run.device, log)
+        tracking = track_frames(run.read["cine"], labels, run.read["reference"], run.model, run.device,
                                 request.refine, log)
         tracking.metrics.update(run.record(options_record(request)))
+        if auto:
+            write_image(labels, staging / segment.AUTO_LABELS, use_compression=True)
+            tracking.metrics["labels"] = record
         write_tracking(tracking, run.read["cine"], staging, log)
     return tracking
