@@ -449,11 +449,15 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 def showCineOutputs(outputs: CineOutputs, cine) -> None:
     """Browse the cine with its outputs: their browser (the cine's own where it had one) in the sequence
-    toolbar, the cine in the slice views (the tracked segmentation over it), the curves in a plot view."""
+    toolbar, the cine in the slice views (the tracked segmentation over it), the curves in a plot view, the
+    3D view centred on what it shows (the strain bullseyes above the heart)."""
     slicer.modules.sequences.showSequenceBrowser(outputs.browser)
     background = outputs.browser.GetProxyNode(cine) if cine.IsA("vtkMRMLSequenceNode") else cine
     slicer.util.setSliceViewerLayers(background=background, fit=True)
     slicer.modules.plots.logic().ShowChartInLayout(outputs.chart)
+    layout = slicer.app.layoutManager() if outputs.bullseyes else None
+    if layout is not None and layout.threeDViewCount > 0:
+        layout.threeDWidget(0).threeDView().resetFocalPoint()
 
 
 def ensurePythonPackages(requirementsFile: Path) -> None:

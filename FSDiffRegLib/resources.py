@@ -18,6 +18,7 @@ NAMED_WEIGHTS = {
     "paper": WEIGHTS / "fsdiffreg_acdc_cpu.pt",  # the paper's unsupervised losses only
 }
 BUNDLED_WEIGHTS = NAMED_WEIGHTS["weaksup"]  # the default (model card: validation decides)
+SEGMENTATION_WEIGHTS = WEIGHTS / "fsdiffreg_acdc_segment_v1.pt"  # RV, Myo, LV labels (docs/segmentation-model-card.md)
 
 
 def weights_path(name_or_path: str | Path | None) -> Path:
@@ -28,6 +29,11 @@ def weights_path(name_or_path: str | Path | None) -> Path:
     if str(name_or_path) in NAMED_WEIGHTS and not Path(name_or_path).exists():
         return NAMED_WEIGHTS[str(name_or_path)]
     return Path(name_or_path)
+
+
+def segmentation_weights_path(name_or_path: str | Path | None) -> Path:
+    """None: the bundled segmentation weights; else the path itself."""
+    return SEGMENTATION_WEIGHTS if name_or_path is None else Path(name_or_path)
 
 
 def sample_pair() -> dict[str, Path]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STAND_IN = ("torch", "numpy", "SimpleITK", "nibabel", "matplotlib", "tqdm", "itk", "ants",
-            "slicer", "qt", "ctk", "vtk", "PyTorchUtils", "distributed")
+            "slicer", "qt", "ctk", "vtk", "PyTorchUtils", "distributed", "dask")
 
 
 class StandInMeta(type):

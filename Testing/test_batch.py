@@ -198,3 +198,34 @@ def test_a_folders_sha256_covers_its_subfolders_and_not_hidden_files(tmp_path: P
     assert describe(tmp_path / "cine") == before
     (tmp_path / "cine" / "slice01" / "IM_00.dcm").write_bytes(b"two")
     assert describe(tmp_path / "cine")["sha256"] != before["sha256"]
+
+
+def test_ctrl_c_under_dask_leaves_the_summary_consistent_and_nothing_behind(cohort: Path, tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole process group: the command, dask's nannies and workers, mid-case."""
+    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("distributed")
+    out, scratch = tmp_path / "out", tmp_path / "tmp"
+    scratch.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "FSDiffRegLib.commands.cli", "batch", str(cohort), "--out-root",
+                                str(out), "--refine", "0", "--dask", "local:2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "TMPDIR": str(scratch)})
+    deadline = time.time() + 300
+    while len(list(out.glob(".patient09*.fsdiffreg-stage-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    family = psutil.Process(process.pid).children(recursive=True)
+    assert len([p for p in family if "spawn_main" in " ".join(p.cmdline())]) == 2  # both workers are mid-case
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode == 130, err
+    assert not [p for p in psutil.wait_procs(family, timeout=30)[1]], "dask processes left running"
+    rows = summary(out)
+    assert list(rows) == ["patient091", "patient092", "missing"]
+    done = sorted(case for case, row in rows.items() if row["status"] == "done")
+    assert {row["status"] for case, row in rows.items() if case not in done} <= {"interrupted", "pending", "failed"}
+    assert rows["patient091"]["status"] in ("done", "interrupted") and rows["patient092"]["status"] in (
+        "done", "interrupted")
+    assert sorted(p.name for p in out.iterdir()) == done + ["summary.csv"]  # no partial set, no hidden folder
+    for case in done:
+        assert {p.name for p in (out / case).iterdir()} == REGISTER_SET | {"warped_labels.nii.gz"}
+    assert list(scratch.iterdir()) == []  # no temporary file: dask's scratch space went whole

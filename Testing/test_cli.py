@@ -16,7 +16,7 @@ import torch
 from conftest import SAMPLE
 from FSDiffRegLib import __version__
 from FSDiffRegLib.commands.cli import main
-from FSDiffRegLib.defaults import DEFAULT_STEPS, REFINE_SMOOTHNESS, REFINE_WINDOW
+from FSDiffRegLib.defaults import DEFAULT_STEPS, NETWORK_PASSES, REFINE_SMOOTHNESS, REFINE_WINDOW
 from FSDiffRegLib.imaging.metrics import heart_dice, jacobian_determinant
 
 FIXED, MOVING = SAMPLE / "acdc091_ED.nii.gz", SAMPLE / "acdc091_ES.nii.gz"
@@ -50,7 +50,8 @@ def test_metrics_name_the_inputs_options_and_version(registered, validation_pair
         assert metrics["inputs"][role] == {"path": str(path.resolve()), "bytes": len(data),
                                            "sha256": hashlib.sha256(data).hexdigest()}
     assert metrics["refine"] == {"steps": DEFAULT_STEPS, "smoothness": REFINE_SMOOTHNESS, "window": REFINE_WINDOW,
-                                 "diffeomorphic": True, "gaussian": True, "heart": DEFAULT_STEPS > 0}
+                                 "diffeomorphic": True, "gaussian": True, "heart": DEFAULT_STEPS > 0,
+                                 "passes": NETWORK_PASSES}
     assert metrics["unfold"]["rounds"] >= 0 and metrics["folding_percent"] == 0  # delivered without a fold
 
 

@@ -309,3 +309,19 @@ def test_the_current_folder_is_filled_in_place_not_renamed_away(tmp_path, monkey
     assert {p.name for p in out.iterdir()} == SET
     field = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "displacement.nii.gz")))
     assert np.all(field == 2.0)
+
+
+def test_clear_left_removes_what_stopped_runs_left_but_not_a_live_runs_nor_a_users(tmp_path: Path) -> None:
+    """``batch --dask`` after its workers were stopped: the cases' locks and staging folders go, a case whose lock a
+    live run holds keeps them, and nothing else in the folder is touched."""
+    for name in (".a.fsdiffreg-stage-0123abcd", ".a.fsdiffreg-old-89abcdef", ".b.fsdiffreg-stage-0123abcd", "a",
+                 ".a.fsdiffreg-stage-mine", ".c.fsdiffreg-notes"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "displacement.nii.gz").write_bytes(b"partial")
+    (tmp_path / ".a.fsdiffreg-lock").write_text("")
+    (tmp_path / "a" / ".a.fsdiffreg-stage-fedcba98").mkdir()  # a set filled in place
+    with outputs.locked(tmp_path / ".b.fsdiffreg-lock", tmp_path / "b"):  # a live run writes b
+        outputs.clear_left(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            ".a.fsdiffreg-stage-mine", ".b.fsdiffreg-lock", ".b.fsdiffreg-stage-0123abcd", ".c.fsdiffreg-notes", "a"]
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["displacement.nii.gz"]

@@ -607,6 +607,47 @@ def test_segment_table_has_a_row_per_aha_segment(run):
     assert segmentTable({"frames": 2}) is None and segmentTable({"strain": {"radial_percent": [0.0]}}) is None
 
 
+def cell_centres(model, segment: int) -> np.ndarray:
+    """RAS centres of the cells of ``segment`` in a bullseye model."""
+    polyData = model.GetPolyData()
+    numbers = polyData.GetCellData().GetArray("segment")
+    centres = []
+    for c in range(polyData.GetNumberOfCells()):
+        if numbers.GetValue(c) == segment:
+            ids = polyData.GetCell(c).GetPointIds()
+            centres.append(np.mean([polyData.GetPoint(ids.GetId(i)) for i in range(ids.GetNumberOfIds())], 0))
+    return np.array(centres)
+
+
+def test_bullseyes_show_the_peak_strain_of_each_segment(run):
+    """Two models (circumferential, radial) above the heart: a cell scalar per segment with a value, shown through
+    a colour table over the PNG's limits; segment 1 at the top, 2 counter-clockwise of it (the viewer's left in
+    the anterior view: +R); segment 16 (no value) has no cells."""
+    out, scene = run["outputs"], run["scene"]
+    assert [m.GetName() for m in out.bullseyes] == [f"{run['cine'].GetName()} peak circumferential strain bullseye",
+                                                   f"{run['cine'].GetName()} peak radial strain bullseye"]
+    bounds = [0.0] * 6
+    run["labels"].GetRASBounds(bounds)
+    for model, (key, limits, value) in zip(out.bullseyes, (("peak_circumferential_percent", (-30.0, 0.0), -1.0),
+                                                             ("peak_radial_percent", (0.0, 100.0), 2.0))):
+        assert model.GetScene() is scene
+        polyData = model.GetPolyData()
+        values, numbers = (polyData.GetCellData().GetArray(n) for n in (key, "segment"))
+        cells = [(numbers.GetValue(c), values.GetValue(c)) for c in range(polyData.GetNumberOfCells())]
+        assert {n for n, _ in cells} == set(range(1, 16))
+        assert all(v == value * n for n, v in cells)
+        display = model.GetDisplayNode()
+        assert display.GetActiveScalarName() == key and display.GetScalarVisibility()
+        assert display.GetActiveAttributeLocation() == vtk.vtkAssignAttribute.CELL_DATA
+        assert tuple(display.GetScalarRange()) == limits
+        assert display.GetColorNode().IsA("vtkMRMLColorTableNode")
+        centre = np.mean([cell_centres(model, k).mean(0) for k in (1, 4)], 0)  # segment 4 faces segment 1
+        top, second = cell_centres(model, 1).mean(0) - centre, cell_centres(model, 2).mean(0) - centre
+        assert top[2] > 20 and abs(top[0]) < 1e-6 and second[0] > 20 and second[2] > 0
+        assert polyData.GetBounds()[4] > bounds[5]  # above the heart
+    assert out.bullseyes[0].GetPolyData().GetBounds()[0] > out.bullseyes[1].GetPolyData().GetBounds()[1]
+
+
 def test_summary_names_the_quality_notes():
     function = {"frames": 3, "ED_frame": 1, "ES_frame": 3, "LV": {"EF_percent": 95.0},
                 "quality": [{"check": "ef_range", "message": "LV EF 95.0 % is outside 5-90 %"},
@@ -638,7 +679,8 @@ def test_only_the_outputs_and_their_proxies_join_the_scene(run):
     a multivolume, which has none."""
     scene, out = run["scene"], run["outputs"]
     outputs = [out.transforms, out.segmentations, out.table, out.functionTable, out.segmentTable, out.chart,
-               *out.series]
+               *out.series, *out.bullseyes, *(m.GetDisplayNode() for m in out.bullseyes),
+               out.bullseyes[0].GetDisplayNode().GetColorNode()]
     proxies = [out.browser.GetProxyNode(s) for s in (out.transforms, out.segmentations)]
     newBrowser = [out.browser] if run["arrives"] == "multivolume" else []
     expected = {node.GetID() for node in outputs + proxies + newBrowser}

@@ -435,6 +435,25 @@ def test_a_multivolume_is_shown_itself_beside_its_outputs_browser(module, shownI
     assert shownIn.layers == [{"background": cine, "fit": True}]
 
 
+def test_the_3d_view_is_centred_on_the_bullseyes(module, shownIn, monkeypatch):
+    """With bullseye models among the outputs, the first 3D view resets its focal point (qMRMLThreeDView's
+    resetFocalPoint) to show them; without, the 3D view is left alone."""
+    reset = []
+    view = types.SimpleNamespace(resetFocalPoint=lambda: reset.append(True))
+    widget = types.SimpleNamespace(threeDView=lambda: view)
+    layout = types.SimpleNamespace(threeDViewCount=1, threeDWidget=lambda i: widget)
+    monkeypatch.setattr(slicer.app, "layoutManager", lambda: layout, raising=False)
+    scene = slicer.mrmlScene
+    withSequences(scene)
+    cine = multivolume(scene)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode")
+    module.showCineOutputs(module.CineOutputs(None, None, None, None, None, [], browser, {}, {}), cine)
+    assert reset == []
+    model = scene.AddNewNodeByClass("vtkMRMLModelNode")
+    module.showCineOutputs(module.CineOutputs(None, None, None, None, None, [], browser, {}, {}, None, [model]), cine)
+    assert reset == [True]
+
+
 def test_fresh_parameter_node_tracks_against_frame_1(module):
     parameters = module.FSDiffRegLogic().getParameterNode()
     assert parameters.referenceFrame == 1

@@ -20,6 +20,7 @@ from FSDiffRegLib.imaging.field import apply_field
 from FSDiffRegLib.imaging.metrics import heart_dice
 from FSDiffRegLib.imaging.preprocess import canonical, network_grid, resample_to
 from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.pipeline.function import structure_volumes
 from FSDiffRegLib.pipeline.refine import refine_flow
 from FSDiffRegLib.pipeline.track import (
     HEART_MARGIN_MM,
@@ -73,6 +74,10 @@ def test_outputs_are_whole_and_agree(tracked: Path):
     assert lv["EDV_ml"] == pytest.approx(float(rows[0]["LV_ml"]), abs=0.01)
     assert lv["ESV_ml"] == pytest.approx(float(rows[1]["LV_ml"]), abs=0.01)
     assert 20 < lv["EF_percent"] < 80  # the carried blood pool contracts
+    rv = function["RV"]  # corrected for the base's descent (descent.py): below the carried labels' RV
+    carried_rv = structure_volumes(sitk.ReadImage(str(tracked / "labels_02.nii.gz")))["RV"]
+    assert rv["base_descent_mm"] > 5 and rv["ESV_ml"] < carried_rv - 5
+    assert rv["ESV_ml"] == pytest.approx(float(rows[1]["RV_ml"]), abs=0.01)
     assert function["strain"]["circumferential_percent"][1] < 0 < function["strain"]["radial_percent"][1]
     segments = function["strain"]["segments"]
     assert [s["segment"] for s in segments] == list(range(1, 17))

@@ -13,7 +13,8 @@
   as attributes ``FSDiffReg.function`` and ``FSDiffReg.metrics`` of the first table;
 - the peak strain per AHA segment of ``function.json`` (``strain.segments``, what the bullseye
   ``strain_bullseye.png`` draws) -> a table of 16 rows: segment, name, peak circumferential and
-  radial strain (NaN where a segment has no myocardium);
+  radial strain (NaN where a segment has no myocardium), and the two bullseyes as coloured models in the
+  3D view above the heart (``bullseye.py``);
 - the ``quality`` notes of ``function.json`` -> appended to the one-line summary (``cineSummary``);
 - a plot chart of the volume curves (solid) and strain curves (dashed) against the frame number;
 - the new sequences added to the cine's own sequence browser, so that its toolbar steps through the
@@ -32,7 +33,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import slicer
@@ -40,6 +41,7 @@ import vtk
 
 from FSDiffRegLib.labels import structure_name
 
+from .bullseye_models import addBullseyes
 from .cine_inputs import Structure, cineFrames, frameCount, frameTimesMs
 from .inputs import sameGeometry
 from .registration_outputs import Node, readTransform
@@ -66,6 +68,7 @@ class CineOutputs:
     function: dict
     metrics: dict
     segmentTable: Node = None  # vtkMRMLTableNode: a row per AHA segment; None without segment strain
+    bullseyes: list = field(default_factory=list)  # vtkMRMLModelNode of each bullseye (bullseye_models.py)
 
 
 def framePath(outDir: Path, stem: str, number: int, frames: int) -> Path:
@@ -306,6 +309,10 @@ def addCineToScene(outputs: CineOutputs, cine, labels, sequencesLogic) -> None:
     for node, name in named:
         node.SetName(scene.GenerateUniqueName(name))
         scene.AddNode(node)
+    if outputs.segmentTable is not None:
+        bounds = [0.0] * 6
+        labels.GetRASBounds(bounds)
+        outputs.bullseyes = addBullseyes(scene, outputs.function["strain"]["segments"], bounds, cine.GetName())
     for curve in outputs.series:
         scene.AddNode(curve)
         curve.SetAndObserveTableNodeID(outputs.table.GetID())

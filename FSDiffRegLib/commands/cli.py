@@ -1,4 +1,4 @@
-"""The ``fsdiffreg`` command line: train, register, track, batch, evaluate, benchmark, demo, devices.
+"""The ``fsdiffreg`` command line: train, register, track, segment, batch, evaluate, benchmark, demo, devices.
 
 Importing this module loads no torch, SimpleITK or NumPy (``--help`` and the Slicer child
 start fast): each sub-command imports what it needs when it runs.
@@ -21,17 +21,20 @@ from typing import Callable, NoReturn
 from .. import events
 from ..defaults import (
     DEFAULT_REFINE,
+    MAX_PASSES,
     MAX_STEPS,
     REFINE_OPTION,
     TRACK_REFINE,
     HeartTraining,
     RefineOptions,
+    checked_passes,
     checked_smoothness,
     checked_steps,
 )
 from ..errors import DeviceError, InputError, OutputError, WeightsError
 from ..files import written
 from ..resources import sample_pair
+from .memory import keep_freed_memory
 
 DEFAULT_DATA = Path("../shared/data/ACDC")
 WEIGHTS_HELP = "weights file, or a bundled name: weaksup (the default) or paper (the paper's unsupervised losses)"
@@ -48,7 +51,7 @@ def _summary(metrics: dict) -> str:
 
 def refine_options(args: argparse.Namespace) -> RefineOptions:
     return RefineOptions(args.refine, args.smoothness, diffeomorphic=args.diffeomorphic, gaussian=args.gaussian,
-                         heart=args.heart)
+                         heart=args.heart, passes=args.passes)
 
 
 def _register(args: argparse.Namespace) -> None:
@@ -76,6 +79,14 @@ def _track(args: argparse.Namespace) -> None:
           f"{tracking.metrics['device']}\noutputs in {out}")
 
 
+def _segment(args: argparse.Namespace) -> None:
+    from ..pipeline.segment import segment_file
+
+    result = segment_file(args.image, args.out, args.weights, args.device, args.overwrite, log=events.to_stderr)
+    volumes = ", ".join(f"{name} {ml:.1f} ml" for name, ml in result["volumes_ml"].items())
+    print(f"{volumes}; {result['seconds']:.1f} s on {result['device']}\nlabels in {result['labels']}")
+
+
 def _batch(args: argparse.Namespace) -> int:
     """1 when a case failed (the summary says which), else 0."""
     from dataclasses import replace
@@ -84,12 +95,14 @@ def _batch(args: argparse.Namespace) -> int:
     from .shards import parse_shard, shard_from_env
 
     manifest = read_manifest(args.manifest)  # a bad manifest is refused before torch is imported
-    given = {name: getattr(args, name) for name in ("smoothness", "diffeomorphic", "gaussian", "heart")
+    given = {name: getattr(args, name) for name in ("smoothness", "diffeomorphic", "gaussian", "heart", "passes")
              if getattr(args, name) is not None}
     if args.refine is not None:
         given["steps"] = args.refine
     if manifest.kind == "track" and given.get("heart"):
         raise InputError("--heart is for register manifests: track registers the heart's region already")
+    if manifest.kind == "track" and given.get("passes", 1) != 1:
+        raise InputError("--passes is for register manifests: track runs the network once and refines")
     refine = replace(DEFAULT_REFINE if manifest.kind == "register" else TRACK_REFINE, **given)
     shard = parse_shard(args.shard) if args.shard else shard_from_env()
     from .batch import BatchOptions, run_batch, run_local
@@ -302,6 +315,11 @@ def smoothness(text: str) -> float:
     return checked_smoothness(number(text))
 
 
+@option
+def passes(text: str) -> int:
+    return checked_passes(whole_number(text))
+
+
 def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOptions = DEFAULT_REFINE) -> None:
     """--refine, --smoothness, --[no-]diffeomorphic, --[no-]gaussian, --[no-]heart: the RefineOptions of a
     sub-command, ``defaults`` unless given."""
@@ -316,12 +334,15 @@ def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOption
     parser.add_argument("--gaussian", action=argparse.BooleanOptionalAction, default=defaults.gaussian,
                         help="Gaussian-smooth each refinement step's correction and the refined flow "
                              f"(default: {'on' if defaults.gaussian else 'off'})")
-    if not defaults.heart:  # track: its grid is the heart's region already
-        parser.set_defaults(heart=False)
+    if not defaults.heart:  # track: its grid is the heart's region already, and one network pass
+        parser.set_defaults(heart=False, passes=defaults.passes)
         return
     parser.add_argument("--heart", action=argparse.BooleanOptionalAction, default=True,
                         help="blur the refined flow away from the heart that the weights' heart head finds "
                              "(default: on, where the weights carry one)")
+    parser.add_argument("--passes", type=passes, default=defaults.passes, metavar="N",
+                        help=f"network runs, each on the moving image warped by the runs before, 1 to {MAX_PASSES} "
+                             f"(default {defaults.passes})")
 
 
 def methods_from(names: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -436,7 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("track", help="register every frame of a cine to its ED frame; volumes, EF and strain")
     p.add_argument("cine", help="a 4D image (x, y, z, t), a folder of 3D frame files or a DICOM cine folder "
                                 "(one series, or a series per slice)")
-    p.add_argument("--labels", required=True, help="label map of the reference frame (1 RV, 2 Myo, 3 LV as ACDC)")
+    p.add_argument("--labels", required=True,
+                   help="label map of the reference frame (1 RV, 2 Myo, 3 LV as ACDC), or 'auto': the reference frame "
+                        "segmented by the bundled model (written as reference_labels_auto.nii.gz; a file named auto: "
+                        "./auto)")
     p.add_argument("--out-dir", required=True,
                    help="folder for the outputs: new, empty or a previous run's; its contents are replaced whole")
     p.add_argument("--reference-frame", type=frame_number, default=1, metavar="N",
@@ -448,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_refine_arguments(p, TRACK_REFINE)
     p.set_defaults(func=_track)
+
+    p = sub.add_parser("segment", help="RV, Myo and LV labels (1, 2, 3 as ACDC) of a 3D short-axis frame")
+    p.add_argument("image", help="a 3D short-axis frame, slices along its third axis (any 3D image SimpleITK reads)")
+    p.add_argument("--out", required=True, help="the labels file to write (.nii.gz), on the image's grid")
+    p.add_argument("--overwrite", action="store_true", help="replace the labels file when it exists")
+    p.add_argument("--weights", help="segmentation weights file (default: the bundled model)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=_segment)
 
     p = sub.add_parser("batch", help="register or track every case of a CSV manifest; resumable, sharded, or on "
                                      "a dask cluster (docs/cohorts.md)")
@@ -466,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("diffeomorphic", "gaussian", "heart"):
         p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
                        help=f"as register's --{flag}" + (" (register manifests)" if flag == "heart" else ""))
+    p.add_argument("--passes", type=passes, metavar="N", help="network runs, as register's --passes (register "
+                                                              "manifests)")
     p.set_defaults(func=_batch)
 
     p = sub.add_parser("evaluate", help="Table 1 (Dice, folding, SD|J|, time) on the validation split")
@@ -514,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a sub-command: 0 when it succeeds (batch: 1 when a case failed), 2 with one error line, 130 when interrupted
     (Ctrl-C or a terminate signal; what the run had begun to write is removed)."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import cast
 
+import dask
 from distributed import Client, LocalCluster, as_completed, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import InputError
 from ..events import Report, ignore, progress
+from ..outputs.folder import clear_left
 from .batch import BatchOptions, Case, Request, Summary, error_line, fingerprint, run_case, set_row, up_to_date
+from .memory import keep_freed_memory
 
 PLUGIN = "fsdiffreg-model"
 
@@ -33,6 +38,7 @@ class ModelPlugin(WorkerPlugin):
         from ..device import pick_device
         from ..model.weights import load_model
 
+        keep_freed_memory()
         if self.threads:
             torch.set_num_threads(self.threads)
         self.loaded = load_model(self.weights, pick_device(self.device))
@@ -50,14 +56,17 @@ def run_on_worker(request: Request) -> tuple[float, str | None]:
     return time.time() - start, error
 
 
-def dask_client(address: str) -> tuple[Client, int | None]:
-    """A client of the cluster at ``address``, or of a new LocalCluster of N worker processes for ``local:N``;
-    and the torch threads of each worker (its share of the cores where the cluster is local)."""
+def dask_client(address: str, scratch: str) -> tuple[Client, int | None]:
+    """A client of the cluster at ``address``, or of a new LocalCluster of N worker processes for ``local:N``
+    (their scratch space in the folder ``scratch``); and the torch threads of each worker (its share of the
+    cores where the cluster is local)."""
     if address.startswith("local:"):
         workers = address.partition(":")[2]
         if not workers.isdigit() or int(workers) < 1:
             raise InputError(f"--dask local:N needs N, the number of worker processes, at least 1; got {address!r}")
-        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None)
+        with dask.config.set({"temporary-directory": scratch}):  # the scheduler's scratch space too
+            cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                   dashboard_address=None, local_directory=scratch)
         return Client(cluster), max(1, (os.cpu_count() or 1) // int(workers))
     return Client(address), None
 
@@ -68,8 +77,13 @@ def run_dask(address: str, requests: list[tuple[Case, Request]], options: BatchO
     from ..model.weights import sha256, weights_path
 
     weights_sha256 = sha256(weights_path(options.weights))
-    client, threads = dask_client(address)
+    scratch = tempfile.mkdtemp(prefix="fsdiffreg-dask-")  # removed whole however the batch ends (dask's own is not)
     futures = {}
+    try:
+        client, threads = dask_client(address, scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     try:
         plugin = ModelPlugin(options.weights, options.device, threads)
         register = getattr(client, "register_plugin", None) or client.register_worker_plugin  # type: ignore[attr-defined]
@@ -101,3 +115,6 @@ def run_dask(address: str, requests: list[tuple[Case, Request]], options: BatchO
         client.close()
         if cluster is not None:
             cluster.close()
+        for root in {Path(request.out_dir).parent for _, request in futures.values()}:
+            clear_left(root)  # the cases their stopped workers left half-written (not one a live run holds)
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -3,7 +3,8 @@
 ACDC validation (091-100): the ED labels are carried onto the ES frame (ES fixed, ED moving, the
 direction ``track`` registers) and compared with the manual ES labels: Dice per structure, and
 the error of the LV and RV ejection fraction and of the LV end-systolic volume computed from the
-propagated labels against the same values from the manual labels. FSDiffReg runs through
+propagated labels (the RV corrected for the base's descent as ``track`` does: ``descent.py``) against the
+same values from the manual labels. FSDiffReg runs through
 ``track_frames`` on the two-frame cine (ED, ES); elastix and ANTs register the same pair.
 With ``--strain-groups``: the global strain at ES of every ACDC patient, averaged per diagnostic
 group. With ``--cines``: the Sunnybrook cines tracked whole, their EF and ES frame against the
@@ -32,6 +33,7 @@ from ..imaging.preprocess import canonical, network_grid
 from ..model.config import Config
 from ..model.network import FSDiffRegNet
 from ..model.weights import load_model
+from ..pipeline.descent import corrected_volumes
 from ..pipeline.function import structure_volumes
 from ..pipeline.track import heart_centre, track_frames
 from .methods import Method, chosen_methods
@@ -75,7 +77,9 @@ def pair_row(method: Method, pair: acdc.AcdcPair) -> dict[str, float]:
     propagated = apply_field(ed_labels, field, nearest=True)
     row = heart_dice(sitk.GetArrayFromImage(propagated), sitk.GetArrayFromImage(es_labels))
     row.update(field_metrics(field, network_grid(canonical(es), heart_centre(ed_labels), Config())))
-    ed_ml, es_ml, tracked_ml = (structure_volumes(x) for x in (ed_labels, es_labels, propagated))
+    es_ml = structure_volumes(es_labels)
+    ed_ml, tracked_ml = corrected_volumes([structure_volumes(x) for x in (ed_labels, propagated)],
+                                          [ed_labels, propagated], 0)[0]
     for name in ("LV", "RV"):
         manual = ejection_fraction(ed_ml[name], es_ml[name])
         tracked = ejection_fraction(ed_ml[name], tracked_ml.get(name, 0.0))

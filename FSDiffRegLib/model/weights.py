@@ -8,6 +8,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -120,16 +121,16 @@ def load_state(model: FSDiffRegNet, state: object, what: str) -> None:
         raise WeightsError(f"cannot load {what}: {first_line(err)}") from None
 
 
-def checked_payload(path: Path) -> tuple[dict, str]:
-    """A weights file's payload (``read_payload``) and its SHA256, checked against the ``.sha256`` file beside
-    it when there is one."""
+def checked_payload(path: Path, read: Callable[[Path], object] = read_payload) -> tuple[dict, str]:
+    """A weights file's payload (``read(path)``, by default ``read_payload``) and its SHA256, checked against the
+    ``.sha256`` file beside it when there is one."""
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     digest = sha256(path)
     expected = expected_sha256(path)
     if expected is not None and expected != digest:
         raise WeightsError(f"weights file {path.name} is corrupt: SHA256 {digest[:12]}... != {expected[:12]}...")
-    return read_payload(path), digest
+    return read(path), digest
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[FSDiffRegNet, dict]:

@@ -13,6 +13,10 @@ from pathlib import Path
 from ..events import Report, ignore
 from .plotting import pyplot
 
+#: Each bullseye: function.json's key, its title, its colour scale's limits (%), its matplotlib colour map.
+PANELS = (("peak_circumferential_percent", "peak circumferential strain (%)", (-30.0, 0.0), "magma"),
+          ("peak_radial_percent", "peak radial strain (%)", (0.0, 100.0), "viridis"))
+
 
 def wedge(segment: int) -> tuple[float, float, float]:
     """(centre angle in radians, angular width, inner radius) of a segment's wedge; rings 1 wide, apex ring from 1."""
@@ -34,9 +38,7 @@ def save_bullseye(segments: list[dict], path: str | Path,
     from matplotlib import cm, colormaps, colors
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), subplot_kw={"projection": "polar"})
-    for ax, key, title, limits, cmap in (
-            (axes[0], "peak_circumferential_percent", "peak circumferential strain (%)", (-30.0, 0.0), "magma"),
-            (axes[1], "peak_radial_percent", "peak radial strain (%)", (0.0, 100.0), "viridis")):
+    for ax, (key, title, limits, cmap) in zip(axes, PANELS):
         norm = colors.Normalize(*limits)
         for item in segments:
             value = item[key]

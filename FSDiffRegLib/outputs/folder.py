@@ -40,7 +40,8 @@ from ..errors import OutputError, WriteError
 from ..files import writable, written
 
 OUTPUT_NAME = re.compile(  # the files of a `register` or `track` set, which a new run of either may replace
-    r"(displacement|warped|jacobian|warped_labels|labels|(field|labels)_\d{2,})\.nii\.gz|metrics\.json|figure\.png"
+    r"(displacement|warped|jacobian|warped_labels|labels|reference_labels_auto|(field|labels)_\d{2,})\.nii\.gz"
+    r"|metrics\.json|figure\.png"
     r"|function\.(json|png)|volumes\.csv")
 METRICS = "metrics.json"
 MARK = "fsdiffreg"  # metrics.json key: the version that wrote the set
@@ -59,9 +60,7 @@ def output_folder(out_dir: str | Path, inputs: Mapping[str, str | Path | None] |
             refuse_inside(out, role, Path(path))
     beside = lock_place(out)
     with locked(beside / f".{out.name}.fsdiffreg-lock", out):
-        for folder in {beside, out}:
-            if folder.is_dir():
-                remove_stale(folder, out.name)
+        remove_left(beside, out)
         refuse_foreign(out)
         in_place = beside == out or (out.is_dir() and (mount_point(out) or holds_cwd(out)))
         staging = (out if in_place else beside) / f".{out.name}.fsdiffreg-stage-{secrets.token_hex(4)}"
@@ -168,6 +167,24 @@ def remove_stale(place: Path, out_name: str) -> None:
     for entry in place.iterdir():
         if ours(entry.name, out_name) and entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def remove_left(beside: Path, out: Path) -> None:
+    """Remove the hidden folders a killed run left beside ``out`` and in it (the lock beside it is held)."""
+    for folder in {beside, out}:
+        if folder.is_dir():
+            remove_stale(folder, out.name)
+
+
+def clear_left(folder: str | Path) -> None:
+    """Remove what killed runs left in ``folder`` for the out-dirs in it (their locks and hidden folders), but not
+    for one whose lock a live run holds: for a batch whose workers were stopped mid-case."""
+    folder = Path(folder).resolve()
+    left = re.compile(r"\.(.+)\.fsdiffreg-(?:lock|stage-[0-9a-f]{8}|old-[0-9a-f]{8})")
+    names = {match.group(1) for match in map(left.fullmatch, os.listdir(folder)) if match}
+    for name in sorted(names):
+        with suppress(OutputError), locked(folder / f".{name}.fsdiffreg-lock", folder / name):
+            remove_left(folder, folder / name)
 
 
 def foreign(folder: Path, out_name: str) -> str | None:

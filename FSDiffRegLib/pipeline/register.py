@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..events import Report, ignore, stage
 from ..imaging.field import apply_field, flow_to_field, resample_field, write_field
 from ..imaging.imageio import check_image, check_labels, read_image, write_image
-from ..imaging.metrics import field_metrics, jacobian_determinant, ncc
+from ..imaging.metrics import jacobian_stats, ncc
 from ..imaging.preprocess import PreparedPair, normalized, prepare_pair, resample_to
 from ..model.heart import HeartHead, blurred_outside, decoder_outputs
 from ..model.network import FSDiffRegNet
@@ -26,6 +26,7 @@ from ..model.predict import predict
 from ..model.weights import load_model
 from ..outputs.folder import output_folder, write_metrics
 from ..outputs.sets import describe, refuse_non_finite
+from .cascade import cascade
 from .refine import refine_flow
 from .unfold import unfold
 
@@ -49,7 +50,8 @@ def predict_flow(
     refine: RefineOptions = DEFAULT_REFINE,
     log: Report = ignore,
 ) -> np.ndarray:
-    """The flow (3, D, H, W) in voxels of the network grid, refined when asked."""
+    """The flow (3, D, H, W) in voxels of the network grid: the network's ``refine.passes`` (FSDiffRegLib.cascade),
+    refined when asked."""
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a)[None, None].to(device, memory_format=torch.channels_last_3d)
 
@@ -59,6 +61,7 @@ def predict_flow(
     head = model.heart if uses_heart(model, refine) else None
     heart = head.probability(features + [fixed, moving]) if isinstance(head, HeartHead) else None
     features.clear()
+    flow = cascade(model, moving, fixed, flow, refine.passes)
     if refine.steps > 0:
         flow = refine_flow(flow, moving, fixed, score, model.cfg, refine, log)
     if heart is not None:
@@ -71,11 +74,9 @@ def uses_heart(model: FSDiffRegNet, refine: RefineOptions) -> bool:
     return refine.heart and refine.steps > 0 and model.heart is not None
 
 
-def similarity(fixed: sitk.Image, image: sitk.Image, grid: sitk.Image) -> float:
-    """Global NCC of two images on the network grid."""
-    a = sitk.GetArrayFromImage(resample_to(normalized(fixed), grid, -1.0))
-    b = sitk.GetArrayFromImage(resample_to(normalized(image), grid, -1.0))
-    return ncc(a, b)
+def on_grid(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """An image's voxels normalised and resampled on the network grid, as NCC compares them."""
+    return sitk.GetArrayFromImage(resample_to(normalized(image), grid, -1.0))
 
 
 def register_images(
@@ -99,21 +100,22 @@ def register_images(
     if np.all(prepared.moving == -1.0):
         raise InputError("fixed and moving images do not overlap in physical space")
     flow = predict_flow(model, prepared, device, refine, log)
-    field, unfolded = unfold(resample_field(flow_to_field(flow, prepared.grid), fixed), prepared.grid)
+    unfolded = unfold(resample_field(flow_to_field(flow, prepared.grid), fixed), prepared.grid)
+    field = unfolded.field
     warped = apply_field(moving, field)
-    jacobian = jacobian_determinant(field)
     seconds = time.time() - start
+    fixed_on_grid = on_grid(fixed, prepared.grid)  # the moving image's is prepared.moving
     metrics = {
-        **field_metrics(field, prepared.grid),
-        "ncc_before": similarity(fixed, moving, prepared.grid),
-        "ncc_after": similarity(fixed, warped, prepared.grid),
+        **jacobian_stats(unfolded.fine_jacobian),  # field_metrics(field, grid), as the fold removal measured it
+        "ncc_before": ncc(fixed_on_grid, prepared.moving),
+        "ncc_after": ncc(fixed_on_grid, on_grid(warped, prepared.grid)),
         "seconds": round(seconds, 3),
         "device": str(device),
         "refine": {**asdict(refine), "heart": uses_heart(model, refine)},
-        "unfold": unfolded,
+        "unfold": unfolded.stats,
     }
     labels = apply_field(moving_labels, field, nearest=True) if moving_labels is not None else None
-    return Registration(field, warped, jacobian, prepared.grid, metrics, labels)
+    return Registration(field, warped, unfolded.jacobian, prepared.grid, metrics, labels)
 
 
 def write_files(result: Registration, folder: Path) -> None:

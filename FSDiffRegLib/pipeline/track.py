@@ -1,5 +1,6 @@
 """Tracking a whole cardiac cycle: every frame registered to the reference (ED) frame, the ED labels
-carried onto each frame, and the heart's function measured from them.
+carried onto each frame, and the heart's function measured from them (the RV volume corrected for the
+base's descent along the long axis, which tracking within the slices misses: ``descent.py``).
 
 Each frame is the fixed image and the reference frame the moving one, so every frame's field
 maps straight to the reference and no error accumulates along the cycle. All frames share one
@@ -25,9 +26,9 @@ from ..defaults import TRACK_REFINE, RefineOptions
 from ..errors import InputError
 from ..events import Report, ignore, progress
 from ..imaging.cine import Cine, check_cine_labels, join_frames, read_cine, reference_index, with_times
-from ..imaging.field import apply_field, flow_to_field, resample_field, write_field
+from ..imaging.field import apply_field, flow_to_field, write_field
 from ..imaging.imageio import read_image, write_image
-from ..imaging.metrics import field_metrics
+from ..imaging.metrics import field_metrics, jacobian_stats
 from ..imaging.preprocess import canonical, network_grid, normalized, resample_to
 from ..model.network import FSDiffRegNet
 from ..model.predict import predict
@@ -35,11 +36,13 @@ from ..outputs.bullseye import save_bullseye
 from ..outputs.curves import save_curves
 from ..outputs.folder import output_folder, write_json, write_metrics, written
 from ..outputs.sets import describe, refuse_non_finite
+from . import segment
+from .descent import corrected_volumes
 from .function import cardiac_function, check_structures, quality_notes, strain_csv, structure_volumes, volumes_csv
 from .refine import refine_flow
 from .register import prepare
 from .strain import Strain, contour_strain
-from .unfold import unfold
+from .unfold import unfold_onto
 
 HEART_MARGIN_MM = 18.0  # context registered around the labelled heart
 TAPER_MM = 9.0  # band inside the box's sides over which the field fades to zero
@@ -171,22 +174,25 @@ def track_frames(
     fixed = frames_on_grid([frames[i] for i in others], grid).to(device)
     predicted = predict_flows(model, moving, fixed, refine, log) * taper(region, whole)
     flows = dict(zip(others, predicted.numpy()))
-    fields, warped, unfolded = [], [], []
+    fields, warped, unfolded, quality = [], [], [], []
     for i, frame in enumerate(frames):
         if i == reference:
             fields.append(zero_field(frame))
             warped.append(labels)
             unfolded.append({"folded_before": 0, "folded_before_fine": 0})
+            quality.append(field_metrics(fields[-1], grid))
         else:
-            field, stats = unfold(resample_field(flow_to_field(flows[i], grid), frame), grid)
-            fields.append(field)
-            unfolded.append(stats)
+            done = unfold_onto(flow_to_field(flows[i], grid), frame)
+            fields.append(done.field)
+            unfolded.append(done.stats)
+            quality.append(jacobian_stats(done.fine_jacobian))  # field_metrics, as the fold removal measured it
             warped.append(apply_field(labels, fields[-1], nearest=True))
-    volumes = [structure_volumes(w) for w in warped]
+    volumes, descent = corrected_volumes([structure_volumes(w) for w in warped], warped, reference)
     strain = contour_strain(fields, labels)
     function = cardiac_function(volumes, reference + 1, strain)
+    if "RV" in function:
+        function["RV"]["base_descent_mm"] = round(descent[function["ES_frame"] - 1], 1)
     function["quality"] = quality_notes(function, volumes, fields, warped, strain)
-    quality = [field_metrics(f, grid) for f in fields]
     metrics = {
         "seconds": round(time.time() - start, 3),
         "device": str(device),
@@ -249,13 +255,14 @@ def read_inputs(request: TrackRequest, inputs: dict | None = None) -> dict:
     if request.frame_times_ms is not None:
         cine = with_times(cine, request.frame_times_ms)
     reference = reference_index(cine, request.reference_frame)
-    labels = read_image(request.labels, "labels")
+    labels = None if segment.is_auto(request.labels) else read_image(request.labels, "labels")
     return {"cine": cine, "reference": reference, "labels": labels, "inputs": inputs or input_records(request)}
 
 
 def input_records(request: TrackRequest) -> dict:
     """The inputs as metrics.json names them (``outputs.sets.describe``)."""
-    return {"cine": describe(request.cine), "labels": describe(request.labels)}
+    return {"cine": describe(request.cine),
+            "labels": segment.AUTO if segment.is_auto(request.labels) else describe(request.labels)}
 
 
 def options_record(request: TrackRequest) -> dict:
@@ -266,14 +273,22 @@ def options_record(request: TrackRequest) -> dict:
 
 def track_files(request: TrackRequest, log: Report = ignore,
                 loaded: tuple[FSDiffRegNet, dict] | None = None, read: dict | None = None) -> Tracking:
-    """The ``fsdiffreg track`` command: check everything, track, write the set whole or nothing.
+    """The ``fsdiffreg track`` command: check everything, track, write the set whole or nothing. Labels ``auto``:
+    the reference frame segmented first (``segment.auto_labels``), its labels written as AUTO_LABELS.
 
     ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read (``read_inputs``)."""
-    inputs = {"cine": request.cine, "labels": request.labels, "weights": request.weights}
+    auto = segment.is_auto(request.labels)
+    inputs = {"cine": request.cine, "labels": None if auto else request.labels, "weights": request.weights}
     with output_folder(request.out_dir, inputs) as staging:
         run = prepare(request, read_inputs, "reading cine", log, loaded, read)
-        tracking = track_frames(run.read["cine"], run.read["labels"], run.read["reference"], run.model, run.device,
+        labels = run.read["labels"]
+        if auto:
+            labels, record = segment.auto_labels(run.read["cine"].frames[run.read["reference"]], run.device, log)
+        tracking = track_frames(run.read["cine"], labels, run.read["reference"], run.model, run.device,
                                 request.refine, log)
         tracking.metrics.update(run.record(options_record(request)))
+        if auto:
+            write_image(labels, staging / segment.AUTO_LABELS, use_compression=True)
+            tracking.metrics["labels"] = record
         write_tracking(tracking, run.read["cine"], staging, log)
     return tracking

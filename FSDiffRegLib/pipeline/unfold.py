@@ -14,6 +14,9 @@ left exactly as it was.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -28,18 +31,38 @@ DIFFUSION_SIGMA = (0.5, 0.7)  # that Gaussian, voxels (through-plane, in-plane):
 GLOBAL_ROUNDS = 30  # halvings of the whole displacement, the last resort (then the identity, never folded)
 
 
+@dataclass
+class Unfolded:
+    """A field with its folds removed, the folded voxels before (``stats``) and its Jacobian determinants as the
+    last check measured them: on its own grid, and on the finer grid (D, H, W; None without one)."""
+
+    field: sitk.Image
+    stats: dict[str, int]
+    jacobian: sitk.Image
+    fine_jacobian: np.ndarray | None
+
+
+def determinants(field: sitk.Image, grid: sitk.Image | None) -> tuple[sitk.Image, np.ndarray | None]:
+    """det J of ``field`` on its own grid, and on ``grid`` through the field resampled onto it."""
+    fine = sitk.GetArrayFromImage(jacobian_determinant(resample_field(field, grid))) if grid is not None else None
+    return jacobian_determinant(field), fine
+
+
 def folded_voxels(field: sitk.Image, grid: sitk.Image | None = None) -> tuple[np.ndarray, int, int]:
     """The field's voxels (D, H, W mask) at or next to a fold on its own grid or on ``grid``, and the folded
     voxel counts on each grid."""
-    own = sitk.GetArrayFromImage(jacobian_determinant(field)) <= 0
-    mask = own.copy()
-    fine = 0
-    if grid is not None:
-        fine_folds = sitk.GetArrayFromImage(jacobian_determinant(resample_field(field, grid))) <= 0
-        fine = int(fine_folds.sum())
-        if fine:
-            mask |= marked_on(field, grid, np.argwhere(fine_folds))
-    return mask, int(own.sum()), fine
+    return folds(field, grid, *determinants(field, grid))
+
+
+def folds(field: sitk.Image, grid: sitk.Image | None, own: sitk.Image,
+          fine: np.ndarray | None) -> tuple[np.ndarray, int, int]:
+    """``folded_voxels`` from the determinants already measured (``determinants``)."""
+    mask = sitk.GetArrayFromImage(own) <= 0
+    count = int(mask.sum())
+    fine_folds = fine <= 0 if fine is not None else np.zeros(0, dtype=bool)
+    if fine_folds.any():
+        mask |= marked_on(field, grid, np.argwhere(fine_folds))
+    return mask, count, int(fine_folds.sum())
 
 
 def marked_on(field: sitk.Image, grid: sitk.Image, zyx: np.ndarray) -> np.ndarray:
@@ -86,28 +109,65 @@ def as_field(u: np.ndarray, like: sitk.Image) -> sitk.Image:
     return field
 
 
-def unfold(field: sitk.Image, grid: sitk.Image | None = None) -> tuple[sitk.Image, dict[str, int]]:
-    """``field`` with no det J <= 0 on its grid nor on ``grid``, changed only around the folds; and the
+def relaxed(u: np.ndarray, weight: np.ndarray, sigmas: tuple) -> np.ndarray:
+    """``u`` (D, H, W, 3) relaxed DIFFUSION_STEPS times towards its Gaussian (``sigmas``) average with ``weight``,
+    in place.
+
+    Where the weight is 0 nothing changes, so the work is done on the box around its support widened by the
+    Gaussian's reach (what the blur there reads; the image's edges, replicated, where the box meets them)."""
+    box = []
+    for axis, sigma in enumerate(sigmas):
+        support = np.flatnonzero(weight.any(axis=tuple(a for a in range(3) if a != axis)))
+        if not support.size:
+            return u
+        reach = math.ceil(3 * sigma)  # gaussian_blur's radius
+        box.append(slice(max(int(support[0]) - reach, 0), int(support[-1]) + reach + 1))
+    box = tuple(box)
+    w = torch.from_numpy(np.ascontiguousarray(weight[box]))
+    x = torch.from_numpy(np.moveaxis(u[box], -1, 0).copy())[None]
+    for _ in range(DIFFUSION_STEPS):
+        x = x + w * (gaussian_blur(x, sigmas) - x)
+    u[box] = np.moveaxis(x[0].numpy(), 0, -1)
+    return u
+
+
+def unfold(field: sitk.Image, grid: sitk.Image | None = None) -> Unfolded:
+    """``field`` with no det J <= 0 on its grid nor on ``grid``, changed only around the folds; ``stats``: the
     folded voxels before (``folded_before``, ``folded_before_fine``), the rounds it took and whether the last
     resort was needed (``scaled_globally``)."""
-    mask, before, before_fine = folded_voxels(field, grid)
+    measured = determinants(field, grid)
+    mask, before, before_fine = folds(field, grid, *measured)
     region = np.zeros_like(mask)
     u = sitk.GetArrayFromImage(field).astype(np.float64)
     rounds = 0
     while mask.any() and rounds < ROUNDS:
         region |= mask
         rounds += 1
-        weight = torch.from_numpy(neighbourhood(region, rounds - 1, field))
-        x = torch.from_numpy(np.moveaxis(u, -1, 0))[None]
-        for _ in range(DIFFUSION_STEPS):  # the field relaxed towards its local average inside the region
-            x = x + weight * (gaussian_blur(x, per_axis(field, *DIFFUSION_SIGMA)) - x)
-        u = np.moveaxis(x[0].numpy(), 0, -1)
-        mask = folded_voxels(as_field(u, field), grid)[0]
+        u = relaxed(u, neighbourhood(region, rounds - 1, field), per_axis(field, *DIFFUSION_SIGMA))
+        measured = determinants(as_field(u, field), grid)
+        mask = folds(field, grid, *measured)[0]
     scale, halvings = 1.0, 0
     while mask.any():  # the last resort: the whole displacement scaled towards the identity
         halvings += 1
         scale = 0.5**halvings if halvings < GLOBAL_ROUNDS else 0.0
-        mask = folded_voxels(as_field(scale * u, field), grid)[0]
+        measured = determinants(as_field(scale * u, field), grid)
+        mask = folds(field, grid, *measured)[0]
     stats = {"folded_before": before, "folded_before_fine": before_fine, "rounds": rounds,
              "scaled_globally": int(halvings > 0)}
-    return as_field(scale * u, field), stats
+    return Unfolded(as_field(scale * u, field), stats, *measured)
+
+
+def unfold_onto(field: sitk.Image, reference: sitk.Image) -> Unfolded:
+    """``field`` (on the grid its flow was made on: the heart-centred network grid) with its folds removed there
+    first, then resampled onto ``reference`` and unfolded on both grids (``unfold``). The relaxation works at the
+    flow's own spacing, not across a frame's thick slices, so it changes the heart less (``track``: issue 21,
+    Testing/benchmarks/track_unfold.py). Counts: ``field``'s folds on ``reference`` (``folded_before``) and on
+    its own grid (``folded_before_fine``); the rounds of both removals; whether either needed the last resort.
+    The determinants are those of the last check, on ``reference`` and on ``field``'s grid."""
+    before = folded_voxels(resample_field(field, reference))[1]
+    own = unfold(field)
+    both = unfold(resample_field(own.field, reference), field)
+    stats = {"folded_before": before, "folded_before_fine": own.stats["folded_before"],
+             "rounds": own.stats["rounds"] + both.stats["rounds"],
+             "scaled_globally": max(own.stats["scaled_globally"], both.stats["scaled_globally"])}
+    return Unfolded(both.field, stats, both.jacobian, both.fine_jacobian)

@@ -7,6 +7,10 @@ tables are the benchmark's). ``Dice raw``: the mean Dice before the fold removal
 
 - network: the network alone; flip: the network's flow averaged with its flow on both images mirrored
   left-right (test-time flip averaging);
+- swapped: the network run on the pair swapped (the fixed image as moving), its flow inverted
+  (``inverse.invert_flow``): alone, or averaged with the direct flow (displacements averaged; with the flips);
+- cascaded: the network run again on the moving image warped by its flow, the flows composed (twice, three times);
+- heart grid first: the folds removed on the network grid first, then on both (``unfold.unfold_onto``, as track).
 - refine options as ``RefineOptions`` name them (steps, smoothness, Gaussian, heart);
 - ``coarse``: the refinement on the two coarse levels only (the fine level's detail left to the network).
 
@@ -35,9 +39,11 @@ from FSDiffRegLib.imaging.metrics import heart_dice
 from FSDiffRegLib.imaging.preprocess import locate_heart, network_grid, prepare_pair
 from FSDiffRegLib.model.config import Config
 from FSDiffRegLib.model.heart import blurred_outside, decoder_outputs
+from FSDiffRegLib.model.inverse import invert_flow
+from FSDiffRegLib.model.spatial import warp
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.pipeline import refine
-from FSDiffRegLib.pipeline.unfold import unfold
+from FSDiffRegLib.pipeline.unfold import unfold, unfold_onto
 
 CANDIDATES: dict[str, tuple[RefineOptions, bool]] = {  # name: (options, coarse levels only)
     "FSDiffReg (network)": (NETWORK_ONLY, False),
@@ -51,6 +57,13 @@ CANDIDATES: dict[str, tuple[RefineOptions, bool]] = {  # name: (options, coarse 
     "FSDiffReg (+refine 20, SVF, no Gaussian, heart)": (RefineOptions(steps=20, gaussian=False), False),
     "FSDiffReg (+refine 20, smoothness 2, SVF, Gaussian, heart)": (RefineOptions(steps=20, smoothness=2.0), False),
     "FSDiffReg (+refine 20, smoothness 4, SVF, no Gaussian, no heart: track's)": (TRACK_REFINE, False),
+    "FSDiffReg (network on the swapped pair, inverted)": (NETWORK_ONLY, False),
+    "FSDiffReg (network averaged with the swapped pair's inverse)": (NETWORK_ONLY, False),
+    "FSDiffReg (network flip-averaged, averaged with the swapped pair's flip-averaged inverse)": (NETWORK_ONLY, False),
+    "FSDiffReg (network cascaded twice)": (NETWORK_ONLY, False),
+    "FSDiffReg (network cascaded three times)": (NETWORK_ONLY, False),
+    "FSDiffReg (network, folds removed on the heart grid first)": (NETWORK_ONLY, False),
+    "FSDiffReg (network cascaded twice, folds removed on the heart grid first)": (NETWORK_ONLY, False),
 }
 
 
@@ -77,6 +90,40 @@ def flip_averaged(model, moving: torch.Tensor, fixed: torch.Tensor, flow: torch.
     _, mirrored = network(model, moving.flip(-1), fixed.flip(-1))
     back = mirrored.flip(-1) * torch.tensor([1.0, 1.0, -1.0]).view(1, 3, 1, 1, 1)
     return (flow + back) / 2
+
+
+def swapped_inverse(model, moving: torch.Tensor, fixed: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """The network's flow for the pair swapped (the fixed image as moving), flip-averaged where asked, inverted:
+    a flow for the pair as given from the direction the network knows when it is given the other one."""
+    _, flow = network(model, fixed, moving)
+    if flip:
+        flow = flip_averaged(model, fixed, moving, flow)
+    return invert_flow(flow)
+
+
+def cascaded(model, moving: torch.Tensor, fixed: torch.Tensor, flows: list[torch.Tensor], times: int) -> torch.Tensor:
+    """The network run again on the moving image warped by the flow so far, ``times`` runs in all, composed:
+    u <- u2 + u(p + u2(p)) (a recursive cascade at test time); ``flows`` holds the runs so far (extended)."""
+    while len(flows) < times:
+        _, step = network(model, warp(moving, flows[-1], padding="border"), fixed)
+        flows.append(refine.compose(flows[-1], step))
+    return flows[times - 1]
+
+
+def test_time(name: str, model, moving: torch.Tensor, fixed: torch.Tensor, flow: torch.Tensor,
+              cache: dict) -> torch.Tensor:
+    """A candidate's flow made at test time from the network's outputs alone (no refinement); ``cache`` keeps
+    what candidates of one case share."""
+    if "cascaded" in name:
+        return cascaded(model, moving, fixed, cache.setdefault("cascade", [flow]), 2 if "twice" in name else 3)
+    flip = "flip" in name
+    direct = flip_averaged(model, moving, fixed, flow) if flip else flow
+    if "swapped" not in name:
+        return direct
+    if ("swapped", flip) not in cache:
+        cache["swapped", flip] = swapped_inverse(model, moving, fixed, flip)
+    inverse = cache["swapped", flip]
+    return inverse if "inverted" in name else (direct + inverse) / 2
 
 
 def main() -> None:
@@ -106,16 +153,18 @@ def main() -> None:
             with torch.no_grad(), decoder_outputs(model) as features:
                 score, flow = network(model, m, f)
             heart = model.heart.probability(features + [f, m])
+            cache: dict = {}
             for name in names:
                 options, coarse = CANDIDATES[name]
-                if "flip" in name:
-                    out = flip_averaged(model, m, f, flow)
+                if any(word in name for word in ("flip", "swapped", "cascaded")):
+                    out = test_time(name, model, m, f, flow, cache)
                 else:
                     with coarse_levels(coarse):
                         out = refine.refine_flow(flow, m, f, score, model.cfg, options)
                     out = blurred_outside(out, heart) if options.heart and options.steps > 0 else out
-                raw = resample_field(flow_to_field(out[0].float().numpy(), prepared.grid), fixed)
-                delivered, stats = unfold(raw, prepared.grid)
+                on_grid = flow_to_field(out[0].float().numpy(), prepared.grid)
+                raw = resample_field(on_grid, fixed)
+                delivered, stats = unfold_onto(on_grid, fixed) if "heart grid first" in name else unfold(raw, on_grid)
                 row = score_field(delivered, grid, moving_labels, fixed_labels, carried_ef=way == "ed-es")
                 warped = sitk.GetArrayFromImage(apply_field(moving_labels, raw, nearest=True))
                 row["mean_raw"] = heart_dice(warped, sitk.GetArrayFromImage(fixed_labels))["mean"]
