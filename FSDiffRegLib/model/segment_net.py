@@ -18,6 +18,7 @@ class Convolution(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int, transposed: bool = False, conv_only: bool = False) -> None:
         super().__init__()
+        self.conv: nn.Module
         if transposed:
             self.conv = nn.ConvTranspose2d(cin, cout, 3, stride, padding=1, output_padding=stride - 1)
         else:

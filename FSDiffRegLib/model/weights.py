@@ -8,7 +8,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -109,7 +109,7 @@ def state_mismatch(expected: dict, given: object) -> str:
     return ", ".join(f"{len(keys)} {what} ({few(keys)})" for what, keys in parts if keys)
 
 
-def load_state(model: FSDiffRegNet, state: object, what: str) -> None:
+def load_state(model: torch.nn.Module, state: object, what: str) -> None:
     """Load ``state`` (the state_dict of ``what``, e.g. 'weights w.pt') into ``model``; WeightsError in one
     line when it does not fit."""
     mismatch = state_mismatch(model.state_dict(), state)
@@ -121,7 +121,7 @@ def load_state(model: FSDiffRegNet, state: object, what: str) -> None:
         raise WeightsError(f"cannot load {what}: {first_line(err)}") from None
 
 
-def checked_payload(path: Path, read: Callable[[Path], object] = read_payload) -> tuple[dict, str]:
+def checked_payload(path: Path, read: Callable[[Path], Any] = read_payload) -> tuple[Any, str]:
     """A weights file's payload (``read(path)``, by default ``read_payload``) and its SHA256, checked against the
     ``.sha256`` file beside it when there is one."""
     if not path.is_file():

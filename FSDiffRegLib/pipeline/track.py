@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -185,7 +186,7 @@ def track_frames(
             done = unfold_onto(flow_to_field(flows[i], grid), frame)
             fields.append(done.field)
             unfolded.append(done.stats)
-            quality.append(jacobian_stats(done.fine_jacobian))  # field_metrics, as the fold removal measured it
+            quality.append(jacobian_stats(cast(np.ndarray, done.fine_jacobian)))  # field_metrics, as unfold measured
             warped.append(apply_field(labels, fields[-1], nearest=True))
     volumes, descent = corrected_volumes([structure_volumes(w) for w in warped], warped, reference)
     strain = contour_strain(fields, labels)

@@ -60,7 +60,7 @@ def folds(field: sitk.Image, grid: sitk.Image | None, own: sitk.Image,
     mask = sitk.GetArrayFromImage(own) <= 0
     count = int(mask.sum())
     fine_folds = fine <= 0 if fine is not None else np.zeros(0, dtype=bool)
-    if fine_folds.any():
+    if fine_folds.any() and grid is not None:  # fine determinants are measured on a grid
         mask |= marked_on(field, grid, np.argwhere(fine_folds))
     return mask, count, int(fine_folds.sum())
 
@@ -115,14 +115,14 @@ def relaxed(u: np.ndarray, weight: np.ndarray, sigmas: tuple) -> np.ndarray:
 
     Where the weight is 0 nothing changes, so the work is done on the box around its support widened by the
     Gaussian's reach (what the blur there reads; the image's edges, replicated, where the box meets them)."""
-    box = []
+    bounds = []
     for axis, sigma in enumerate(sigmas):
         support = np.flatnonzero(weight.any(axis=tuple(a for a in range(3) if a != axis)))
         if not support.size:
             return u
         reach = math.ceil(3 * sigma)  # gaussian_blur's radius
-        box.append(slice(max(int(support[0]) - reach, 0), int(support[-1]) + reach + 1))
-    box = tuple(box)
+        bounds.append(slice(max(int(support[0]) - reach, 0), int(support[-1]) + reach + 1))
+    box = tuple(bounds)
     w = torch.from_numpy(np.ascontiguousarray(weight[box]))
     x = torch.from_numpy(np.moveaxis(u[box], -1, 0).copy())[None]
     for _ in range(DIFFUSION_STEPS):

@@ -89,7 +89,7 @@ def augment(images: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, g
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack([torch.stack([cos, -sin, centre_norm[:, 1]], 1),
                          torch.stack([sin, cos, centre_norm[:, 0]], 1)], 1)
-    grid = F.affine_grid(theta, (n, 1, crop, crop), align_corners=False)
+    grid = F.affine_grid(theta, [n, 1, crop, crop], align_corners=False)
     x = F.grid_sample(images[:, None].float(), grid, mode="bilinear", align_corners=False)
     y = F.grid_sample(labels[:, None].float(), grid, mode="nearest", align_corners=False).long()
     gamma = torch.exp((rand(n, 1, 1, 1) * 2 - 1) * math.log(1.5))
@@ -108,7 +108,7 @@ def dice(pred: np.ndarray, truth: np.ndarray, value: int) -> float:
 def validate(model: torch.nn.Module, frames_: list[tuple[str, str, sitk.Image, np.ndarray]]) -> dict[str, float]:
     """Mean 3D Dice per structure over the frames, on each frame's own grid."""
     model.eval()
-    scores = {name: [] for name in VALUES}
+    scores: dict[str, list[float]] = {name: [] for name in VALUES}
     for _, _, image, truth in frames_:
         pred = sitk.GetArrayFromImage(segment.segment_image(image, model, "cpu"))
         for name, value in VALUES.items():
