@@ -9,11 +9,11 @@ from FSDiffRegLib.defaults import DEFAULT_REFINE, NETWORK_ONLY
 from FSDiffRegLib.evaluation.evaluate_function import ejection_fraction
 from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.imaging.field import apply_field
-from FSDiffRegLib.imaging.metrics import jacobian_determinant
+from FSDiffRegLib.imaging.metrics import field_metrics, jacobian_determinant
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.pipeline.cascade import cascade
 from FSDiffRegLib.pipeline.function import structure_volumes
-from FSDiffRegLib.pipeline.register import field_metrics, register_images
+from FSDiffRegLib.pipeline.register import register_images
 
 
 class Shift(torch.nn.Module):
