@@ -213,3 +213,18 @@ def test_bad_reference_frame_is_one_line_and_starts_nothing(reference, message, 
     assert scene_state(scene) == before
     with pytest.raises(InputError, match="^Select a cine"):
         SegmentationJob(None, 1, RegisterOptions(), worker)
+
+
+def test_register_takes_the_segmentation_as_the_moving_labels(segmented, data_dir, tmp_path):
+    """The segmented frame (ES) as the moving volume of Register, its segmentation as the moving labels: accepted,
+    and written as RV 1, Myo 2, LV 3 on the moving grid."""
+    from FSDiffRegMRML.inputs import checkInputs, writeInputs
+
+    scene, _, segmentation, _, _ = segmented
+    patient = data_dir / "training" / PATIENT
+    fixed = load_volume(scene, patient / f"{PATIENT}_frame01.nii.gz")
+    moving = load_volume(scene, patient / f"{PATIENT}_frame09.nii.gz")
+    checkInputs(fixed, moving, segmentation)
+    _, _, labels = writeInputs(tmp_path, fixed, moving, segmentation)
+    written = voxels(load_volume(slicer.vtkMRMLScene(), labels, "vtkMRMLLabelMapVolumeNode"))
+    assert written.shape == voxels(moving).shape and set(np.unique(written)) == {0, 1, 2, 3}
