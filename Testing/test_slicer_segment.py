@@ -115,6 +115,7 @@ def test_the_reference_frame_arrives_as_rv_myo_lv_segments_on_its_grid(segmented
     frame, frameMatrix, segmentMatrix = cineFrame(cine, 1), vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
     frame.GetIJKToRASMatrix(frameMatrix)
     binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    assert segments.GetSourceRepresentationName() == binary  # what Segment Editor edits
     for name in names:  # each segment's voxels on the frame's grid, inside it
         voxelsOfSegment = segments.GetSegment(name).GetRepresentation(binary)
         voxelsOfSegment.GetImageToWorldMatrix(segmentMatrix)
