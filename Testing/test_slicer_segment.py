@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import slicer
 import torch
 import vtk
@@ -26,7 +27,7 @@ from FSDiffRegMRML.segment_job import (  # noqa: E402
     SegmentationProcess,
     segmentCommand,
 )
-from test_slicer_cine import new_scene  # noqa: E402
+from test_slicer_cine import load_multivolume, new_scene  # noqa: E402
 from test_slicer_outputs import load_volume, voxels  # noqa: E402
 from test_slicer_process import PATIENCE, drain, printing, scene_state, stand_in_worker  # noqa: E402
 
@@ -72,11 +73,25 @@ def finished(job) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def segmented(data_dir, segmentation_weights):
-    """The reference frame (2, ES) of the ACDC cine segmented by the real worker: scene, cine, segmentation, job."""
+def acdc_multivolume(scene, data_dir: Path, folder: Path):
+    """The same two frames as a multivolume, as MultiVolumeImporter imports a 4D NIfTI of them."""
+    patient = data_dir / "training" / PATIENT
+    frames = [sitk.ReadImage(str(patient / f"{PATIENT}_frame{frame:02d}.nii.gz")) for frame in (1, 9)]
+    sitk.WriteImage(sitk.JoinSeries(frames, 0.0, 0.04), str(folder / "cine.nii.gz"))
+    cine = load_multivolume(scene, folder / "cine.nii.gz")
+    cine.SetName("cine")
+    return cine
+
+
+@pytest.fixture(scope="module", params=["sequence", "multivolume"])
+def segmented(request, data_dir, segmentation_weights, tmp_path_factory):
+    """The reference frame (2, ES) of the ACDC cine (a volume sequence or a multivolume) segmented by the real
+    worker: scene, cine, segmentation, job, logics."""
     scene, logics = new_scene()
-    cine = acdc_cine(scene, data_dir)
+    if request.param == "sequence":
+        cine = acdc_cine(scene, data_dir)
+    else:
+        cine = acdc_multivolume(scene, data_dir, tmp_path_factory.mktemp("multivolume"))
     worker = Worker(sys.executable)
     try:
         job = SegmentationJob(cine, 2, RegisterOptions(device="cpu"), worker, segmentation_weights)
