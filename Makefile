@@ -11,7 +11,7 @@ SLICER512 := 5.12.4.0
 VENV512 := $(VENV)/slicer512
 STAMP512 := $(VENV512)/.installed
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint docs clean
 
 venv: $(STAMP) $(STAMP39) $(STAMP512)
 
@@ -49,5 +49,9 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# The documentation site (mkdocs.yml, docs/) into site/; strict: a broken link, anchor or include fails. Offline.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
