@@ -2,20 +2,22 @@
 
 ``python Utilities/cli_reference.py`` writes the page; ``--check`` exits 1 when the page differs from what the
 parsers give (``Testing/test_docs.py`` runs the same comparison, so a changed option fails the tests until the
-page is written again). Importing the parsers loads no torch.
+page is written again). The parsers are those of the ``fsdiffreg`` entry point named in pyproject.toml; importing
+them loads no torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "cli.md"
 sys.path.insert(0, str(ROOT))
-
-from FSDiffRegLib.cli import build_parser  # noqa: E402
 
 HEADER = """# Command-line reference
 
@@ -26,6 +28,13 @@ same parsers by `python Utilities/cli_reference.py`; `Testing/test_docs.py` fail
 Bad input exits with status 2 and one line `fsdiffreg: error: ...`; Ctrl-C exits with 130.
 How the commands are used, and what they write: [Command-line guide](command-line.md).
 """
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``fsdiffreg`` command: ``build_parser`` beside the entry point's ``main``."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    module = scripts["fsdiffreg"].split(":")[0]
+    return importlib.import_module(module).build_parser()
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
