@@ -11,7 +11,7 @@ SLICER512 := 5.12.4.0
 VENV512 := $(VENV)/slicer512
 STAMP512 := $(VENV512)/.installed
 
-.PHONY: venv demo test lint docs clean
+.PHONY: venv demo test lint clean
 
 venv: $(STAMP) $(STAMP39) $(STAMP512)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,docs]'
 	touch $(STAMP)
 
 # Python 3.9, as Slicer 5.8 runs, with the dependencies that have a small 3.9 build (all but torch),
@@ -49,9 +49,10 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 
+clean:
+	rm -rf $(VENV) build *.egg-info
+
 # The documentation site (mkdocs.yml, docs/) into site/; strict: a broken link, anchor or include fails. Offline.
+.PHONY: docs
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
-
-clean:
-	rm -rf $(VENV) build site *.egg-info
