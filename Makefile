@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,docs]'
 	touch $(STAMP)
 
 # Python 3.9, as Slicer 5.8 runs, with the dependencies that have a small 3.9 build (all but torch),
@@ -57,3 +57,8 @@ typecheck: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The documentation site (mkdocs.yml, docs/) into site/; strict: a broken link, anchor or include fails. Offline.
+.PHONY: docs
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -40,7 +40,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from FSDiffRegMRML.cine_inputs import MULTIVOLUME_ATTRIBUTE, checkCine
+from FSDiffRegMRML.cine_inputs import MULTIVOLUME_ATTRIBUTE, checkCine, checkCineFrame
 from FSDiffRegMRML.cine_job import TrackingJob
 from FSDiffRegMRML.cine_outputs import CineOutputs, cineSummary
 from FSDiffRegMRML.dependencies import (
@@ -55,6 +55,7 @@ from FSDiffRegMRML.inputs import InputError, checkInputs
 from FSDiffRegMRML.job import RegistrationJob
 from FSDiffRegMRML.process import DeviceQuery, RegisterOptions, Worker, pythonSlicerExecutable
 from FSDiffRegMRML.registration_outputs import RegistrationOutputs, summary
+from FSDiffRegMRML.segment_job import SegmentationJob, segmentationSummary
 
 DEVICES = ["Auto", "CPU", "CUDA"]
 DEFORMATION_MODES = ["Grid", "Glyph", "Contour"]
@@ -93,7 +94,8 @@ class FSDiffReg(ScriptedLoadableModule):
             "the warped volume, the Jacobian determinant (white 1, blue shrinking, red growing, "
             "yellow folds) and, if given, the propagated labels. In the Cine section, track a whole "
             "cardiac cycle: pick a cine (a volume sequence or a multivolume), the frame its labels belong to "
-            "(ED) and the ED segmentation; Track gives a transform and the labels of every frame, browsed with "
+            "(ED) and the ED segmentation (or click Segment the reference frame to have it labelled, then check it in "
+            "Segment Editor); Track gives a transform and the labels of every frame, browsed with "
             "the cine, and tables and curves of the volumes, ejection fraction and strain. Needs the PyTorch "
             "extension. "
             "Try it with the FSDiffReg sample pair of the Sample Data module. "
@@ -214,6 +216,7 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.weightsPathLineEdit.currentPathChanged.connect(self.onWeightsPathChanged)
         self.ui.registerButton.clicked.connect(self.onRegisterButton)
         self.ui.trackButton.clicked.connect(self.onTrackButton)
+        self.ui.segmentButton.clicked.connect(self.onSegmentButton)
         self.ui.cineVolumesSelector.addAttribute("vtkMRMLScalarVolumeNode", MULTIVOLUME_ATTRIBUTE)  # multivolumes
         self.setRunning(False)
         self.startDeviceQuery()
@@ -359,6 +362,10 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTrackButton(self) -> None:
         self.onJobButton(_("Tracking could not start."), self.logic.checkTracking, self.logic.startTracking)
 
+    def onSegmentButton(self) -> None:
+        self.onJobButton(_("Segmentation could not start."), self.logic.checkSegmentation,
+                         self.logic.startSegmentation)
+
     def onJobButton(self, failure: str, check, start) -> None:
         """Start a job with ``start(parameters)``, or cancel the running one (its button reads Cancel).
 
@@ -405,6 +412,9 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if isinstance(job, TrackingJob):
             self.onTrackingFinished(job)
             return
+        if isinstance(job, SegmentationJob):
+            self.onSegmentationFinished(job)
+            return
         with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
             outputs = self.logic.finishRegistration(job, self._parameterNode)
             self.ui.progressBar.value = 100
@@ -419,8 +429,14 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.summaryLabel.text = cineSummary(outputs.function, outputs.metrics)
             showCineOutputs(outputs, job.cine)
 
+    def onSegmentationFinished(self, job: SegmentationJob) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
+            segmentation = self.logic.finishSegmentation(job, self._parameterNode)
+            self.ui.progressBar.value = 100
+            self.ui.summaryLabel.text = segmentationSummary(segmentation)
+
     def cancelJob(self) -> None:
-        """Stop a running registration or tracking; the scene stays as it was."""
+        """Stop a running registration, tracking or segmentation; the scene stays as it was."""
         if self._job is None:
             return
         self._job.cancel()
@@ -429,11 +445,15 @@ class FSDiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logText.appendPlainText(_("Cancelled."))
 
     def setRunning(self, running: bool) -> None:
-        tracking = running and isinstance(self._job, TrackingJob)
-        self.ui.registerButton.text = _("Cancel") if running and not tracking else _("Register")
-        self.ui.trackButton.text = _("Cancel") if tracking else _("Track")
-        self.ui.registerButton.enabled = not tracking
-        self.ui.trackButton.enabled = tracking or not running
+        """The running job's button reads Cancel and the other job buttons are disabled, as are the inputs."""
+        kind = next((k for k in (TrackingJob, SegmentationJob) if isinstance(self._job, k)), RegistrationJob)
+        buttons = ((self.ui.registerButton, RegistrationJob, _("Register")),
+                   (self.ui.trackButton, TrackingJob, _("Track")),
+                   (self.ui.segmentButton, SegmentationJob, _("Segment the reference frame")))
+        for button, jobKind, text in buttons:
+            mine = running and kind is jobKind
+            button.text = _("Cancel") if mine else text
+            button.enabled = mine or not running
         self.ui.inputsCollapsibleButton.enabled = not running
         self.ui.cineInputsWidget.enabled = not running
         self.ui.advancedCollapsibleButton.enabled = not running
@@ -617,6 +637,26 @@ class FSDiffRegLogic(ScriptedLoadableModuleLogic):
         parameters.cineBrowser = outputs.browser
         logging.info(f"FSDiffReg: {cineSummary(outputs.function, outputs.metrics)}")
         return outputs
+
+    def checkSegmentation(self, parameters: FSDiffRegParameterNode) -> None:
+        """InputError naming the first problem with the cine, its reference frame and the options."""
+        checkCineFrame(parameters.cineVolumes, parameters.referenceFrame)
+        self.options(parameters)
+
+    def startSegmentation(self, parameters: FSDiffRegParameterNode, weights: str = "") -> SegmentationJob:
+        """Check the cine, make sure torch is there, and start segmenting its reference frame (``weights``: the
+        segmentation weights, "" the bundled ones)."""
+        self.checkSegmentation(parameters)
+        self.ensureDependencies()
+        return SegmentationJob(parameters.cineVolumes, parameters.referenceFrame, self.options(parameters),
+                               self.worker(), weights)
+
+    def finishSegmentation(self, job: SegmentationJob, parameters: FSDiffRegParameterNode):
+        """Load a finished segmentation as a new node and make it the labels to track."""
+        segmentation = job.outputs()
+        parameters.cineLabels = segmentation
+        logging.info(f"FSDiffReg: {segmentationSummary(segmentation)}")
+        return segmentation
 
     def register(self, fixed, moving, labels=None, options: Optional[RegisterOptions] = None) -> RegistrationOutputs:
         """Register and wait (scripts, self-test), keeping the application responsive."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .errors import InputError
 
-DEFAULT_STEPS = 0  # refinement steps `register` runs unless told otherwise: none, the network alone (README, Benchmark)
+DEFAULT_STEPS = 0  # refinement steps `register` runs unless told otherwise: none (docs/benchmarks.md)
 REFINE_STEPS = 20  # steps of the refinement as an option: the benchmark's refine row unless told otherwise
 MAX_STEPS = 5000  # about half an hour on 2 CPU cores (0.3 s a step); more is a typo, not a wish
 REFINE_SMOOTHNESS = 6.0  # smoothness weight of the refinement unless told otherwise
@@ -22,14 +22,14 @@ PLAUSIBLE_INTERVAL_MS = (5.0, 200.0)  # a cine's frame interval outside this is 
 @dataclass(frozen=True)
 class RefineOptions:
     """Instance refinement: Adam ``steps`` (0, the default: the network alone; on unseen hearts every refinement
-    measured lost Dice in at least one direction: README, Benchmark), the ``smoothness`` weight, the NCC
+    measured lost Dice in at least one direction: docs/benchmarks.md), the ``smoothness`` weight, the NCC
     ``window`` (odd, voxels), ``diffeomorphic`` (optimise a stationary velocity field: an invertible
     correction; off: the displacement itself, twice as fast, folding six times as often), ``gaussian``
     (Gaussian-smooth each step's correction and the refined flow) and ``heart`` (blur the refined flow away
     from the heart, where the weights carry a heart head: FSDiffRegLib.heart), and the network's ``passes`` (each
     run on the moving image warped by the runs before, the flows composed: FSDiffRegLib.cascade; 2, the default
     of ``register``: on validation 091-100 better in both directions than one run, and the LV EF error ED -> ES
-    halved; README, Benchmark). Checked when made."""
+    halved; docs/benchmarks.md). Checked when made."""
 
     steps: int = DEFAULT_STEPS
     smoothness: float = REFINE_SMOOTHNESS
@@ -101,4 +101,5 @@ NETWORK_ONLY = RefineOptions(steps=0, passes=1)  # the network alone, one run: w
 REFINE_OPTION = RefineOptions(steps=REFINE_STEPS, passes=1)  # the default before issue 21: benchmark's refine row
 TRACK_REFINE = RefineOptions(steps=20, smoothness=4.0, diffeomorphic=True, gaussian=False, heart=False, passes=1)
 """``track``'s refinement: a later frame fixed and ED moving, the field must contract the heart, which the
-training's smoothness holds back (LV EF 9 points too low on validation); chosen on validation (README)."""
+training's smoothness holds back (LV EF 9 points too low on validation); chosen on validation
+(docs/function-accuracy.md)."""

@@ -163,3 +163,14 @@ def test_segment_runs_without_monai(tmp_path, segmenter):
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr
     assert out.is_file()
+
+
+def test_no_bundled_model_is_one_line(tmp_path, capsys, monkeypatch):
+    """Until a model is bundled, ``segment`` without --weights says so and how to go on, and writes nothing."""
+    monkeypatch.setattr(segment, "segmentation_weights_path",
+                        lambda weights: tmp_path / "missing.pt" if weights is None else Path(weights))
+    out = tmp_path / "labels.nii.gz"
+    assert main(["segment", str(ED), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no segmentation model is bundled" in err[-1] and "--weights" in err[-1]
+    assert not out.exists()

@@ -832,3 +832,102 @@ def test_self_test_registers_only_where_torch_is_installed(module, monkeypatch, 
         selfTest.runTest()
         assert "PyTorch" in shown[-1] and "skipped" in shown[-1]
     assert ran == ["test_PanelAndParameterNode", "test_BadInputsChangeNothing"]
+
+
+def fakeSegmentationJob(module, segmentation=None):
+    """A SegmentationJob's interface without a process: one log line, 52 %, finished when told."""
+
+    class FakeSegmentationJob(module.SegmentationJob):
+        def __init__(self):
+            self.cancelled, self.done = False, False
+
+        def poll(self):
+            return ["fsdiffreg: segmenting 5/10 slices"]
+
+        @property
+        def finished(self):
+            return self.done
+
+        @property
+        def progress(self):
+            return 52
+
+        def cancel(self):
+            self.cancelled = True
+
+        def outputs(self):
+            return segmentation
+
+    return FakeSegmentationJob()
+
+
+def test_segment_turns_into_cancel_and_blocks_register_and_track_until_cancelled(module, quietPanel, monkeypatch):
+    widget, ui = quietPanel, quietPanel.ui
+    job = fakeSegmentationJob(module)
+    monkeypatch.setattr(widget.logic, "checkSegmentation", lambda parameters: None)
+    monkeypatch.setattr(widget.logic, "startSegmentation", lambda parameters: job)
+    assert ui.segmentButton.text == "Segment the reference frame" and ui.segmentButton.enabled
+    widget.onSegmentButton()
+    assert (ui.segmentButton.text, ui.trackButton.text, ui.registerButton.text) == ("Cancel", "Track", "Register")
+    assert ui.segmentButton.enabled and not ui.registerButton.enabled and not ui.trackButton.enabled
+    assert not any(w.enabled for w in (ui.cineInputsWidget, ui.inputsCollapsibleButton, ui.advancedCollapsibleButton))
+    widget.onPoll()
+    assert ui.progressBar.value == 52 and widget.log == ["fsdiffreg: segmenting 5/10 slices"]
+    widget.onSegmentButton()
+    assert job.cancelled and widget._job is None and widget.log[-1] == "Cancelled."
+    assert (ui.segmentButton.text, ui.trackButton.text, ui.registerButton.text) == (
+        "Segment the reference frame", "Track", "Register")
+    assert all(w.enabled for w in (ui.segmentButton, ui.trackButton, ui.registerButton, ui.cineInputsWidget))
+
+
+def test_track_and_register_disable_the_segment_button(module, quietPanel, monkeypatch):
+    widget, ui = quietPanel, quietPanel.ui
+    monkeypatch.setattr(widget.logic, "checkTracking", lambda parameters: None)
+    monkeypatch.setattr(widget.logic, "startTracking", lambda parameters: fakeTrackingJob(module))
+    widget.onTrackButton()
+    assert ui.segmentButton.text == "Segment the reference frame" and not ui.segmentButton.enabled
+    widget.onTrackButton()
+    assert ui.segmentButton.enabled
+
+
+def test_finished_segmentation_becomes_the_cines_labels_and_can_be_the_moving_labels(module, quietPanel,
+                                                                                    monkeypatch):
+    widget, scene = quietPanel, slicer.mrmlScene
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "cine frame 1 segmentation")
+    job = fakeSegmentationJob(module, segmentation)
+    monkeypatch.setattr(widget.logic, "checkSegmentation", lambda parameters: None)
+    monkeypatch.setattr(widget.logic, "startSegmentation", lambda parameters: job)
+    widget.onSegmentButton()
+    job.done = True
+    widget.onPoll()
+    parameters = widget.logic.getParameterNode()
+    assert parameters.cineLabels is segmentation and widget.ui.cineLabelsSelector.currentNode() is segmentation
+    assert widget.ui.summaryLabel.text == ("'cine frame 1 segmentation' made: check or edit its segments in Segment "
+                                           "Editor, then Track.")
+    assert widget.ui.progressBar.value == 100 and widget._job is None
+    assert widget.ui.segmentButton.text == "Segment the reference frame"
+    assert "vtkMRMLSegmentationNode" in widget.ui.movingLabelsSelector.nodeTypes  # the Register panel's selector
+    parameters.movingLabels = segmentation
+    assert widget.ui.movingLabelsSelector.currentNode() is segmentation
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+def test_segment_inputs_are_checked_before_any_install_is_offered(module, monkeypatch, quietPanel):
+    widget, errors = quietPanel, []
+
+    @contextlib.contextmanager
+    def shown(failure, waitCursor=False):
+        try:
+            yield
+        except Exception as error:
+            errors.append(str(error))
+
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", shown)
+    monkeypatch.setattr(module, "installedTorchStatus", lambda: "missing")
+    utils = FakePyTorchUtils(installs=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
+    asked = []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *args, **kwargs: asked.append(text))
+    widget.onSegmentButton()
+    assert len(errors) == 1 and errors[0].startswith("Select a cine") and "\n" not in errors[0]
+    assert asked == [] and utils.calls == [] and widget._job is None

@@ -20,6 +20,7 @@ from FSDiffRegLib.imaging.field import apply_field
 from FSDiffRegLib.imaging.metrics import heart_dice
 from FSDiffRegLib.imaging.preprocess import canonical, network_grid, resample_to
 from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.outputs.folder import OUTPUT_NAME, foreign
 from FSDiffRegLib.pipeline.function import structure_volumes
 from FSDiffRegLib.pipeline.refine import refine_flow
 from FSDiffRegLib.pipeline.track import (
@@ -90,6 +91,13 @@ def test_outputs_are_whole_and_agree(tracked: Path):
     assert metrics["refine"] == asdict(replace(TRACK_REFINE, steps=3))  # track's own refinement defaults
     assert metrics["reference_frame"] == 1 and metrics["frames"] == 2
     assert metrics["network_grid"][2] == 32 and all(n % 8 == 0 and n < 128 for n in metrics["network_grid"][:2])
+
+
+def test_every_file_of_the_set_is_one_a_new_run_replaces(tracked: Path):
+    """A second ``track`` into the same out-dir is not refused for files the first one wrote (strain.csv and the
+    bullseye were once missing from the names of a set)."""
+    assert [p.name for p in tracked.iterdir() if not OUTPUT_NAME.fullmatch(p.name)] == []
+    assert foreign(tracked, tracked.name) is None
 
 
 def test_the_region_holds_the_heart_with_its_margin(pair: acdc.AcdcPair):

@@ -85,7 +85,7 @@ def test_a_field_without_folds_is_returned_as_it_was():
 
 
 # The network alone's most folded pairs and directions found (fixed + heart grid voxels before the removal; searched:
-# validation 091-100 and training 001-010 both ways, Testing/benchmarks/candidates_validation.md and README, Benchmark)
+# validation 091-100 and training 001-010 both ways, Testing/benchmarks/candidates_validation.md and docs/benchmarks.md)
 HARDEST = [("patient002", "es-ed"), ("patient091", "ed-es"), ("patient092", "es-ed")]
 
 

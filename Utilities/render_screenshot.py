@@ -67,8 +67,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "FSDiffReg")]
 from FSDiffRegLib.resources import sample_pair  # noqa: E402
 from FSDiffRegMRML.display import showDeformation  # noqa: E402
 from FSDiffRegMRML.job import RegistrationJob  # noqa: E402
-from FSDiffRegMRML.outputs import RegistrationOutputs, summary  # noqa: E402
 from FSDiffRegMRML.process import RegisterOptions, Worker  # noqa: E402
+from FSDiffRegMRML.registration_outputs import RegistrationOutputs, summary  # noqa: E402
 
 #: The size of the screenshot (16:9; the Extensions Index names no size).
 SIZE = QSize(1280, 720)

@@ -8,6 +8,7 @@
 - ``cine_inputs``, ``cine_job``, ``cine_outputs``: the same for tracking a cine (``fsdiffreg track``):
   a volume sequence or a multivolume and its ED labels in; sequences of transforms and segmentations, the volume and
   function tables and their plot out.
+- ``segment_job``: segmenting a cine's reference frame (``fsdiffreg segment``) into an RV, Myo, LV segmentation.
 
 It lives in a package (not beside ``FSDiffReg.py``) because Slicer takes every ``.py``
 file in a module folder for a module of its own.

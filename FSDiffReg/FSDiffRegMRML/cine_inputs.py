@@ -157,6 +157,12 @@ def segmentValues(segmentation) -> dict[str, int]:
 
 def checkCine(cine, referenceFrame: int, labels) -> None:
     """Raise InputError naming the first problem with a cine, its reference frame (1-based) and labels."""
+    checkCineFrame(cine, referenceFrame)
+    checkLabels(labels, cine)
+
+
+def checkCineFrame(cine, referenceFrame: int) -> None:
+    """Raise InputError naming the first problem with a cine and its reference frame (1-based)."""
     if cine is None:
         raise InputError("Select a cine: a volume sequence or a multivolume (a DICOM cine, a .seq.nrrd, or a 4D "
                          "NIfTI imported in the MultiVolumeImporter module).")
@@ -174,7 +180,6 @@ def checkCine(cine, referenceFrame: int, labels) -> None:
     if not 1 <= referenceFrame <= frames:
         raise InputError(f"Reference frame {referenceFrame} is out of range: the cine '{cine.GetName()}' has "
                          f"frames 1 to {frames}.")
-    checkLabels(labels, cine)
 
 
 def checkFrameCount(cine) -> None:

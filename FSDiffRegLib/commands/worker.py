@@ -1,4 +1,4 @@
-"""``python -m FSDiffRegLib.worker``: one long-lived process that runs ``fsdiffreg`` commands sent to it.
+"""``python -m FSDiffRegLib.commands.worker``: one long-lived process that runs ``fsdiffreg`` commands sent to it.
 
 The Slicer module keeps one worker so that Python starts, torch is imported and its kernels are
 warmed up once, not at every Register. Each line on stdin is one command, a JSON object

@@ -7,7 +7,7 @@ resolution and only the sums are brought to one grid: the same result as on the 
 first, at a small part of the memory. The network stays frozen; the head is trained on training
 labels alone (``training.heart_head``) and saved beside the weights it reads (``weights.heart_path``).
 ``blurred_outside`` keeps the flow within reach of the heart and blurs it elsewhere, where it fits
-only noise: about half of the Jacobian's spread lies there (README, "Instance refinement").
+only noise: about half of the Jacobian's spread lies there (docs/method.md, "Instance refinement").
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from ..files import writable, written
 OUTPUT_NAME = re.compile(  # the files of a `register` or `track` set, which a new run of either may replace
     r"(displacement|warped|jacobian|warped_labels|labels|reference_labels_auto|(field|labels)_\d{2,})\.nii\.gz"
     r"|metrics\.json|figure\.png"
-    r"|function\.(json|png)|volumes\.csv")
+    r"|function\.(json|png)|volumes\.csv|strain\.csv|strain_bullseye\.png")
 METRICS = "metrics.json"
 MARK = "fsdiffreg"  # metrics.json key: the version that wrote the set
 

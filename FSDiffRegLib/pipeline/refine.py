@@ -9,7 +9,7 @@ a small part of one on the network grid, and on the coarse levels the NCC window
 (``RefineOptions.window`` voxels) spans enough of the heart to pull large misalignments in.
 Each level's correction is interpolated back and added to the flow, which keeps the
 network's fine detail. Window, smoothness weight and levels were chosen on the validation
-split (README, "Instance refinement"). With ``diffeomorphic`` a level optimises a stationary
+split (docs/method.md, "Instance refinement"). With ``diffeomorphic`` a level optimises a stationary
 velocity field instead, whose exponential (scaling and squaring) is composed with the
 flow, so an invertible map stays invertible. With ``gaussian`` each step's correction is
 smoothed (VELOCITY_SIGMA) before it is applied, and the refined flow at the end (FLOW_SIGMA):

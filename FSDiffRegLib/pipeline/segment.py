@@ -130,6 +130,9 @@ def load_segmenter(weights: str | Path | None = None,
     description {name, sha256}; the ``.sha256`` beside the file is checked, and the file loaded with
     ``weights_only=True``."""
     path = segmentation_weights_path(weights)
+    if weights is None and not path.is_file():
+        raise WeightsError("no segmentation model is bundled with this version yet (its training is under way: "
+                           "docs/segmentation-model-card.md); give segmentation weights with --weights")
     payload, digest = checked_payload(path, lambda p: load_safely(p, "segmentation weights"))
     if not (isinstance(payload, dict) and {"network", "state_dict"} <= payload.keys()):
         raise WeightsError(f"cannot load segmentation weights {path}: not a segmentation model (a dict with "

@@ -4,8 +4,8 @@ Resumable: ``last.pt`` every epoch (model, optimiser, epoch, best score), ``best
 mean Dice (3D, per structure, on each frame's own grid, through ``segment.segment_image``), ``log.csv``
 one row an epoch. The slices are cached once, on the model grid, in ``cache.npz``.
 
-    python -m FSDiffRegLib.segment_train --data ../shared/data/ACDC --out /work/runs/seg_v1
-    python -m FSDiffRegLib.segment_train --data ../shared/data/ACDC --out /work/runs/seg_v1 \
+    python -m FSDiffRegLib.training.segment_train --data ../shared/data/ACDC --out /work/runs/seg_v1
+    python -m FSDiffRegLib.training.segment_train --data ../shared/data/ACDC --out /work/runs/seg_v1 \
         --export FSDiffRegLib/assets/weights/fsdiffreg_acdc_segment_v1.pt
 """
 
