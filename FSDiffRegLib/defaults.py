@@ -26,8 +26,8 @@ class RefineOptions:
     ``window`` (odd, voxels), ``diffeomorphic`` (optimise a stationary velocity field: an invertible
     correction; off: the displacement itself, twice as fast, folding six times as often), ``gaussian``
     (Gaussian-smooth each step's correction and the refined flow) and ``heart`` (blur the refined flow away
-    from the heart, where the weights carry a heart head: FSDiffRegLib.heart), and the network's ``passes`` (each
-    run on the moving image warped by the runs before, the flows composed: FSDiffRegLib.cascade; 2, the default
+    from the heart, where the weights carry a heart head: FSDiffRegLib.model.heart), and the network's ``passes`` (each
+    run on the moving image warped by the runs before, the flows composed: FSDiffRegLib.pipeline.cascade; 2, the default
     of ``register``: on validation 091-100 better in both directions than one run, and the LV EF error ED -> ES
     halved; docs/benchmarks.md). Checked when made."""
 

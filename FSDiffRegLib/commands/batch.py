@@ -1,11 +1,11 @@
-"""``fsdiffreg batch``: a cohort from a manifest (FSDiffRegLib.manifest), each case's set written into
+"""``fsdiffreg batch``: a cohort from a manifest (FSDiffRegLib.commands.manifest), each case's set written into
 OUT_ROOT/<id>/ as ``register`` or ``track`` writes it (whole or nothing), the model loaded once per process.
 
 - The next case's files are hashed and read on a thread while the current case computes.
 - Resume: a case is skipped when OUT_ROOT/<id>/metrics.json (written last, so its set is whole) records
   the same inputs (SHA256), options (metrics.json's ``options``) and weights (SHA256); otherwise it runs
   and its new set replaces the old.
-- Shards (FSDiffRegLib.shards): this process runs shard K of N of the manifest's cases.
+- Shards (FSDiffRegLib.commands.shards): this process runs shard K of N of the manifest's cases.
 - ``--dask ADDRESS`` or ``local:N``: the cases run on a dask.distributed cluster whose workers see OUT_ROOT;
   each worker loads the model once (``ModelPlugin``); a lost worker's case runs again on another.
 - The summary (``shards.summary_name``) lists every case of the shard, in the manifest's order: id,

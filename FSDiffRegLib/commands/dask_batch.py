@@ -1,4 +1,4 @@
-"""``fsdiffreg batch --dask``: the cases as tasks of a dask.distributed cluster (FSDiffRegLib.batch)."""
+"""``fsdiffreg batch --dask``: the cases as tasks of a dask.distributed cluster (FSDiffRegLib.commands.batch)."""
 
 from __future__ import annotations
 

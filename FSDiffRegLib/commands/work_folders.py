@@ -5,7 +5,7 @@ work folder in the system's temporary folder. A Slicer that dies (crash, kill, p
 does not remove it, so the module names its work folders ``FSDiffReg-<its process id>-<random>``
 and removes those of processes that no longer run before making a new one
 (``new_work_folder``); the worker removes the folder of the command it was running when
-Slicer ends (FSDiffRegLib.worker). Only folders made here are ever removed (``made_here``):
+Slicer ends (FSDiffRegLib.commands.worker). Only folders made here are ever removed (``made_here``):
 directly in the temporary folder, so named, and holding the mark written when they were made
 (``MARK``, a random token); a user's folder of the same name elsewhere, or without the mark,
 stays. No heavy imports.

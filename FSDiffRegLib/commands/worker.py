@@ -12,7 +12,7 @@ gets one error line and status 2, and the worker goes on.
 Its parent holds stdin, and the system closes it when the parent ends, however it ends (a crash, a
 kill, a power cut), through a launcher such as ``PythonSlicer`` too. At the end of stdin the worker
 ends at once: with status 0 when idle (the parent stopped it), else with PARENT_GONE after removing
-the running command's work folder if the parent made it for the run (FSDiffRegLib.work_folders.made_here).
+the running command's work folder if the parent made it for the run (FSDiffRegLib.commands.work_folders.made_here).
 No heavy imports until a command needs them.
 """
 

@@ -30,8 +30,8 @@ class Cine:
 
 
 def read_cine(path: str | Path) -> Cine:
-    """Read a 4D image file (x, y, z, t), a folder of 3D frame files or a DICOM cine folder (FSDiffRegLib.dicom_cine),
-    or raise InputError naming the problem."""
+    """Read a 4D image file (x, y, z, t), a folder of 3D frame files or a DICOM cine folder
+    (FSDiffRegLib.imaging.dicom_cine), or raise InputError naming the problem."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"cine not found: {path}")

@@ -1,8 +1,8 @@
 """A flow's inverse, and the network run on both orders of a pair (issue 21: the direction it was trained in).
 
-A flow u maps a voxel p of the fixed grid to p + u(p) in the moving image (FSDiffRegLib.spatial). Its inverse
+A flow u maps a voxel p of the fixed grid to p + u(p) in the moving image (FSDiffRegLib.model.spatial). Its inverse
 v maps back: v(x) = -u(x + v(x)), solved by the damped fixed-point iteration v <- v - (v + u(x + v)) / 2 (as
-FSDiffRegLib.strain carries points), which converges where the map is locally invertible.
+FSDiffRegLib.pipeline.strain carries points), which converges where the map is locally invertible.
 """
 
 from __future__ import annotations

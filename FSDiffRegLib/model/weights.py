@@ -138,7 +138,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
 
     Checks the ``.sha256`` file beside the weights when there is one, and loads with
     ``weights_only=True`` so a weights file can never run code. The heart head saved beside
-    the weights, when there is one, becomes ``model.heart`` (FSDiffRegLib.heart). Returns the
+    the weights, when there is one, becomes ``model.heart`` (FSDiffRegLib.model.heart). Returns the
     model and a description {name, sha256, info, heart}.
     """
     path = weights_path(path)

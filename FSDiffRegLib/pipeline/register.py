@@ -50,8 +50,8 @@ def predict_flow(
     refine: RefineOptions = DEFAULT_REFINE,
     log: Report = ignore,
 ) -> np.ndarray:
-    """The flow (3, D, H, W) in voxels of the network grid: the network's ``refine.passes`` (FSDiffRegLib.cascade),
-    refined when asked."""
+    """The flow (3, D, H, W) in voxels of the network grid: the network's ``refine.passes``
+    (FSDiffRegLib.pipeline.cascade), refined when asked."""
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a)[None, None].to(device, memory_format=torch.channels_last_3d)
 
@@ -89,7 +89,7 @@ def register_images(
     log: Report = ignore,
 ) -> Registration:
     """Register ``moving`` to ``fixed``, refining the prediction on this pair as ``refine`` says, with its
-    folds removed (FSDiffRegLib.unfold; ``metrics["unfold"]`` counts the folded voxels before); every output
+    folds removed (FSDiffRegLib.pipeline.unfold; ``metrics["unfold"]`` counts the folded voxels before); every output
     lies on the fixed image's grid."""
     check_image(fixed, "fixed")
     check_image(moving, "moving")
@@ -131,7 +131,7 @@ def write_files(result: Registration, folder: Path) -> None:
 
 
 def write_outputs(result: Registration, out_dir: str | Path) -> Path:
-    """Write the set into ``out_dir`` whole (FSDiffRegLib.outputs); returns the folder."""
+    """Write the set into ``out_dir`` whole (FSDiffRegLib.outputs.folder); returns the folder."""
     with output_folder(out_dir) as staging:
         write_files(result, staging)
     return Path(out_dir)
