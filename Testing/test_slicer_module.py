@@ -267,15 +267,16 @@ def test_scene_close_moves_the_gui_to_the_new_parameter_node(module, widget):
     assert [w.connections() for w in parameterWidgets(widget.ui)] == [0] * fields(module)
 
 
-def fakeTrackingJob(module, outputs=None):
-    """A TrackingJob's interface without a process: one log line, 30 %, finished when told."""
+def fakeJob(jobClass, line: str, progress: int, outputs=None):
+    """A job's interface (``jobClass``: TrackingJob, SegmentationJob) without a process: one log line, a fixed
+    progress, finished when told."""
 
-    class FakeTrackingJob(module.TrackingJob):
+    class FakeJob(jobClass):
         def __init__(self):
             self.cancelled, self.done, self.cine = False, False, None
 
         def poll(self):
-            return ["fsdiffreg: network 6/20 frames"]
+            return [line]
 
         @property
         def finished(self):
@@ -283,7 +284,7 @@ def fakeTrackingJob(module, outputs=None):
 
         @property
         def progress(self):
-            return 30
+            return progress
 
         def cancel(self):
             self.cancelled = True
@@ -291,7 +292,12 @@ def fakeTrackingJob(module, outputs=None):
         def outputs(self):
             return outputs
 
-    return FakeTrackingJob()
+    return FakeJob()
+
+
+def fakeTrackingJob(module, outputs=None):
+    """A TrackingJob without a process: 30 %."""
+    return fakeJob(module.TrackingJob, "fsdiffreg: network 6/20 frames", 30, outputs)
 
 
 @pytest.fixture
@@ -835,30 +841,8 @@ def test_self_test_registers_only_where_torch_is_installed(module, monkeypatch, 
 
 
 def fakeSegmentationJob(module, segmentation=None):
-    """A SegmentationJob's interface without a process: one log line, 52 %, finished when told."""
-
-    class FakeSegmentationJob(module.SegmentationJob):
-        def __init__(self):
-            self.cancelled, self.done = False, False
-
-        def poll(self):
-            return ["fsdiffreg: segmenting 5/10 slices"]
-
-        @property
-        def finished(self):
-            return self.done
-
-        @property
-        def progress(self):
-            return 52
-
-        def cancel(self):
-            self.cancelled = True
-
-        def outputs(self):
-            return segmentation
-
-    return FakeSegmentationJob()
+    """A SegmentationJob without a process: 52 %."""
+    return fakeJob(module.SegmentationJob, "fsdiffreg: segmenting 5/10 slices", 52, segmentation)
 
 
 def test_segment_turns_into_cancel_and_blocks_register_and_track_until_cancelled(module, quietPanel, monkeypatch):

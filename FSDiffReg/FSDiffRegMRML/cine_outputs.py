@@ -43,8 +43,7 @@ from FSDiffRegLib.labels import structure_name
 
 from .bullseye_models import addBullseyes
 from .cine_inputs import Structure, cineFrames, frameCount, frameTimesMs
-from .inputs import sameGeometry
-from .registration_outputs import Node, readTransform
+from .registration_outputs import Node, readTransform, readVolume
 
 #: Units of the table's columns and function values, from the suffix of their names.
 UNITS = {"_ml": "ml", "_ms": "ms", "_percent": "%", "_g": "g"}
@@ -115,23 +114,9 @@ def readTransforms(outDir: Path, cine):
     return newSequence(cine, (readTransform(path) for path in paths), "transform")
 
 
-def readLabelFrame(path: Path, frame):
-    """A new label map (in no scene) from the 3D label file ``path``, given ``frame``'s grid exactly.
-
-    Read with Slicer's volume reader as a single file: otherwise it reads a single-slice file with the
-    files named alike (``labels_02.nii.gz``, ...) as one volume. NIfTI keeps the grid in single
-    precision, so the frame's IJK-to-RAS is copied after checking that it agrees.
-    """
-    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetSingleFile(1)
-    storage.SetFileName(str(path))
-    if not storage.ReadData(labelmap):
-        raise OSError(f"cannot read the tracking output {path.name}")
-    if not sameGeometry(labelmap, frame):
-        raise OSError(f"the tracking output {path.name} is not on the cine's voxel grid")
-    labelmap.CopyOrientation(frame)
-    return labelmap
+def readLabelFrame(path: Path, frame, what: str = "tracking output"):
+    """A new label map (in no scene) from the 3D label file ``path``, given ``frame``'s grid exactly."""
+    return readVolume(path, slicer.vtkMRMLLabelMapVolumeNode(), frame, what, "the cine's voxel grid")
 
 
 def labelSegmentation(labelmap, frame, structures: dict[int, Structure], scene):

@@ -46,19 +46,23 @@ def readTransform(path: Path):
     return transform
 
 
-def readVolume(path: Path, node, fixed):
-    """Read ``path`` into ``node`` with Slicer's volume reader and give it the fixed grid exactly.
+def readVolume(path: Path, node, reference, what: str = "registration output",
+               grid: str = "the fixed volume's grid"):
+    """Read ``path`` into ``node`` with Slicer's volume reader and give it ``reference``'s grid exactly.
 
-    The files lie on the fixed grid already; NIfTI stores it in single precision, so the
-    fixed node's IJK-to-RAS is copied after checking that it agrees.
+    Read as a single file: otherwise the reader takes files named alike (``labels_02.nii.gz``, ...) with a
+    single-slice file as one volume. The files lie on the reference grid already; NIfTI stores it in single
+    precision, so the reference node's IJK-to-RAS is copied after checking that it agrees. ``what`` and
+    ``grid`` name the file and the grid in the errors.
     """
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetSingleFile(1)
     storage.SetFileName(str(path))
     if not storage.ReadData(node):
-        raise OSError(f"cannot read the registration output {path.name}")
-    if not sameGeometry(node, fixed):
-        raise OSError(f"the registration output {path.name} is not on the fixed volume's grid")
-    node.CopyOrientation(fixed)
+        raise OSError(f"cannot read the {what} {path.name}")
+    if not sameGeometry(node, reference):
+        raise OSError(f"the {what} {path.name} is not on {grid}")
+    node.CopyOrientation(reference)
     return node
 
 

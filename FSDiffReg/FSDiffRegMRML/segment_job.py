@@ -69,7 +69,7 @@ class SegmentationJob(RegistrationJob):
         try:
             if not self.process.succeeded:
                 raise SegmentationError(self.process.failure())
-            labelmap = readLabelFrame(self.workDir / "labels.nii.gz", self.frame)
+            labelmap = readLabelFrame(self.workDir / "labels.nii.gz", self.frame, "segmentation")
             return addSegmentation(labelmap, self.frame, self.cine, self.referenceFrame)
         finally:
             self._clean()
