@@ -669,11 +669,11 @@ def test_install_asks_before_the_wait_cursor_and_the_devices_are_asked_again(mod
     assert widget.ui.deviceComboBox.items == ["Auto", "CPU", "CUDA"]
 
 
-@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
-def test_inputs_are_checked_before_any_install_is_offered(module, monkeypatch, quietPanel):
-    """A user without torch who clicks Register or Track with inputs that cannot run is told what is wrong with
-    them, and is not asked to install anything; a declined install starts nothing and is asked once."""
-    widget, errors = quietPanel, []
+def withoutTorch(module, monkeypatch) -> tuple[list[str], FakePyTorchUtils, list[str]]:
+    """Slicer without torch, whose user declines installs: the errors shown, the stand-in PyTorchUtils and the
+    questions asked."""
+    errors: list[str] = []
+    asked: list[str] = []
 
     @contextlib.contextmanager
     def shown(failure, waitCursor=False):
@@ -686,8 +686,16 @@ def test_inputs_are_checked_before_any_install_is_offered(module, monkeypatch, q
     monkeypatch.setattr(module, "installedTorchStatus", lambda: "missing")
     utils = FakePyTorchUtils(installs=False)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
-    asked = []
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *args, **kwargs: asked.append(text))
+    return errors, utils, asked
+
+
+@pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
+def test_inputs_are_checked_before_any_install_is_offered(module, monkeypatch, quietPanel):
+    """A user without torch who clicks Register or Track with inputs that cannot run is told what is wrong with
+    them, and is not asked to install anything; a declined install starts nothing and is asked once."""
+    widget = quietPanel
+    errors, utils, asked = withoutTorch(module, monkeypatch)
     widget.onRegisterButton()
     widget.onTrackButton()
     assert [e.split(":")[0] for e in errors] == ["Select a fixed volume.", "Select a cine"] and utils.calls == []
@@ -897,21 +905,8 @@ def test_finished_segmentation_becomes_the_cines_labels_and_can_be_the_moving_la
 
 @pytest.mark.parametrize("module", ["5.12.3"], indirect=True)
 def test_segment_inputs_are_checked_before_any_install_is_offered(module, monkeypatch, quietPanel):
-    widget, errors = quietPanel, []
-
-    @contextlib.contextmanager
-    def shown(failure, waitCursor=False):
-        try:
-            yield
-        except Exception as error:
-            errors.append(str(error))
-
-    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", shown)
-    monkeypatch.setattr(module, "installedTorchStatus", lambda: "missing")
-    utils = FakePyTorchUtils(installs=False)
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
-    asked = []
-    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *args, **kwargs: asked.append(text))
+    widget = quietPanel
+    errors, utils, asked = withoutTorch(module, monkeypatch)
     widget.onSegmentButton()
     assert len(errors) == 1 and errors[0].startswith("Select a cine") and "\n" not in errors[0]
     assert asked == [] and utils.calls == [] and widget._job is None
