@@ -27,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-RV, LV = 1, 3
+from ..labels import LV, RV
+
 RV_SHORTENING = 0.15  # long-axis shortening of the RV at its smallest volume (module docstring)
 
 
