@@ -119,3 +119,8 @@ def prepare_pair(fixed: sitk.Image, moving: sitk.Image, cfg: Config) -> Prepared
     f = sitk.GetArrayFromImage(resample_to(normalized(fixed), grid, -1.0))
     m = sitk.GetArrayFromImage(resample_to(normalized(moving), grid, -1.0))
     return PreparedPair(grid, f, m)
+
+
+def through_plane_axis(image: sitk.Image) -> int:
+    """The array axis (D, H, W order) with the largest spacing: the slice axis of a short-axis stack."""
+    return int(np.argmax(image.GetSpacing()[::-1]))

@@ -27,14 +27,10 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..imaging.preprocess import through_plane_axis
 from ..labels import LV, RV
 
 RV_SHORTENING = 0.15  # long-axis shortening of the RV at its smallest volume (module docstring)
-
-
-def through_plane_axis(image: sitk.Image) -> int:
-    """The array axis (D, H, W order) with the largest spacing: the slice axis of a short-axis stack."""
-    return int(np.argmax(image.GetSpacing()[::-1]))
 
 
 def slab_counts(labels: sitk.Image, value: int, axis: int) -> np.ndarray:

@@ -23,6 +23,7 @@ import torch
 
 from ..imaging.field import resample_field
 from ..imaging.metrics import jacobian_determinant
+from ..imaging.preprocess import through_plane_axis
 from ..model.spatial import gaussian_blur
 
 ROUNDS = 20  # rounds of local relaxation, the neighbourhood of the folds widened by one voxel each round
@@ -87,7 +88,7 @@ def marked_on(field: sitk.Image, grid: sitk.Image, zyx: np.ndarray) -> np.ndarra
 def per_axis(field: sitk.Image, through: float, in_plane: float) -> tuple:
     """A value for each array axis (D, H, W) of ``field``: ``through`` on its through-plane axis (the largest
     spacing), ``in_plane`` on the others; so the result does not depend on how the image is stored."""
-    slice_axis = int(np.argmax(field.GetSpacing()[::-1]))
+    slice_axis = through_plane_axis(field)
     return tuple(through if axis == slice_axis else in_plane for axis in range(3))
 
 
