@@ -18,11 +18,11 @@ larger LV blood pool (as ``strain.py`` takes it); without LV or RV at ED nothing
 
 RV_DESCENT_MM_PER_ML was fitted (least squares on the RV EF error, 0.163 rounded) on the 70 tracked ACDC training
 patients 001-030 and 041-080: mean absolute RV EF error 21.5 -> 9.0 points (bias -21.3 -> -0.5); checked, not
-fitted, on HCM 031-040 + RV 081-090 (24.6 -> 8.4) and validation 091-100 (14.0 -> 7.6). It replaced one
-shortening fraction of the RV's length for every heart (0.15 L: 9.6, 10.3 and 8.3), which overcorrected hearts
-that barely shorten (DCM 12.1 -> 13.5; with this 10.8); MINF is the group it does worse on (5.6 -> 8.2).
-docs/cardiac-function.md has the tries. The LV is left as tracked: its tracked EF has no such bias (+1.4 points
-on training), and a descent made its error larger (3.8 -> 6.4 points at 5 mm).
+fitted, on HCM 031-040 + RV 081-090 (24.6 -> 8.4) and validation 091-100 (14.0 -> 7.6; 7.8 tracked again by
+today's track). It replaced one shortening fraction of the RV's length for every heart (0.15 L: 9.6, 10.3 and
+8.3), which overcorrected hearts that barely shorten (DCM 12.1 -> 13.5; with this 10.8); MINF is the group it
+does worse on (5.6 -> 8.2). docs/cardiac-function.md has the tries. The LV is left as tracked: its tracked EF
+has no such bias (+1.4 points on training), and a descent made its error larger (3.8 -> 6.4 points at 5 mm).
 Testing/benchmarks/acdc_strain.py measures both.
 """
 
