@@ -189,7 +189,8 @@ def main() -> None:
                     out = blurred_outside(out, heart) if options.heart and options.steps > 0 else out
                 on_grid = flow_to_field(out[0].float().numpy(), prepared.grid)
                 raw = resample_field(on_grid, fixed)
-                delivered, stats = unfold_onto(on_grid, fixed) if "heart grid first" in name else unfold(raw, on_grid)
+                unfolded = unfold_onto(on_grid, fixed) if "heart grid first" in name else unfold(raw, on_grid)
+                delivered, stats = unfolded.field, unfolded.stats
                 row = score_field(delivered, grid, moving_labels, fixed_labels, carried_ef=way == "ed-es")
                 warped = sitk.GetArrayFromImage(apply_field(moving_labels, raw, nearest=True))
                 row["mean_raw"] = heart_dice(warped, sitk.GetArrayFromImage(fixed_labels))["mean"]
