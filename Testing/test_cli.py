@@ -144,6 +144,8 @@ BAD_NUMBERS = [
     ("benchmark", "--refine", "ten", "whole number"),
     ("train", "--max-minutes", "nan", "finite"),
     ("train", "--train-limit", "0", "at least 1"),
+    ("train", "--inverse-consistency", "-1", "at least 0"),
+    ("train", "--inverse-consistency", "inf", "finite"),
     ("track", "--frame-times-ms", "0,40,30", "each later than the one before"),
     ("track", "--frame-times-ms", "0,nan", "finite"),
     ("track", "--frame-times-ms", "4o", "expected a number"),

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -33,7 +34,7 @@ from ..defaults import (
 )
 from ..errors import DeviceError, InputError, OutputError, WeightsError
 from ..files import written
-from ..resources import sample_pair
+from ..resources import sample_pair, weights_path
 from .memory import keep_freed_memory
 
 DEFAULT_DATA = Path("../shared/data/ACDC")
@@ -177,13 +178,14 @@ def _train(args: argparse.Namespace) -> None:
 
     if not args.out.strip():
         raise InputError("the run folder is empty text: name a folder, e.g. --out runs/first")
+    options = {"directions": args.directions, "inverse_consistency": args.inverse_consistency}
     try:
-        cfg = Config.load(args.config)
+        cfg = replace(Config.load(args.config), **{k: v for k, v in options.items() if v is not None})
     except (ValueError, TypeError) as err:  # not JSON, or not a configuration
         raise InputError(f"configuration {args.config}: {err}") from None
     state = train(Path(args.data), Path(args.out), cfg, pick_device(args.device),
                   max_minutes=args.max_minutes, train_limit=args.train_limit, val_limit=args.val_limit,
-                  init_weights=Path(args.init_weights) if args.init_weights else None)
+                  init_weights=weights_path(args.init_weights) if args.init_weights else None)
     print(f"stopped at epoch {state.epoch}, step {state.step}; best validation mean Dice {state.best_dice:.4f}")
 
 
@@ -302,6 +304,15 @@ def minutes(text: str) -> float:
     value = number(text)
     if not math.isfinite(value) or value <= 0:
         raise InputError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+@option
+def weight(text: str) -> float:
+    """A loss weight: a finite number, at least 0."""
+    value = number(text)
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"must be a finite number of at least 0, got {text}")
     return value
 
 
@@ -429,7 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=minutes, help="stop after the epoch that passes this time")
     p.add_argument("--train-limit", type=count, metavar="N", help="use only the first N training pairs")
     p.add_argument("--val-limit", type=count, metavar="N", help="use only the first N validation pairs")
-    p.add_argument("--init-weights", metavar="W", help="start a new run from these weights (fine-tuning)")
+    p.add_argument("--init-weights", metavar="W", help="start a new run from these weights (fine-tuning): a file "
+                                                       "or a bundled name (weaksup, paper); --config must match them")
+    p.add_argument("--directions", choices=("both", "one"),
+                   help="both: each sample's fixed/moving order drawn at random every step (ES->ED and ED->ES), "
+                        "validated both ways; one: ES onto ED only (default: the configuration's, both)")
+    p.add_argument("--inverse-consistency", type=weight, metavar="W",
+                   help="weight of the inverse-consistency term: every pair trained in both orders, their flows "
+                        "composed pushed to the identity (default: the configuration's, 0: off)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("train-heart", help="train the heart head of a network's weights (the refinement blurs "

@@ -47,12 +47,18 @@ class Config:
     epochs: int = 700
     val_every: int = 5
     seed: int = 0
-    augment: bool = True
+    augment: bool = True  # in-plane flips of the training crops
+    directions: str = "both"  # "both": each sample's fixed/moving order drawn at random; "one": ES onto ED only
+    inverse_consistency: float = 0.0  # weight of the inverse-consistency term (0: off; > 0: both orders each step)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.directions not in ("both", "one"):
+            raise ValueError(f"directions must be 'both' or 'one', got {self.directions!r}")
+        if not (isinstance(self.inverse_consistency, (int, float)) and 0 <= self.inverse_consistency < math.inf):
+            raise ValueError(f"inverse_consistency must be a number >= 0, got {self.inverse_consistency!r}")
         self.check_grid()
 
     @property

@@ -1,9 +1,11 @@
-"""Training losses: SDG-weighted local NCC (Eq. 4), smoothness, diffusion loss (Eq. 6)."""
+"""Training losses: SDG-weighted local NCC (Eq. 4), smoothness, diffusion loss (Eq. 6), inverse consistency."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .inverse import inverse_residual
 
 
 def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -46,6 +48,17 @@ def smoothness_loss(flow: torch.Tensor) -> torch.Tensor:
     dy = flow[:, :, :, 1:] - flow[:, :, :, :-1]
     dx = flow[:, :, :, :, 1:] - flow[:, :, :, :, :-1]
     return (dz.pow(2).mean() + dy.pow(2).mean() + dx.pow(2).mean()) / 3.0
+
+
+def inverse_consistency_loss(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance (voxels^2) of the two flows of one pair, composed both ways, from the identity.
+
+    ``forward`` registers A (moving) to B (fixed), ``backward`` B to A; their maps compose to
+    phi_AB(phi_BA(p)) - p = u_BA(p) + u_AB(p + u_BA(p)) (``inverse_residual``, the spatial transformer with
+    border padding), and the same with the flows swapped: 0 for exact inverses.
+    """
+    there, back = inverse_residual(forward, backward), inverse_residual(backward, forward)
+    return (there.pow(2).mean() + back.pow(2).mean()) / 2
 
 
 def soft_dice_loss(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,11 @@ class GridPair:
     moving_labels: np.ndarray
 
 
+def swapped(item: GridPair) -> GridPair:
+    """The pair the other way round: its moving image (and labels) fixed."""
+    return GridPair(item.patient, item.moving, item.fixed, item.moving_labels, item.fixed_labels)
+
+
 def grid_pair(pair: AcdcPair, cfg: Config) -> GridPair:
     """Preprocess one ACDC pair; the heart is located from the images only."""
     fixed, moving = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
@@ -84,10 +89,11 @@ class Sample(NamedTuple):
 
 
 def training_sample(item: GridPair, cfg: Config, rng: np.random.Generator) -> Sample:
-    """A random crop of a pair with in-plane flips and direction swap (labels follow their images)."""
+    """A pair in the order drawn (``cfg.directions``), cropped at random with in-plane flips (``cfg.augment``);
+    labels follow their images."""
+    if cfg.directions == "both" and rng.random() < 0.5:
+        item = swapped(item)
     arrays = [item.moving, item.fixed, item.moving_labels, item.fixed_labels]
-    if cfg.augment and rng.random() < 0.5:
-        arrays = [arrays[1], arrays[0], arrays[3], arrays[2]]
     crop_w, crop_h, crop_d = cfg.train_crop
     starts = [int(rng.integers(0, n - c + 1)) for n, c in zip(item.fixed.shape, (crop_d, crop_h, crop_w))]
     window = tuple(slice(s, s + c) for s, c in zip(starts, (crop_d, crop_h, crop_w)))

@@ -40,16 +40,24 @@ from ..imaging.metrics import heart_dice
 from ..labels import STRUCTURES
 from ..model.config import Config
 from ..model.diffusion import NoiseSchedule
-from ..model.losses import diffusion_loss, one_hot, score_weights, sdg_ncc_loss, smoothness_loss, soft_dice_loss
+from ..model.losses import (
+    diffusion_loss,
+    inverse_consistency_loss,
+    one_hot,
+    score_weights,
+    sdg_ncc_loss,
+    smoothness_loss,
+    soft_dice_loss,
+)
 from ..model.network import FSDiffRegNet, parameter_count
 from ..model.predict import predict
 from ..model.spatial import warp
 from ..model.weights import checked_payload, first_line, load_safely, load_state, save_weights
 from ..outputs.folder import locked
 from . import distributed
-from .dataset import GridPair, load_grid_pairs, training_sample
+from .dataset import GridPair, load_grid_pairs, swapped, training_sample
 
-LOG_FIELDS = ["epoch", "step", "loss", "diffusion", "ncc", "smooth", "dice", "seconds"]
+LOG_FIELDS = ["epoch", "step", "loss", "diffusion", "ncc", "smooth", "dice", "seconds", "inverse"]
 RUN_MARK = "fsdiffreg-run.json"  # the first file of a run folder: {"fsdiffreg": version, "run": "train"}
 RUN_LOCK = ".fsdiffreg-train-lock"  # held by rank 0 while a run trains: a second run in the folder is refused
 CHECKPOINT_KEYS = {"model", "optimizer", "state", "config", "rng"}
@@ -78,18 +86,24 @@ def training_loss(
     model: FSDiffRegNet | DistributedDataParallel, schedule: NoiseSchedule, moving: torch.Tensor,
     fixed: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor] | None = None, rank: int = 0, ranks: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """Eq. 5: diffusion loss + lam * SDG-weighted NCC + lam_phi * smoothness (+ lam_dice * Dice loss).
+    """Eq. 5: diffusion loss + lam * SDG-weighted NCC + lam_phi * smoothness (+ lam_dice * Dice loss)
+    (+ inverse_consistency * the inverse-consistency term).
 
     The score only weights the similarity (it is detached there), so the NCC term cannot
     lower itself by inflating the score. With ``lam_dice`` > 0 and ``labels`` (moving, fixed),
     the soft Dice of the moving labels warped by the flow is added: weak supervision at
-    training time only; registering never needs labels.
+    training time only; registering never needs labels. With ``inverse_consistency`` > 0 the
+    batch is trained in both orders (the pairs swapped appended to it) and the flows of each
+    pair's two orders are pushed to be inverses (``inverse_consistency_loss``).
 
     The batch is share ``rank`` of a global batch of ``ranks`` equal shares: times and noise
     are drawn for the whole global batch and this share kept, so a sample's noise is the same
     whichever rank trains it.
     """
     cfg = cast(Config, getattr(model, "module", model).cfg)  # the model's, or DistributedDataParallel's model's
+    if cfg.inverse_consistency > 0:  # both orders of every pair in one batch: pairs, then the pairs swapped
+        moving, fixed = torch.cat((moving, fixed)), torch.cat((fixed, moving))
+        labels = (torch.cat(labels), torch.cat(labels[::-1])) if labels is not None else None
     n = moving.shape[0]
     share = slice(rank * n, (rank + 1) * n)
     t = schedule.sample_t(n * ranks)[share].to(moving.device)
@@ -102,6 +116,9 @@ def training_loss(
         "smooth": smoothness_loss(flow),
     }
     parts["loss"] = parts["diffusion"] + cfg.lam * parts["ncc"] + cfg.lam_phi * parts["smooth"]
+    if cfg.inverse_consistency > 0:
+        parts["inverse"] = inverse_consistency_loss(*flow.chunk(2))
+        parts["loss"] = parts["loss"] + cfg.inverse_consistency * parts["inverse"]
     if cfg.lam_dice > 0 and labels is not None:
         warped = warp(one_hot(labels[0], len(STRUCTURES)), flow)
         parts["dice"] = soft_dice_loss(warped, one_hot(labels[1], len(STRUCTURES)))
@@ -425,13 +442,22 @@ def _end_epoch(
     run_dir: Path, model: FSDiffRegNet, optimizer: torch.optim.Optimizer, state: TrainState,
     val_items: list[GridPair], device: torch.device,
 ) -> None:
-    """Rank 0 after each epoch: validate when due (best weights), write last.pt, log."""
+    """Rank 0 after each epoch: validate when due (best weights), write last.pt, log.
+
+    A run trained in both directions is validated in both (ES onto ED, the pairs as given, then ED onto ES) and
+    its best weights are those of the best mean of the two directions' mean Dice."""
     cfg = model.cfg
     if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
         scores = validate(model, val_items, device)
         _log(run_dir, f"epoch {state.epoch} validation " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        if scores["mean"] > state.best_dice:
-            state.best_dice = scores["mean"]
+        score = scores["mean"]
+        if cfg.directions == "both":
+            back = validate(model, [swapped(item) for item in val_items], device)
+            _log(run_dir, f"epoch {state.epoch} validation ED->ES " + " ".join(f"{k} {v:.4f}" for k, v in back.items()))
+            score = (score + back["mean"]) / 2
+            scores = {**scores, **{f"{k} ED->ES": v for k, v in back.items()}, "both directions": score}
+        if score > state.best_dice:
+            state.best_dice = score
             save_weights(model, run_dir / "best.pt", {"epoch": state.epoch, "validation_dice": scores})
     _save_checkpoint(run_dir / "last.pt", model, optimizer, state)
     _log(run_dir, f"epoch {state.epoch} done, step {state.step}, lr {optimizer.param_groups[0]['lr']:.2e}")

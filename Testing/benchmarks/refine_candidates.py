@@ -12,11 +12,16 @@ tables are the benchmark's). ``Dice raw``: the mean Dice before the fold removal
 - cascaded: the network run again on the moving image warped by its flow, the flows composed (twice, three times);
 - heart grid first: the folds removed on the network grid first, then on both (``unfold.unfold_onto``, as track).
 - refine options as ``RefineOptions`` name them (steps, smoothness, Gaussian, heart);
-- ``coarse``: the refinement on the two coarse levels only (the fine level's detail left to the network).
+- ``coarse``: the refinement on the two coarse levels only (the fine level's detail left to the network);
+- ``--weights W`` (repeatable): other weights (a fine-tune's ``best.pt``) run alone and cascaded twice, beside the
+  bundled weights' candidates: the tables then hold them against the bundled network alone and against the
+  default (the bundled network cascaded twice, candidate 14), paired.
 
 Usage, from the repository root (one thread: the machine is shared):
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python Testing/benchmarks/refine_candidates.py \
         --data ../shared/data/ACDC --split validation --out Testing/benchmarks/candidates_validation.md
+A fine-tune against the bundled weights (the network alone and the default, both directions):
+    ... refine_candidates.py --data ../shared/data/ACDC --only 1,14 --weights runs/NAME/best.pt --out OUT.md
 """
 
 from __future__ import annotations
@@ -67,6 +72,10 @@ CANDIDATES: dict[str, tuple[RefineOptions, bool]] = {  # name: (options, coarse 
 }
 
 
+DEFAULT = "FSDiffReg (network cascaded twice)"  # register's default since issue 21
+OTHER_RUNS = ("network", "network cascaded twice")  # what other weights (--weights) are run as
+
+
 @contextmanager
 def coarse_levels(only: bool):
     """The refinement on its two coarse levels alone while inside, when ``only``."""
@@ -110,6 +119,12 @@ def cascaded(model, moving: torch.Tensor, fixed: torch.Tensor, flows: list[torch
     return flows[times - 1]
 
 
+def other_weights(model, m: torch.Tensor, f: torch.Tensor, twice: bool) -> torch.Tensor:
+    """Other weights' flow for the pair on the bundled network's grid: alone, or cascaded twice."""
+    _, flow = network(model, m, f)
+    return cascaded(model, m, f, [flow], 2) if twice else flow
+
+
 def test_time(name: str, model, moving: torch.Tensor, fixed: torch.Tensor, flow: torch.Tensor,
               cache: dict) -> torch.Tensor:
     """A candidate's flow made at test time from the network's outputs alone (no refinement); ``cache`` keeps
@@ -132,12 +147,19 @@ def main() -> None:
     parser.add_argument("--split", default="validation", choices=("validation", "train"))
     parser.add_argument("--limit", type=int)
     parser.add_argument("--only", help="comma-separated candidate numbers (1-based) to run")
+    parser.add_argument("--weights", action="append", default=[],
+                        help="other weights, run alone and cascaded twice (repeatable)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     names = list(CANDIDATES)
     if args.only:
         names = [names[int(i) - 1] for i in args.only.split(",")]
     model, about = load_model(None, torch.device("cpu"))
+    others = {f"{Path(w).parent.name}/{Path(w).name}": load_model(w, torch.device("cpu"))[0] for w in args.weights}
+    names += [f"FSDiffReg ({label}: {run})" for label in others for run in OTHER_RUNS]
+    if any((o.cfg.grid_size, o.cfg.grid_spacing) != (model.cfg.grid_size, model.cfg.grid_spacing)
+           for o in others.values()):
+        raise SystemExit("--weights: other weights must share the bundled network's grid (size and spacing)")
     pairs = acdc.split(args.data, args.split)[: args.limit]
     rows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     cases = []
@@ -155,8 +177,11 @@ def main() -> None:
             heart = model.heart.probability(features + [f, m])
             cache: dict = {}
             for name in names:
-                options, coarse = CANDIDATES[name]
-                if any(word in name for word in ("flip", "swapped", "cascaded")):
+                options, coarse = CANDIDATES.get(name, (NETWORK_ONLY, False))
+                if name not in CANDIDATES:  # other weights: their own network, alone or cascaded twice
+                    other = others[name[len("FSDiffReg ("):name.rindex(": ")]]
+                    out = other_weights(other, m, f, name.endswith("cascaded twice)"))
+                elif any(word in name for word in ("flip", "swapped", "cascaded")):
                     out = test_time(name, model, m, f, flow, cache)
                 else:
                     with coarse_levels(coarse):
@@ -164,7 +189,8 @@ def main() -> None:
                     out = blurred_outside(out, heart) if options.heart and options.steps > 0 else out
                 on_grid = flow_to_field(out[0].float().numpy(), prepared.grid)
                 raw = resample_field(on_grid, fixed)
-                delivered, stats = unfold_onto(on_grid, fixed) if "heart grid first" in name else unfold(raw, on_grid)
+                unfolded = unfold_onto(on_grid, fixed) if "heart grid first" in name else unfold(raw, on_grid)
+                delivered, stats = unfolded.field, unfolded.stats
                 row = score_field(delivered, grid, moving_labels, fixed_labels, carried_ef=way == "ed-es")
                 warped = sitk.GetArrayFromImage(apply_field(moving_labels, raw, nearest=True))
                 row["mean_raw"] = heart_dice(warped, sitk.GetArrayFromImage(fixed_labels))["mean"]
@@ -182,8 +208,11 @@ def main() -> None:
         raw = {n: np.mean([x["mean_raw"] for x, (_, w) in zip(r, cases) if w == way]) for n, r in rows.items()}
         lines += [f"## {way}", "", markdown_table(picked), "",
                   "Dice mean before the fold removal: " + "; ".join(f"{n} {v:.4f}" for n, v in raw.items()), ""]
-    lines += ["## Against the network alone", "", comparison(rows, cases), "", "## Folding per pair", "",
-              folding_per_pair(rows, cases)]
+    lines += ["## Against the network alone", "", comparison(rows, cases), ""]
+    if DEFAULT in rows:
+        lines += ["## Against the default (the network cascaded twice)", "",
+                  comparison(rows, cases, reference=DEFAULT), ""]
+    lines += ["## Folding per pair", "", folding_per_pair(rows, cases)]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
