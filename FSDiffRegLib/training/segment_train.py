@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..files import replaced_whole
 from ..imaging import acdc
@@ -141,6 +142,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=CROP, help="training patch side in pixels of the model grid")
     p.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs (and the last)")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--channels", type=lambda text: [int(c) for c in text.split(",")], default=None,
+                   metavar="C1,C2,...", help="U-Net channels per level (default: segment.NETWORK's)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights (0: the weights themselves)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", type=Path, metavar="WEIGHTS", help="write OUT's best.pt as bundled weights, and stop")
@@ -166,7 +171,10 @@ def main(argv: list[str] | None = None) -> None:
            for p, f, i, t in frames(args.data, "validation")]
 
     torch.manual_seed(args.seed)
-    model = segment.build_network()
+    network = dict(segment.NETWORK, **({"channels": args.channels} if args.channels else {}))
+    model = segment.build_network(network)
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    kept = averaged.module if averaged else model
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = lambda epoch: (1 - epoch / args.epochs) ** 0.9  # noqa: E731
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         state = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
         optimiser.load_state_dict(state["optimiser"])
+        if averaged:
+            averaged.load_state_dict(state["averaged"])
         start, best = state["epoch"] + 1, state["best"]
     generator = torch.Generator().manual_seed(args.seed * 1000 + start)
     log = args.out / "log.csv"
@@ -198,21 +208,22 @@ def main(argv: list[str] | None = None) -> None:
             loss = loss_fn(model(x), y)
             loss.backward()
             optimiser.step()
+            if averaged:
+                averaged.update_parameters(model)
             losses.append(float(loss))
         validated = (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs
-        scores = validate(model, val) if validated else {n: float("nan") for n in VALUES}
+        scores = validate(kept, val) if validated else {n: float("nan") for n in VALUES}
         mean = float(np.mean(list(scores.values())))
         row = [epoch, round(time.time() - began, 1), f"{lr:.6f}", f"{np.mean(losses):.4f}"]
         row += [f"{scores[n]:.4f}" for n in VALUES] + [f"{mean:.4f}"]
         with open(log, "a", newline="") as handle:
             csv.writer(handle).writerow(row)
-        network = dict(segment.NETWORK)
         if validated and mean > best:
             best = mean
-            save_atomic({"network": network, "state_dict": model.state_dict(), "epoch": epoch,
+            save_atomic({"network": network, "state_dict": kept.state_dict(), "epoch": epoch,
                          "dice": scores, "dice_mean": mean}, args.out / "best.pt")
         save_atomic({"network": network, "state_dict": model.state_dict(), "optimiser": optimiser.state_dict(),
-                     "epoch": epoch, "best": best}, last)
+                     "epoch": epoch, "best": best, **({"averaged": averaged.state_dict()} if averaged else {})}, last)
 
 
 if __name__ == "__main__":
