@@ -1,5 +1,6 @@
-"""The refinement's options, their defaults and limits, the heart head's training, and the plausible frame
-interval of a cine; importable without torch (the Slicer GUI and the command line's help use it)."""
+"""The refinement's options, their defaults and limits, the training of the heart head and of the segmentation
+U-Net, and the plausible frame interval of a cine; importable without torch (the Slicer GUI and the command line's
+help use it)."""
 
 from __future__ import annotations
 
@@ -95,7 +96,26 @@ class HeartTraining:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class SegmentTraining:
+    """Training of the segmentation U-Net (``training.segment_train``): ``epochs`` of AdamW at ``lr`` (poly decay)
+    on ``batch`` patches of ``crop`` x ``crop`` pixels of the model grid, validated every ``val_every`` epochs (and
+    after the last); ``channels`` per U-Net level (None: ``segment.NETWORK``'s); ``ema``, the decay of an exponential
+    moving average of the weights that is validated and kept (0: the weights themselves); ``threads`` for torch."""
+
+    epochs: int = 40
+    batch: int = 16
+    crop: int = 96  # 144 mm: a quarter of the cost of 128, the heart within it
+    val_every: int = 1
+    lr: float = 1e-3
+    channels: tuple[int, ...] | None = None
+    ema: float = 0.0
+    threads: int = 2
+    seed: int = 0
+
+
 HEART_TRAINING = HeartTraining()
+SEGMENT_TRAINING = SegmentTraining()
 DEFAULT_REFINE = RefineOptions()
 NETWORK_ONLY = RefineOptions(steps=0, passes=1)  # the network alone, one run: what the benchmark compares with
 REFINE_OPTION = RefineOptions(steps=REFINE_STEPS, passes=1)  # the default before issue 21: benchmark's refine row

@@ -70,3 +70,16 @@ def test_the_slicer_layer_shares_the_library_s_input_error_and_labels():
 
     assert inputs.InputError is errors.InputError
     assert cine_inputs.STRUCTURES is labels.STRUCTURES and cine_inputs.COLORS is labels.COLORS
+
+
+def test_only_the_commands_parse_arguments():
+    """argparse (and argparse.Namespace) only in commands/: the library takes typed options."""
+    importers = []
+    for path in LIBRARY.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "argparse" for name in names):
+                importers.append(path.relative_to(LIBRARY).as_posix())
+    assert [p for p in importers if not p.startswith("commands/")] == []
+    assert "commands/cli.py" in importers

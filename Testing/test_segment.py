@@ -174,3 +174,32 @@ def test_no_bundled_model_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert "no segmentation model is bundled" in err[-1] and "--weights" in err[-1]
     assert not out.exists()
+
+
+def test_train_segmenter_exports_through_the_command_line(tmp_path, capsys):
+    """``fsdiffreg train-segmenter --export``: OUT's best.pt as bundled float16 weights with their checksum."""
+    torch.manual_seed(0)
+    (tmp_path / "run").mkdir()
+    torch.save({"network": segment.NETWORK, "state_dict": segment.build_network().state_dict(), "epoch": 3,
+                "dice": {"RV": 0.5}, "dice_mean": 0.5}, tmp_path / "run" / "best.pt")
+    out = tmp_path / "seg.pt"
+    assert main(["train-segmenter", "--out", str(tmp_path / "run"), "--export", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == sha256(out)
+    model, info = segment.load_segmenter(str(out), "cpu")
+    assert info["sha256"] == sha256(out)
+    assert torch.load(out, weights_only=True)["info"]["epoch"] == 3
+
+
+def test_train_segmenter_options_reach_the_library(tmp_path, monkeypatch):
+    """The command's options become one frozen SegmentTraining; the defaults are the library's."""
+    from FSDiffRegLib.defaults import SEGMENT_TRAINING, SegmentTraining
+    from FSDiffRegLib.training import segment_train
+
+    seen = []
+    monkeypatch.setattr(segment_train, "train_segmenter", lambda data, out, options, log: seen.append(options) or 0.5)
+    assert main(["train-segmenter", "--out", str(tmp_path), "--channels", "8,16", "--ema", "0.99"]) == 0
+    assert main(["train-segmenter", "--out", str(tmp_path)]) == 0
+    assert seen == [SegmentTraining(channels=(8, 16), ema=0.99), SEGMENT_TRAINING]
+    with pytest.raises(SystemExit) as exit_:
+        main(["train-segmenter", "--out", str(tmp_path), "--channels", "8,0"])
+    assert exit_.value.code == 2

@@ -24,9 +24,11 @@ from ..defaults import (
     MAX_PASSES,
     MAX_STEPS,
     REFINE_OPTION,
+    SEGMENT_TRAINING,
     TRACK_REFINE,
     HeartTraining,
     RefineOptions,
+    SegmentTraining,
     checked_passes,
     checked_smoothness,
     checked_steps,
@@ -197,6 +199,18 @@ def _train_heart(args: argparse.Namespace) -> None:
     print(f"heart head for {info['weights']}: validation heart Dice {score['mean']:.3f} (lowest {score['min']:.3f})")
 
 
+def _train_segmenter(args: argparse.Namespace) -> None:
+    from ..training.segment_train import export, train_segmenter
+
+    if args.export:
+        print(export(args.out / "best.pt", args.export))
+        return
+    options = SegmentTraining(epochs=args.epochs, batch=args.batch, crop=args.crop, val_every=args.val_every,
+                              lr=args.lr, channels=args.channels, ema=args.ema, threads=args.threads, seed=args.seed)
+    best = train_segmenter(args.data, args.out, options, log=events.to_stderr)
+    print(f"best validation mean Dice {best:.4f}: {args.out / 'best.pt'}")
+
+
 def _benchmark(args: argparse.Namespace) -> None:
     from ..evaluation.benchmark import main_benchmark
 
@@ -318,6 +332,12 @@ def smoothness(text: str) -> float:
 @option
 def passes(text: str) -> int:
     return checked_passes(whole_number(text))
+
+
+@option
+def channel_list(text: str) -> tuple[int, ...]:
+    """``--channels``: comma-separated whole numbers, each at least 1."""
+    return tuple(from_one(part, "channels must be at least 1") for part in text.split(","))
 
 
 def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOptions = DEFAULT_REFINE) -> None:
@@ -442,6 +462,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=count, default=HeartTraining.pairs, metavar="N",
                    help="the first N ACDC training pairs")
     p.set_defaults(func=_train_heart)
+
+    p = sub.add_parser("train-segmenter", help="train the segmentation U-Net of segment on ACDC 001-090 (ED and ES), "
+                                               "selected on 091-100; resumes from OUT's last.pt (needs MONAI)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ACDC folder (holding training/patientNNN)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: cache.npz, last.pt, best.pt, log.csv")
+    d = SEGMENT_TRAINING
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--crop", type=int, default=d.crop, help="training patch side in pixels of the model grid")
+    p.add_argument("--val-every", type=int, default=d.val_every, metavar="N",
+                   help="validate every N epochs (and the last)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--channels", type=channel_list, default=d.channels,
+                   metavar="C1,C2,...", help="U-Net channels per level (default: segment.NETWORK's)")
+    p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights (0: the weights themselves)")
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--export", type=Path, metavar="WEIGHTS", help="write OUT's best.pt as bundled weights, and stop")
+    p.set_defaults(func=_train_segmenter)
 
     p = sub.add_parser("register", help="register MOVING to FIXED; outputs on the fixed grid")
     p.add_argument("fixed", help="fixed image (any 3D image SimpleITK reads)")
