@@ -83,3 +83,17 @@ def test_only_the_commands_parse_arguments():
                 importers.append(path.relative_to(LIBRARY).as_posix())
     assert [p for p in importers if not p.startswith("commands/")] == []
     assert "commands/cli.py" in importers
+
+
+def test_the_pipeline_neither_reads_nor_writes_files():
+    """pipeline/ works on images in memory; the commands read the inputs and write the sets (commands/*_file(s))."""
+    file_functions = {"read_image", "read_cine", "write_image", "write_field", "write_json", "write_metrics",
+                      "output_folder", "written", "replaced_whole"}
+    used = {}
+    for path in (LIBRARY / "pipeline").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                found = file_functions & {alias.name for alias in node.names}
+                if found:
+                    used[path.name] = sorted(found)
+    assert used == {}

@@ -57,7 +57,7 @@ def refine_options(args: argparse.Namespace) -> RefineOptions:
 
 
 def _register(args: argparse.Namespace) -> None:
-    from ..pipeline.register import RegisterRequest, register_files
+    from .register_files import RegisterRequest, register_files
 
     request = RegisterRequest(args.fixed, args.moving, args.out_dir, args.moving_labels, args.weights, args.device,
                               refine_options(args))
@@ -69,7 +69,7 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _track(args: argparse.Namespace) -> None:
-    from ..pipeline.track import TrackRequest, track_files
+    from .track_files import TrackRequest, track_files
 
     request = TrackRequest(args.cine, args.labels, args.out_dir, args.reference_frame, args.weights, args.device,
                            refine_options(args), args.frame_times_ms)
@@ -82,7 +82,7 @@ def _track(args: argparse.Namespace) -> None:
 
 
 def _segment(args: argparse.Namespace) -> None:
-    from ..pipeline.segment import segment_file
+    from .segment_file import segment_file
 
     result = segment_file(args.image, args.out, args.weights, args.device, args.overwrite, log=events.to_stderr)
     volumes = ", ".join(f"{name} {ml:.1f} ml" for name, ml in result["volumes_ml"].items())
@@ -153,7 +153,7 @@ def _demo(args: argparse.Namespace) -> None:
     import SimpleITK as sitk
 
     from ..outputs.figure import save_figure
-    from ..pipeline.register import RegisterRequest, register_files
+    from .register_files import RegisterRequest, register_files
 
     sample = sample_pair()
     fixed, moving = sample["fixed"], sample["moving"]
