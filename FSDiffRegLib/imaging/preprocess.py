@@ -9,6 +9,7 @@ two frames differ: between end-diastole and end-systole the heart is what moves.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,3 +125,11 @@ def prepare_pair(fixed: sitk.Image, moving: sitk.Image, cfg: Config) -> Prepared
 def through_plane_axis(image: sitk.Image) -> int:
     """The array axis (D, H, W order) with the largest spacing: the slice axis of a short-axis stack."""
     return int(np.argmax(image.GetSpacing()[::-1]))
+
+
+def base_first(lv_sizes: Sequence[float] | np.ndarray) -> bool:
+    """Whether a short-axis stack stores its base first: the LV blood pool is larger towards the base, so the
+    first half of its per-slice sizes (``lv_sizes``, in stack order) sums at least as large as the last half."""
+    sizes = np.asarray(lv_sizes, float)
+    half = len(sizes) // 2
+    return bool(sizes[:half].sum() >= sizes[len(sizes) - half:].sum())
