@@ -19,6 +19,7 @@ from FSDiffRegLib.imaging.cine import Cine, read_cine
 from FSDiffRegLib.imaging.field import apply_field
 from FSDiffRegLib.imaging.metrics import heart_dice
 from FSDiffRegLib.imaging.preprocess import canonical, network_grid, resample_to
+from FSDiffRegLib.model.predict import predict
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.outputs.folder import OUTPUT_NAME, foreign
 from FSDiffRegLib.pipeline.function import structure_volumes
@@ -189,8 +190,7 @@ def test_batched_frames_match_one_at_a_time(pair: acdc.AcdcPair, monkeypatch: py
     monkeypatch.setitem(track.NETWORK_BATCH, "cpu", 1)
     alone = torch.cat([predict_flows(model, moving, fixed[i:i + 1], network, lambda m: None) for i in range(3)])
     assert torch.allclose(together, alone, atol=2e-3)  # convolution algorithms differ with the batch size
-    with torch.no_grad():
-        score, flow = model(moving.expand(3, -1, -1, -1, -1), fixed, fixed, torch.zeros(3, dtype=torch.long))
+    score, flow = predict(model, moving.expand(3, -1, -1, -1, -1), fixed)
     refine = RefineOptions(steps=6)
     both = refine_flow(flow, moving.expand(3, -1, -1, -1, -1), fixed, score, model.cfg, refine)
     each = [refine_flow(flow[i:i + 1], moving, fixed[i:i + 1], score[i:i + 1], model.cfg, refine) for i in range(3)]

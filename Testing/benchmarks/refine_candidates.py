@@ -40,6 +40,7 @@ from FSDiffRegLib.imaging.preprocess import locate_heart, network_grid, prepare_
 from FSDiffRegLib.model.config import Config
 from FSDiffRegLib.model.heart import blurred_outside, decoder_outputs
 from FSDiffRegLib.model.inverse import invert_flow
+from FSDiffRegLib.model.predict import predict
 from FSDiffRegLib.model.spatial import warp
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.pipeline import refine
@@ -78,16 +79,9 @@ def coarse_levels(only: bool):
         refine.LEVEL_FACTORS = factors
 
 
-def network(model, moving: torch.Tensor, fixed: torch.Tensor):
-    """The network's score and flow at t = 0."""
-    t = torch.zeros(1, dtype=torch.long)
-    with torch.no_grad():
-        return model(moving, fixed, fixed, t)
-
-
 def flip_averaged(model, moving: torch.Tensor, fixed: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """``flow`` averaged with the network's flow on both images mirrored along W, mirrored back."""
-    _, mirrored = network(model, moving.flip(-1), fixed.flip(-1))
+    _, mirrored = predict(model, moving.flip(-1), fixed.flip(-1))
     back = mirrored.flip(-1) * torch.tensor([1.0, 1.0, -1.0]).view(1, 3, 1, 1, 1)
     return (flow + back) / 2
 
@@ -95,7 +89,7 @@ def flip_averaged(model, moving: torch.Tensor, fixed: torch.Tensor, flow: torch.
 def swapped_inverse(model, moving: torch.Tensor, fixed: torch.Tensor, flip: bool = False) -> torch.Tensor:
     """The network's flow for the pair swapped (the fixed image as moving), flip-averaged where asked, inverted:
     a flow for the pair as given from the direction the network knows when it is given the other one."""
-    _, flow = network(model, fixed, moving)
+    _, flow = predict(model, fixed, moving)
     if flip:
         flow = flip_averaged(model, fixed, moving, flow)
     return invert_flow(flow)
@@ -105,7 +99,7 @@ def cascaded(model, moving: torch.Tensor, fixed: torch.Tensor, flows: list[torch
     """The network run again on the moving image warped by the flow so far, ``times`` runs in all, composed:
     u <- u2 + u(p + u2(p)) (a recursive cascade at test time); ``flows`` holds the runs so far (extended)."""
     while len(flows) < times:
-        _, step = network(model, warp(moving, flows[-1], padding="border"), fixed)
+        _, step = predict(model, warp(moving, flows[-1], padding="border"), fixed)
         flows.append(refine.compose(flows[-1], step))
     return flows[times - 1]
 
@@ -151,7 +145,7 @@ def main() -> None:
             prepared = prepare_pair(fixed, moving, model.cfg)
             m, f = (torch.from_numpy(a)[None, None] for a in (prepared.moving, prepared.fixed))
             with torch.no_grad(), decoder_outputs(model) as features:
-                score, flow = network(model, m, f)
+                score, flow = predict(model, m, f)
             heart = model.heart.probability(features + [f, m])
             cache: dict = {}
             for name in names:
