@@ -365,6 +365,26 @@ def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOption
                              f"(default {defaults.passes})")
 
 
+def add_segment_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """``train-segmenter``'s options: the SegmentTraining fields (its defaults), the data, the run folder, --export."""
+    p, d = parser, SEGMENT_TRAINING
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ACDC folder (holding training/patientNNN)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: cache.npz, last.pt, best.pt, log.csv")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--crop", type=int, default=d.crop, help="training patch side in pixels of the model grid")
+    p.add_argument("--val-every", type=int, default=d.val_every, metavar="N",
+                   help="validate every N epochs (and the last)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--channels", type=channel_list, default=d.channels,
+                   metavar="C1,C2,...", help="U-Net channels per level (default: segment.NETWORK's)")
+    p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights (0: the weights themselves)")
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--export", type=Path, metavar="WEIGHTS", help="write OUT's best.pt as bundled weights, and stop")
+
+
 def methods_from(names: tuple[str, ...]) -> Callable[[str], list[str]]:
     """An argparse type: comma-separated method names, each one of ``names``."""
     def method_list(text: str) -> list[str]:
@@ -465,22 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-segmenter", help="train the segmentation U-Net of segment on ACDC 001-090 (ED and ES), "
                                                "selected on 091-100; resumes from OUT's last.pt (needs MONAI)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ACDC folder (holding training/patientNNN)")
-    p.add_argument("--out", type=Path, required=True, help="run folder: cache.npz, last.pt, best.pt, log.csv")
-    d = SEGMENT_TRAINING
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--crop", type=int, default=d.crop, help="training patch side in pixels of the model grid")
-    p.add_argument("--val-every", type=int, default=d.val_every, metavar="N",
-                   help="validate every N epochs (and the last)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--channels", type=channel_list, default=d.channels,
-                   metavar="C1,C2,...", help="U-Net channels per level (default: segment.NETWORK's)")
-    p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
-                   help="validate and keep an exponential moving average of the weights (0: the weights themselves)")
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--export", type=Path, metavar="WEIGHTS", help="write OUT's best.pt as bundled weights, and stop")
+    add_segment_training_arguments(p)
     p.set_defaults(func=_train_segmenter)
 
     p = sub.add_parser("register", help="register MOVING to FIXED; outputs on the fixed grid")

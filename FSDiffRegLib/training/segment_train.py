@@ -134,6 +134,33 @@ def export(checkpoint: Path, out: Path) -> str:
     return write_with_checksum({"network": state["network"], "state_dict": half, "info": info}, out)
 
 
+def training_slices(data: Path, cache: Path, log: Report) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cached training slices, labels and heart centres (``build_cache`` first where there is no cache)."""
+    if not cache.is_file():
+        log(events.stage("caching", "caching the training slices"))
+        build_cache(data, cache)
+    arrays = np.load(cache)
+    return (torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]),
+            torch.from_numpy(arrays["centres"]))
+
+
+def validation_frames(data: Path) -> list[tuple[str, str, sitk.Image, np.ndarray]]:
+    """(patient, ED or ES, image, labels array) of every validation frame."""
+    return [(p, f, sitk.ReadImage(str(i), sitk.sitkFloat32), sitk.GetArrayFromImage(sitk.ReadImage(str(t))))
+            for p, f, i, t in frames(data, "validation")]
+
+
+def resumed(last: Path, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
+            averaged: AveragedModel | None) -> tuple[int, float]:
+    """Load ``last.pt`` into the model, the optimiser and the average; the next epoch and the best score."""
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    optimiser.load_state_dict(state["optimiser"])
+    if averaged:
+        averaged.load_state_dict(state["averaged"])
+    return state["epoch"] + 1, state["best"]
+
+
 def train_segmenter(data: Path, out: Path, options: SegmentTraining = SEGMENT_TRAINING,
                     log: Report = events.ignore) -> float:
     """Train (or resume from ``out/last.pt``) the segmentation U-Net on ACDC at ``data``; the best validation
@@ -142,15 +169,8 @@ def train_segmenter(data: Path, out: Path, options: SegmentTraining = SEGMENT_TR
 
     torch.set_num_threads(options.threads)
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / "cache.npz"
-    if not cache.is_file():
-        log(events.stage("caching", "caching the training slices"))
-        build_cache(data, cache)
-    arrays = np.load(cache)
-    images, labels = torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"])
-    centres = torch.from_numpy(arrays["centres"])
-    val = [(p, f, sitk.ReadImage(str(i), sitk.sitkFloat32), sitk.GetArrayFromImage(sitk.ReadImage(str(t))))
-           for p, f, i, t in frames(data, "validation")]
+    images, labels, centres = training_slices(data, out / "cache.npz", log)
+    val = validation_frames(data)
 
     torch.manual_seed(options.seed)
     network = dict(segment.NETWORK, **({"channels": list(options.channels)} if options.channels else {}))
@@ -161,15 +181,8 @@ def train_segmenter(data: Path, out: Path, options: SegmentTraining = SEGMENT_TR
     optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
     schedule = lambda epoch: (1 - epoch / options.epochs) ** 0.9  # noqa: E731
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    start, best = 0, -1.0
     last = out / "last.pt"
-    if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        optimiser.load_state_dict(state["optimiser"])
-        if averaged:
-            averaged.load_state_dict(state["averaged"])
-        start, best = state["epoch"] + 1, state["best"]
+    start, best = resumed(last, model, optimiser, averaged) if last.is_file() else (0, -1.0)
     generator = torch.Generator().manual_seed(options.seed * 1000 + start)
     log_csv = out / "log.csv"
     fields = ["epoch", "seconds", "lr", "train_loss"] + [f"dice_{n}" for n in VALUES] + ["dice_mean"]
@@ -193,7 +206,7 @@ def train_segmenter(data: Path, out: Path, options: SegmentTraining = SEGMENT_TR
             optimiser.step()
             if averaged:
                 averaged.update_parameters(model)
-            losses.append(float(loss))
+            losses.append(loss.item())
         validated = (epoch + 1) % options.val_every == 0 or epoch + 1 == options.epochs
         scores = validate(kept, val) if validated else {n: float("nan") for n in VALUES}
         mean = float(np.mean(list(scores.values())))
