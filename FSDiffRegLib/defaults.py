@@ -27,8 +27,9 @@ class RefineOptions:
     ``window`` (odd, voxels), ``diffeomorphic`` (optimise a stationary velocity field: an invertible
     correction; off: the displacement itself, twice as fast, folding six times as often), ``gaussian``
     (Gaussian-smooth each step's correction and the refined flow) and ``heart`` (blur the refined flow away
-    from the heart, where the weights carry a heart head: FSDiffRegLib.model.heart), and the network's ``passes`` (each
-    run on the moving image warped by the runs before, the flows composed: FSDiffRegLib.pipeline.cascade; 2, the default
+    from the heart the weights' heart head finds, where they carry one: FSDiffRegLib.model.heart_head; the name
+    is the ``--heart`` flag's and metrics.json's), and the network's ``passes`` (each run on the moving image
+    warped by the runs before, the flows composed: FSDiffRegLib.pipeline.cascade; 2, the default
     of ``register``: on validation 091-100 better in both directions than one run, and the LV EF error ED -> ES
     halved; docs/benchmarks.md). Checked when made."""
 
@@ -87,7 +88,7 @@ def checked_smoothness(smoothness: object) -> float:
 
 
 @dataclass(frozen=True)
-class HeartTraining:
+class HeartHeadTraining:
     """Training of the head: Adam ``steps`` at ``lr`` on the first ``pairs`` ACDC training pairs."""
 
     steps: int = 1500
@@ -114,7 +115,7 @@ class SegmentTraining:
     seed: int = 0
 
 
-HEART_TRAINING = HeartTraining()
+HEART_HEAD_TRAINING = HeartHeadTraining()
 SEGMENT_TRAINING = SegmentTraining()
 DEFAULT_REFINE = RefineOptions()
 NETWORK_ONLY = RefineOptions(steps=0, passes=1)  # the network alone, one run: what the benchmark compares with

@@ -97,3 +97,24 @@ def test_the_pipeline_neither_reads_nor_writes_files():
                 if found:
                     used[path.name] = sorted(found)
     assert used == {}
+
+
+def test_each_heart_name_says_which_heart():
+    """"Heart" means four things (docs/architecture.md): each module, top-level name and model attribute with
+    "heart" in it says which: the heart head, the heart grid, the heart box or the heart labels."""
+    which = ("heart_head", "hearthead", "heart_grid", "heart_box", "heart_labels", "labelled_heart")
+    names = []
+    for path in LIBRARY.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names.append((path.stem, path.relative_to(LIBRARY).as_posix()))
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.append((node.name, path.name))
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names += [(t.id, path.name) for t in targets if isinstance(t, ast.Name)]
+        names += [(node.attr, path.name) for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                  and isinstance(node.value, ast.Name) and node.value.id in ("self", "model")]
+    vague = sorted({f"{name} ({where})" for name, where in names
+                    if "heart" in name.lower() and not any(w in name.lower() for w in which)})
+    assert vague == []

@@ -26,7 +26,7 @@ from ..defaults import (
     REFINE_OPTION,
     SEGMENT_TRAINING,
     TRACK_REFINE,
-    HeartTraining,
+    HeartHeadTraining,
     RefineOptions,
     SegmentTraining,
     checked_passes,
@@ -189,12 +189,12 @@ def _train(args: argparse.Namespace) -> None:
     print(f"stopped at epoch {state.epoch}, step {state.step}; best validation mean Dice {state.best_dice:.4f}")
 
 
-def _train_heart(args: argparse.Namespace) -> None:
-    from ..training.heart_head import make_heart
+def _train_heart_head(args: argparse.Namespace) -> None:
+    from ..training.heart_head_train import make_heart_head
 
-    options = HeartTraining(steps=args.steps, pairs=args.pairs)
-    info = make_heart(Path(args.data), args.weights, Path(args.out) if args.out else None, options,
-                      log=events.to_stderr)
+    options = HeartHeadTraining(steps=args.steps, pairs=args.pairs)
+    info = make_heart_head(Path(args.data), args.weights, Path(args.out) if args.out else None, options,
+                           log=events.to_stderr)
     score = info["validation_heart_dice"]
     print(f"heart head for {info['weights']}: validation heart Dice {score['mean']:.3f} (lowest {score['min']:.3f})")
 
@@ -478,10 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--out", help="the head's file (default: beside the weights, <name>_heart.pt, where "
                                  "register finds it); an existing file is refused")
-    p.add_argument("--steps", type=count, default=HeartTraining.steps, metavar="N", help="Adam steps")
-    p.add_argument("--pairs", type=count, default=HeartTraining.pairs, metavar="N",
+    p.add_argument("--steps", type=count, default=HeartHeadTraining.steps, metavar="N", help="Adam steps")
+    p.add_argument("--pairs", type=count, default=HeartHeadTraining.pairs, metavar="N",
                    help="the first N ACDC training pairs")
-    p.set_defaults(func=_train_heart)
+    p.set_defaults(func=_train_heart_head)
 
     p = sub.add_parser("train-segmenter", help="train the segmentation U-Net of segment on ACDC 001-090 (ED and ES), "
                                                "selected on 091-100; resumes from OUT's last.pt (needs MONAI)")

@@ -18,8 +18,8 @@ import SimpleITK as sitk
 from ..model.config import Config
 from . import imageio  # noqa: F401  (silences ITK warnings)
 
-HEART_SMOOTHING_MM = 8.0
-HEART_TOP_FRACTION = 0.05
+HEART_GRID_SMOOTHING_MM = 8.0
+HEART_GRID_TOP_FRACTION = 0.05
 CANONICAL = "LPS"  # ACDC's orientation (identity direction), the one the bundled model was trained in
 CANONICAL_LETTER = {"L": "L", "R": "L", "P": "P", "A": "P", "S": "S", "I": "S"}
 
@@ -58,7 +58,7 @@ def image_centre(image: sitk.Image) -> np.ndarray:
     return np.array(image.TransformContinuousIndexToPhysicalPoint(middle))
 
 
-def locate_heart(fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:
+def heart_grid_centre(fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:
     """Physical centre of the heart: the centroid of the strongest change between the frames.
 
     Both normalised images are compared on the fixed grid, the absolute difference is
@@ -67,9 +67,9 @@ def locate_heart(fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:
     """
     f = normalized(fixed)
     m = resample_to(normalized(moving), f, -1.0)
-    diff = sitk.SmoothingRecursiveGaussian(sitk.Abs(f - m), HEART_SMOOTHING_MM)
+    diff = sitk.SmoothingRecursiveGaussian(sitk.Abs(f - m), HEART_GRID_SMOOTHING_MM)
     array = sitk.GetArrayFromImage(diff)
-    threshold = np.quantile(array, 1.0 - HEART_TOP_FRACTION)
+    threshold = np.quantile(array, 1.0 - HEART_GRID_TOP_FRACTION)
     weights = np.where(array >= threshold, array, 0.0)
     if weights.sum() <= 0:
         return image_centre(fixed)
@@ -116,7 +116,7 @@ def network_grid(fixed: sitk.Image, centre: np.ndarray, cfg: Config) -> sitk.Ima
 def prepare_pair(fixed: sitk.Image, moving: sitk.Image, cfg: Config) -> PreparedPair:
     """Both images, normalised, on the heart-centred network grid."""
     fixed = canonical(fixed)  # the same arrays, so the same heart centre, however the images are stored
-    grid = network_grid(fixed, locate_heart(fixed, moving), cfg)
+    grid = network_grid(fixed, heart_grid_centre(fixed, moving), cfg)
     f = sitk.GetArrayFromImage(resample_to(normalized(fixed), grid, -1.0))
     m = sitk.GetArrayFromImage(resample_to(normalized(moving), grid, -1.0))
     return PreparedPair(grid, f, m)

@@ -17,7 +17,7 @@ from ..imaging.field import apply_field, flow_to_field, resample_field
 from ..imaging.imageio import check_image, check_labels
 from ..imaging.metrics import jacobian_stats, ncc
 from ..imaging.preprocess import PreparedPair, normalized, prepare_pair, resample_to
-from ..model.heart import HeartHead, blurred_outside, decoder_outputs
+from ..model.heart_head import HeartHead, blurred_outside, decoder_outputs
 from ..model.network import FSDiffRegNet
 from ..model.predict import predict
 from .cascade import cascade
@@ -52,20 +52,20 @@ def predict_flow(
     moving, fixed = tensor(prepared.moving), tensor(prepared.fixed)
     with torch.no_grad(), decoder_outputs(model) as features:
         score, flow = predict(model, moving, fixed)
-    head = model.heart if uses_heart(model, refine) else None
-    heart = head.probability(features + [fixed, moving]) if isinstance(head, HeartHead) else None
+    head = model.heart_head if uses_heart_head(model, refine) else None
+    heart_probability = head.probability(features + [fixed, moving]) if isinstance(head, HeartHead) else None
     features.clear()
     flow = cascade(model, moving, fixed, flow, refine.passes)
     if refine.steps > 0:
         flow = refine_flow(flow, moving, fixed, score, model.cfg, refine, log)
-    if heart is not None:
-        flow = blurred_outside(flow, heart)
+    if heart_probability is not None:
+        flow = blurred_outside(flow, heart_probability)
     return flow[0].float().cpu().numpy()
 
 
-def uses_heart(model: FSDiffRegNet, refine: RefineOptions) -> bool:
+def uses_heart_head(model: FSDiffRegNet, refine: RefineOptions) -> bool:
     """Whether the refined flow is blurred away from the heart: asked for, refined, and a head at hand."""
-    return refine.heart and refine.steps > 0 and model.heart is not None
+    return refine.heart and refine.steps > 0 and model.heart_head is not None
 
 
 def on_grid(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
@@ -105,7 +105,7 @@ def register_images(
         "ncc_after": ncc(fixed_on_grid, on_grid(warped, prepared.grid)),
         "seconds": round(seconds, 3),
         "device": str(device),
-        "refine": {**asdict(refine), "heart": uses_heart(model, refine)},
+        "refine": {**asdict(refine), "heart": uses_heart_head(model, refine)},
         "unfold": unfolded.stats,
     }
     labels = apply_field(moving_labels, field, nearest=True) if moving_labels is not None else None

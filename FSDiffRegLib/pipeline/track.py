@@ -4,7 +4,7 @@ base's descent along the long axis, which tracking within the slices misses: ``d
 
 Each frame is the fixed image and the reference frame the moving one, so every frame's field
 maps straight to the reference and no error accumulates along the cycle. All frames share one
-network grid: the box of the heart-centred grid that holds the labelled heart and HEART_MARGIN_MM
+network grid: the box of the heart-centred grid that holds the labelled heart and HEART_BOX_MARGIN_MM
 around it (about half the grid, so half the cost; validation Dice as on the whole grid), the field
 fading to zero over TAPER_MM at the box's sides and zero beyond. The network runs on batches of
 frames (on a GPU; one at a time is fastest on a CPU) and the refinement optimises every frame at
@@ -37,7 +37,7 @@ from .refine import refine_flow
 from .strain import Strain, contour_strain
 from .unfold import unfold_onto
 
-HEART_MARGIN_MM = 18.0  # context registered around the labelled heart
+HEART_BOX_MARGIN_MM = 18.0  # context registered around the labelled heart
 TAPER_MM = 9.0  # band inside the box's sides over which the field fades to zero
 NETWORK_BATCH = {"cpu": 1, "cuda": 8}  # frames per network pass (2-core CPU: 1.12 s a frame alone, 1.44 in fours)
 
@@ -55,22 +55,22 @@ class Tracking:
     strain: Strain | None = None
 
 
-def heart_centre(labels: sitk.Image) -> np.ndarray:
+def labelled_heart_centre(labels: sitk.Image) -> np.ndarray:
     """Physical centroid of the labelled heart (every label above 0)."""
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(sitk.Cast(labels > 0, sitk.sitkUInt8))
     return np.array(stats.GetCentroid(1))
 
 
-def heart_region(labels: sitk.Image, grid: sitk.Image, multiple: int) -> tuple[slice, ...]:
-    """(D, H, W) slices of ``grid`` around the labelled heart plus HEART_MARGIN_MM, each side a multiple of
+def heart_box(labels: sitk.Image, grid: sitk.Image, multiple: int) -> tuple[slice, ...]:
+    """(D, H, W) slices of ``grid`` around the labelled heart plus HEART_BOX_MARGIN_MM, each side a multiple of
     ``multiple`` voxels (or the grid's side), centred on the heart where the grid allows."""
     inside = np.argwhere(sitk.GetArrayFromImage(resample_to(labels, grid, 0, nearest=True)) > 0)
     if not len(inside):
         box = " x ".join(f"{n * mm:.0f}" for n, mm in zip(grid.GetSize(), grid.GetSpacing()))
         raise InputError(f"ED labels have no voxel within the {box} mm box around their centre: is it one heart?")
     size = np.array(grid.GetSize()[::-1])
-    margin = np.ceil(HEART_MARGIN_MM / np.array(grid.GetSpacing()[::-1])).astype(int)
+    margin = np.ceil(HEART_BOX_MARGIN_MM / np.array(grid.GetSpacing()[::-1])).astype(int)
     low, high = inside.min(axis=0) - margin, inside.max(axis=0) + 1 + margin
     side = np.minimum(-(-(high - low) // multiple) * multiple, size)
     start = np.clip((low + high - side) // 2, 0, size - side)
@@ -144,8 +144,8 @@ def track_frames(
     start = time.time()
     frames = cine.frames
     others = [i for i in range(len(frames)) if i != reference]
-    whole = network_grid(canonical(frames[reference]), heart_centre(labels), model.cfg)
-    region = heart_region(labels, whole, model.cfg.grid_multiple)
+    whole = network_grid(canonical(frames[reference]), labelled_heart_centre(labels), model.cfg)
+    region = heart_box(labels, whole, model.cfg.grid_multiple)
     check_structures(labels, "ED")
     grid = region_grid(whole, region)
     moving = frames_on_grid([frames[reference]], grid).to(device)

@@ -35,10 +35,10 @@ from FSDiffRegLib.evaluation.benchmark import comparison, folding_per_pair
 from FSDiffRegLib.evaluation.evaluate import markdown_table, score_field, summarize
 from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.imaging.field import apply_field, flow_to_field, resample_field
-from FSDiffRegLib.imaging.metrics import heart_dice
-from FSDiffRegLib.imaging.preprocess import locate_heart, network_grid, prepare_pair
+from FSDiffRegLib.imaging.metrics import heart_labels_dice
+from FSDiffRegLib.imaging.preprocess import heart_grid_centre, network_grid, prepare_pair
 from FSDiffRegLib.model.config import Config
-from FSDiffRegLib.model.heart import blurred_outside, decoder_outputs
+from FSDiffRegLib.model.heart_head import blurred_outside, decoder_outputs
 from FSDiffRegLib.model.inverse import invert_flow
 from FSDiffRegLib.model.predict import predict
 from FSDiffRegLib.model.spatial import warp
@@ -141,12 +141,12 @@ def main() -> None:
             cases.append((p.patient, acdc.DIRECTIONS[way]))
             fixed, moving = sitk.ReadImage(str(p.fixed)), sitk.ReadImage(str(p.moving))
             moving_labels, fixed_labels = sitk.ReadImage(str(p.moving_labels)), sitk.ReadImage(str(p.fixed_labels))
-            grid = network_grid(fixed, locate_heart(fixed, moving), Config())
+            grid = network_grid(fixed, heart_grid_centre(fixed, moving), Config())
             prepared = prepare_pair(fixed, moving, model.cfg)
             m, f = (torch.from_numpy(a)[None, None] for a in (prepared.moving, prepared.fixed))
             with torch.no_grad(), decoder_outputs(model) as features:
                 score, flow = predict(model, m, f)
-            heart = model.heart.probability(features + [f, m])
+            heart = model.heart_head.probability(features + [f, m])
             cache: dict = {}
             for name in names:
                 options, coarse = CANDIDATES[name]
@@ -161,7 +161,7 @@ def main() -> None:
                 delivered, stats = unfold_onto(on_grid, fixed) if "heart grid first" in name else unfold(raw, on_grid)
                 row = score_field(delivered, grid, moving_labels, fixed_labels, carried_ef=way == "ed-es")
                 warped = sitk.GetArrayFromImage(apply_field(moving_labels, raw, nearest=True))
-                row["mean_raw"] = heart_dice(warped, sitk.GetArrayFromImage(fixed_labels))["mean"]
+                row["mean_raw"] = heart_labels_dice(warped, sitk.GetArrayFromImage(fixed_labels))["mean"]
                 row.update({f"unfold_{k}": float(v) for k, v in stats.items()})
                 rows[name].append(row)
                 print(f"{p.patient} {acdc.DIRECTIONS[way]} {name}: Dice {row['mean']:.4f} (raw {row['mean_raw']:.4f}), "

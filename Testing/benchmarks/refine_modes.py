@@ -33,7 +33,7 @@ from FSDiffRegLib.evaluation.evaluate import score_field
 from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.imaging.field import flow_to_field, resample_field
 from FSDiffRegLib.imaging.preprocess import prepare_pair
-from FSDiffRegLib.model.heart import blurred_outside
+from FSDiffRegLib.model.heart_head import blurred_outside
 from FSDiffRegLib.model.losses import score_weights, sdg_ncc_loss, smoothness_loss
 from FSDiffRegLib.model.network import FSDiffRegNet
 from FSDiffRegLib.model.predict import predict
@@ -41,7 +41,7 @@ from FSDiffRegLib.model.spatial import integrate_velocity, warp
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.pipeline import refine
 from FSDiffRegLib.pipeline.refine import refine_flow
-from FSDiffRegLib.training.heart_head import heart_on_grid
+from FSDiffRegLib.training.heart_head_train import heart_labels_on_grid
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ACDC"
 DEFAULT_MODES = "net,old10,old50,c2f20,c2f40,c2f60,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10"
@@ -163,7 +163,7 @@ def main() -> None:
         prepared = prepare_pair(fixed, moving, model.cfg)
         m, f = (torch.from_numpy(a)[None, None].contiguous(memory_format=torch.channels_last_3d)
                 for a in (prepared.moving, prepared.fixed))
-        heart = heart_on_grid(fixed_labels, prepared.grid)
+        heart = heart_labels_on_grid(fixed_labels, prepared.grid)
         predict(model, m, f)  # warm-up
         start = time.perf_counter()
         score, flow = predict(model, m, f)
