@@ -1,5 +1,6 @@
-"""The refinement's options, their defaults and limits, the heart head's training, and the plausible frame
-interval of a cine; importable without torch (the Slicer GUI and the command line's help use it)."""
+"""The refinement's options, their defaults and limits, the training of the heart head and of the segmentation
+U-Net, and the plausible frame interval of a cine; importable without torch (the Slicer GUI and the command line's
+help use it)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ class RefineOptions:
     ``window`` (odd, voxels), ``diffeomorphic`` (optimise a stationary velocity field: an invertible
     correction; off: the displacement itself, twice as fast, folding six times as often), ``gaussian``
     (Gaussian-smooth each step's correction and the refined flow) and ``heart`` (blur the refined flow away
-    from the heart, where the weights carry a heart head: FSDiffRegLib.model.heart), and the network's ``passes`` (each
-    run on the moving image warped by the runs before, the flows composed: FSDiffRegLib.pipeline.cascade; 2, the default
+    from the heart the weights' heart head finds, where they carry one: FSDiffRegLib.model.heart_head; the name
+    is the ``--heart`` flag's and metrics.json's), and the network's ``passes`` (each run on the moving image
+    warped by the runs before, the flows composed: FSDiffRegLib.pipeline.cascade; 2, the default
     of ``register``: on validation 091-100 better in both directions than one run, and the LV EF error ED -> ES
     halved; docs/benchmarks.md). Checked when made."""
 
@@ -86,7 +88,7 @@ def checked_smoothness(smoothness: object) -> float:
 
 
 @dataclass(frozen=True)
-class HeartTraining:
+class HeartHeadTraining:
     """Training of the head: Adam ``steps`` at ``lr`` on the first ``pairs`` ACDC training pairs."""
 
     steps: int = 1500
@@ -95,7 +97,26 @@ class HeartTraining:
     seed: int = 0
 
 
-HEART_TRAINING = HeartTraining()
+@dataclass(frozen=True)
+class SegmentTraining:
+    """Training of the segmentation U-Net (``training.segment_train``): ``epochs`` of AdamW at ``lr`` (poly decay)
+    on ``batch`` patches of ``crop`` x ``crop`` pixels of the model grid, validated every ``val_every`` epochs (and
+    after the last); ``channels`` per U-Net level (None: ``segment.NETWORK``'s); ``ema``, the decay of an exponential
+    moving average of the weights that is validated and kept (0: the weights themselves); ``threads`` for torch."""
+
+    epochs: int = 40
+    batch: int = 16
+    crop: int = 96  # 144 mm: a quarter of the cost of 128, the heart within it
+    val_every: int = 1
+    lr: float = 1e-3
+    channels: tuple[int, ...] | None = None
+    ema: float = 0.0
+    threads: int = 2
+    seed: int = 0
+
+
+HEART_HEAD_TRAINING = HeartHeadTraining()
+SEGMENT_TRAINING = SegmentTraining()
 DEFAULT_REFINE = RefineOptions()
 NETWORK_ONLY = RefineOptions(steps=0, passes=1)  # the network alone, one run: what the benchmark compares with
 REFINE_OPTION = RefineOptions(steps=REFINE_STEPS, passes=1)  # the default before issue 21: benchmark's refine row

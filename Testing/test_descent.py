@@ -106,3 +106,18 @@ def test_nothing_to_correct():
     no_lv = [sitk.Cast(sitk.ChangeLabel(heart(s, range(8)), {3: 0}), sitk.sitkUInt8) for s in (1.0, 0.8)]
     volumes = [structure_volumes(f) for f in no_lv]
     assert corrected_volumes(volumes, no_lv, 0) == (volumes, [0.0, 0.0])
+
+
+def test_the_base_is_the_end_with_the_larger_lv_stored_first_or_last():
+    """One rule for strain and descent (imaging.preprocess.base_first): the half of the stack whose LV blood
+    pool is larger is the base, whichever end it is stored at."""
+    from FSDiffRegLib.imaging.preprocess import base_first, through_plane_axis
+    from FSDiffRegLib.labels import LV
+    from FSDiffRegLib.pipeline.descent import slab_counts
+
+    assert base_first([9, 7, 5, 3, 1]) and not base_first([1, 3, 5, 7, 9])
+    assert base_first(np.array([0, 6, 6, 2, 0.0])) and not base_first(np.array([0, 2, 6, 6, 0.0]))
+    stored_first = heart(1.0, range(0, 5))
+    stored_last = heart(1.0, range(0, 5), base_first=False)
+    for image, expected in ((stored_first, True), (stored_last, False)):
+        assert base_first(slab_counts(image, LV, through_plane_axis(image))) is expected

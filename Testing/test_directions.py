@@ -12,7 +12,7 @@ from FSDiffRegLib.evaluation.evaluate import identity_row, paired_bootstrap, sco
 from FSDiffRegLib.evaluation.evaluate_function import ejection_fraction
 from FSDiffRegLib.evaluation.methods import Method
 from FSDiffRegLib.imaging import acdc
-from FSDiffRegLib.imaging.preprocess import locate_heart, network_grid
+from FSDiffRegLib.imaging.preprocess import heart_grid_centre, network_grid
 from FSDiffRegLib.model.config import Config
 from FSDiffRegLib.pipeline.function import structure_volumes
 
@@ -47,7 +47,7 @@ def test_carried_labels_unmoved_give_minus_the_manual_ef(validation_pair: acdc.A
     back = acdc.directed(validation_pair, "ed-es")
     es, ed = sitk.ReadImage(str(back.fixed)), sitk.ReadImage(str(back.moving))
     es_labels, ed_labels = sitk.ReadImage(str(back.fixed_labels)), sitk.ReadImage(str(back.moving_labels))
-    grid = network_grid(es, locate_heart(es, ed), Config())
+    grid = network_grid(es, heart_grid_centre(es, ed), Config())
     row = score_field(identity_field(es, ed), grid, ed_labels, es_labels, carried_ef=True)
     manual = ejection_fraction(structure_volumes(ed_labels)["LV"], structure_volumes(es_labels)["LV"])
     assert 20 < manual < 90

@@ -65,3 +65,16 @@ def test_included_files_exist(page: Path):
 def test_every_page_is_in_the_site():
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     assert [p.name for p in PAGES if f": {p.name}" not in nav] == []
+
+
+def test_the_diagrams_are_written_from_their_sources_and_need_no_network():
+    """docs/diagrams/*.svg are Graphviz's pictures of the .dot beside them as they are now (no Graphviz needed to
+    check: each SVG records its source's SHA256), and no page draws with Mermaid (a script from a CDN)."""
+    spec = importlib.util.spec_from_file_location("diagrams", ROOT / "Utilities" / "diagrams.py")
+    diagrams = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagrams)
+    sources = sorted(diagrams.FOLDER.glob("*.dot"))
+    assert sources and diagrams.stale() == []
+    shown = "".join(page.read_text(encoding="utf-8") for page in PAGES)
+    assert all(f"diagrams/{dot.stem}.svg" in shown for dot in sources)
+    assert "```mermaid" not in shown and "mermaid" not in (ROOT / "mkdocs.yml").read_text(encoding="utf-8")

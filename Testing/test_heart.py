@@ -13,17 +13,17 @@ import torch
 import torch.nn.functional as F
 
 from FSDiffRegLib.commands.cli import main
-from FSDiffRegLib.defaults import HeartTraining
+from FSDiffRegLib.defaults import HeartHeadTraining
 from FSDiffRegLib.errors import WeightsError
 from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.imaging.metrics import dice
 from FSDiffRegLib.imaging.preprocess import prepare_pair
 from FSDiffRegLib.model.config import Config
-from FSDiffRegLib.model.heart import HeartHead, blurred_outside, head_inputs
+from FSDiffRegLib.model.heart_head import HeartHead, blurred_outside, head_inputs
 from FSDiffRegLib.model.network import FSDiffRegNet
-from FSDiffRegLib.model.weights import heart_path, load_model, save_heart, sha256
+from FSDiffRegLib.model.weights import heart_head_path, load_model, save_heart_head, sha256
 from FSDiffRegLib.resources import sample_pair
-from FSDiffRegLib.training.heart_head import heart_on_grid, pair_features, train_heart
+from FSDiffRegLib.training.heart_head_train import heart_labels_on_grid, pair_features, train_heart_head
 
 
 def test_the_head_on_each_blocks_resolution_equals_the_head_on_features_resized_first():
@@ -56,13 +56,13 @@ def test_the_flow_is_kept_at_the_heart_and_blurred_away_from_it():
 
 def test_the_bundled_head_finds_the_labelled_heart_of_the_sample(bundled_weights):
     model, about = load_model(bundled_weights)
-    assert about["heart"] == heart_path(bundled_weights).name
+    assert about["heart"] == heart_head_path(bundled_weights).name
     sample = sample_pair()
     fixed, moving = (sitk.ReadImage(str(sample[k])) for k in ("fixed", "moving"))
     prepared = prepare_pair(fixed, moving, model.cfg)
     m, f = (torch.from_numpy(a)[None, None] for a in (prepared.moving, prepared.fixed))
-    found = model.heart.probability(head_inputs(model, m, f)).numpy() > 0.5
-    truth = heart_on_grid(sitk.ReadImage(str(sample["fixed_labels"])), prepared.grid).numpy() > 0.5
+    found = model.heart_head.probability(head_inputs(model, m, f)).numpy() > 0.5
+    truth = heart_labels_on_grid(sitk.ReadImage(str(sample["fixed_labels"])), prepared.grid).numpy() > 0.5
     assert dice(found, truth) > 0.8
 
 
@@ -78,36 +78,36 @@ def test_training_the_head_on_real_pairs_lowers_its_loss(data_dir):
 
     untrained = HeartHead([f.shape[1] for f in features])
     untrained.standardise_on([features])
-    trained = train_heart(model, [pair], HeartTraining(steps=60, pairs=1))
+    trained = train_heart_head(model, [pair], HeartHeadTraining(steps=60, pairs=1))
     assert loss(trained) < 0.5 * loss(untrained)
 
 
 @pytest.fixture()
 def weights_copy(bundled_weights: Path, tmp_path: Path) -> Path:
     """The bundled weights and their head, copied with their checksums."""
-    for path in (bundled_weights, heart_path(bundled_weights)):
+    for path in (bundled_weights, heart_head_path(bundled_weights)):
         for file in (path, path.with_name(path.name + ".sha256")):
             shutil.copy(file, tmp_path / file.name)
     return tmp_path / bundled_weights.name
 
 
 def test_weights_without_a_head_load_with_none(weights_copy):
-    heart_path(weights_copy).unlink()
+    heart_head_path(weights_copy).unlink()
     model, about = load_model(weights_copy)
-    assert model.heart is None and about["heart"] is None
+    assert model.heart_head is None and about["heart"] is None
 
 
 def test_a_head_trained_for_other_weights_is_refused_in_one_line(weights_copy, untrained_weights):
     model, _ = load_model(weights_copy)
-    heart_path(weights_copy).unlink()
-    save_heart(model.heart, heart_path(weights_copy), {"network_sha256": sha256(untrained_weights)})
+    heart_head_path(weights_copy).unlink()
+    save_heart_head(model.heart_head, heart_head_path(weights_copy), {"network_sha256": sha256(untrained_weights)})
     with pytest.raises(WeightsError, match=r"trained for other weights") as raised:
         load_model(weights_copy)
     assert "\n" not in str(raised.value)
 
 
 def test_a_damaged_head_is_refused_by_its_checksum(weights_copy):
-    path = heart_path(weights_copy)
+    path = heart_head_path(weights_copy)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -116,7 +116,7 @@ def test_a_damaged_head_is_refused_by_its_checksum(weights_copy):
 
 
 def test_train_heart_refuses_an_existing_file_before_any_work(weights_copy, capsys):
-    head = heart_path(weights_copy)
+    head = heart_head_path(weights_copy)
     before = head.read_bytes()
     assert main(["train-heart", "--weights", str(weights_copy), "--data", "/nonexistent"]) == 2
     err = capsys.readouterr().err

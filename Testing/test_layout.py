@@ -70,3 +70,51 @@ def test_the_slicer_layer_shares_the_library_s_input_error_and_labels():
 
     assert inputs.InputError is errors.InputError
     assert cine_inputs.STRUCTURES is labels.STRUCTURES and cine_inputs.COLORS is labels.COLORS
+
+
+def test_only_the_commands_parse_arguments():
+    """argparse (and argparse.Namespace) only in commands/: the library takes typed options."""
+    importers = []
+    for path in LIBRARY.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "argparse" for name in names):
+                importers.append(path.relative_to(LIBRARY).as_posix())
+    assert [p for p in importers if not p.startswith("commands/")] == []
+    assert "commands/cli.py" in importers
+
+
+def test_the_pipeline_neither_reads_nor_writes_files():
+    """pipeline/ works on images in memory; the commands read the inputs and write the sets (commands/*_file(s))."""
+    file_functions = {"read_image", "read_cine", "write_image", "write_field", "write_json", "write_metrics",
+                      "output_folder", "written", "replaced_whole"}
+    used = {}
+    for path in (LIBRARY / "pipeline").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                found = file_functions & {alias.name for alias in node.names}
+                if found:
+                    used[path.name] = sorted(found)
+    assert used == {}
+
+
+def test_each_heart_name_says_which_heart():
+    """"Heart" means four things (docs/architecture.md): each module, top-level name and model attribute with
+    "heart" in it says which: the heart head, the heart grid, the heart box or the heart labels."""
+    which = ("heart_head", "hearthead", "heart_grid", "heart_box", "heart_labels", "labelled_heart")
+    names = []
+    for path in LIBRARY.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names.append((path.stem, path.relative_to(LIBRARY).as_posix()))
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.append((node.name, path.name))
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names += [(t.id, path.name) for t in targets if isinstance(t, ast.Name)]
+        names += [(node.attr, path.name) for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                  and isinstance(node.value, ast.Name) and node.value.id in ("self", "model")]
+    vague = sorted({f"{name} ({where})" for name, where in names
+                    if "heart" in name.lower() and not any(w in name.lower() for w in which)})
+    assert vague == []

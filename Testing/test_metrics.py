@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from FSDiffRegLib.imaging.metrics import dice, heart_dice, jacobian_determinant, jacobian_stats
+from FSDiffRegLib.imaging.metrics import dice, heart_labels_dice, jacobian_determinant, jacobian_stats
 from test_spatial import field_from, grid
 
 
@@ -41,6 +41,6 @@ def test_dice_and_heart_dice():
     b = a.copy()
     a[:2], b[1:3] = 3, 3
     assert dice(a == 3, b == 3) == 0.5
-    scores = heart_dice(a, b)
+    scores = heart_labels_dice(a, b)
     assert scores["LV"] == 0.5 and scores["RV"] == 1.0 and scores["heart"] == 0.5
     assert scores["mean"] == np.mean([0.5, 1.0, 1.0])

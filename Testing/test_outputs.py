@@ -20,9 +20,10 @@ import SimpleITK as sitk
 from conftest import ROOT, SAMPLE
 from FSDiffRegLib import __version__
 from FSDiffRegLib.commands.cli import main
+from FSDiffRegLib.commands.register_files import write_outputs
 from FSDiffRegLib.outputs import folder as outputs
 from FSDiffRegLib.outputs.folder import OutputError, output_folder
-from FSDiffRegLib.pipeline.register import Registration, write_outputs
+from FSDiffRegLib.pipeline.register import Registration
 
 FIXED, MOVING = SAMPLE / "acdc091_ED.nii.gz", SAMPLE / "acdc091_ES.nii.gz"
 LABELS = SAMPLE / "acdc091_ES_labels.nii.gz"

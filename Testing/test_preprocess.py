@@ -6,7 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from FSDiffRegLib.imaging import acdc
-from FSDiffRegLib.imaging.preprocess import locate_heart, network_grid, normalized, prepare_pair
+from FSDiffRegLib.imaging.preprocess import heart_grid_centre, network_grid, normalized, prepare_pair
 from FSDiffRegLib.model.config import Config
 
 
@@ -25,7 +25,7 @@ def test_heart_is_found_without_labels(validation_pair):
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(validation_pair.fixed_labels)))
     zyx = np.argwhere(labels > 0).mean(axis=0)
     truth = np.array(fixed.TransformContinuousIndexToPhysicalPoint([float(v) for v in zyx[::-1]]))
-    found = locate_heart(fixed, sitk.ReadImage(str(validation_pair.moving)))
+    found = heart_grid_centre(fixed, sitk.ReadImage(str(validation_pair.moving)))
     assert np.linalg.norm(found - truth) < 25.0
 
 

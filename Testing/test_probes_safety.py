@@ -225,14 +225,14 @@ def test_saving_weights_never_writes_over_a_file_beside_them(tmp_path):
 
 
 def test_train_heart_refuses_a_checksum_file_it_would_write_over(tmp_path, untrained_weights):
-    from FSDiffRegLib.defaults import HeartTraining
+    from FSDiffRegLib.defaults import HeartHeadTraining
     from FSDiffRegLib.errors import OutputError
-    from FSDiffRegLib.training.heart_head import make_heart
+    from FSDiffRegLib.training.heart_head_train import make_heart_head
 
     out = tmp_path / "head.pt"
     out.with_name("head.pt.sha256").write_text("the user's notes\n")
     with pytest.raises(OutputError, match="head.pt.sha256 exists"):
-        make_heart(tmp_path / "no-data", str(untrained_weights), out, HeartTraining(steps=1, pairs=1))
+        make_heart_head(tmp_path / "no-data", str(untrained_weights), out, HeartHeadTraining(steps=1, pairs=1))
     assert out.with_name("head.pt.sha256").read_text() == "the user's notes\n" and not out.exists()
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from FSDiffRegLib.defaults import MAX_STEPS, REFINE_OPTION, REFINE_STEPS, RefineOptions
 from FSDiffRegLib.errors import InputError
 from FSDiffRegLib.events import Event, line, read
-from FSDiffRegLib.imaging.metrics import heart_dice
+from FSDiffRegLib.imaging.metrics import heart_labels_dice
 from FSDiffRegLib.model.config import Config
 from FSDiffRegLib.model.spatial import warp
 from FSDiffRegLib.model.weights import load_model
@@ -102,7 +102,7 @@ def sample_registrations() -> dict[str, tuple[float, dict]]:
     results = {}
     for mode, options in SAMPLE_MODES.items():
         reg = register_images(read["ED"], read["ES"], model, torch.device("cpu"), read["ES_labels"], refine=options)
-        dice = heart_dice(sitk.GetArrayFromImage(reg.warped_labels), sitk.GetArrayFromImage(read["ED_labels"]))
+        dice = heart_labels_dice(sitk.GetArrayFromImage(reg.warped_labels), sitk.GetArrayFromImage(read["ED_labels"]))
         results[mode] = dice["mean"], reg.metrics
     return results
 

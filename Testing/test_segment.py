@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,54 @@ def test_no_bundled_model_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert "no segmentation model is bundled" in err[-1] and "--weights" in err[-1]
     assert not out.exists()
+
+
+def test_train_segmenter_exports_through_the_command_line(tmp_path, capsys):
+    """``fsdiffreg train-segmenter --export``: OUT's best.pt as bundled float16 weights with their checksum."""
+    torch.manual_seed(0)
+    (tmp_path / "run").mkdir()
+    torch.save({"network": segment.NETWORK, "state_dict": segment.build_network().state_dict(), "epoch": 3,
+                "dice": {"RV": 0.5}, "dice_mean": 0.5}, tmp_path / "run" / "best.pt")
+    out = tmp_path / "seg.pt"
+    assert main(["train-segmenter", "--out", str(tmp_path / "run"), "--export", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == sha256(out)
+    model, info = segment.load_segmenter(str(out), "cpu")
+    assert info["sha256"] == sha256(out)
+    assert torch.load(out, weights_only=True)["info"]["epoch"] == 3
+
+
+def test_train_segmenter_options_reach_the_library(tmp_path, monkeypatch):
+    """The command's options become one frozen SegmentTraining; the defaults are the library's."""
+    from FSDiffRegLib.defaults import SEGMENT_TRAINING, SegmentTraining
+    from FSDiffRegLib.training import segment_train
+
+    seen = []
+    monkeypatch.setattr(segment_train, "train_segmenter", lambda data, out, options, log: seen.append(options) or 0.5)
+    assert main(["train-segmenter", "--out", str(tmp_path), "--channels", "8,16", "--ema", "0.99"]) == 0
+    assert main(["train-segmenter", "--out", str(tmp_path)]) == 0
+    assert seen == [SegmentTraining(channels=(8, 16), ema=0.99), SEGMENT_TRAINING]
+    with pytest.raises(SystemExit) as exit_:
+        main(["train-segmenter", "--out", str(tmp_path), "--channels", "8,0"])
+    assert exit_.value.code == 2
+
+
+def test_train_segmenter_trains_resumes_and_reports_each_epoch(tmp_path, monkeypatch):
+    """The library's training on the sample's two frames (a tiny U-Net, one epoch, then a second resumed from
+    last.pt): best.pt, last.pt, log.csv and one progress event an epoch."""
+    pytest.importorskip("monai", reason="the segmentation training needs MONAI (pip install '.[train]')")
+    from FSDiffRegLib.defaults import SegmentTraining
+    from FSDiffRegLib.training import segment_train
+
+    frames = {"train": [("091", "ED", ED, ED_LABELS), ("091", "ES", SAMPLE / "acdc091_ES.nii.gz",
+                                                           SAMPLE / "acdc091_ES_labels.nii.gz")],
+              "validation": [("091", "ED", ED, ED_LABELS)]}
+    monkeypatch.setattr(segment_train, "frames", lambda data, which: frames[which])
+    reported = []
+    options = SegmentTraining(epochs=2, batch=4, crop=32, channels=(4, 8, 16, 32, 64), threads=1)
+    run = tmp_path / "run"
+    best = segment_train.train_segmenter(tmp_path, run, replace(options, epochs=1), reported.append)
+    assert 0.0 <= best <= 1.0 and {"cache.npz", "best.pt", "last.pt", "log.csv"} <= {p.name for p in run.iterdir()}
+    segment_train.train_segmenter(tmp_path, run, options, reported.append)
+    progress = [(e.step, e.total) for e in reported if e.type == "progress"]
+    assert progress == [(1, 1), (2, 2)]
+    assert len((run / "log.csv").read_text().splitlines()) == 3  # the header and one row an epoch

@@ -19,9 +19,10 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from FSDiffRegLib.commands.register_files import write_outputs
 from FSDiffRegLib.imaging.field import apply_field
 from FSDiffRegLib.imaging.metrics import jacobian_determinant
-from FSDiffRegLib.pipeline.register import Registration, write_outputs
+from FSDiffRegLib.pipeline.register import Registration
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "FSDiffReg"))
 from FSDiffRegMRML import display, inputs  # noqa: E402

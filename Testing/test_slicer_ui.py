@@ -187,11 +187,11 @@ def cmake_glob(text: str, variable: str) -> set[Path]:
 def test_slicer_gets_the_weights_the_library_names_not_the_ablation_weights():
     """The bundled weights (FSDiffRegLib.resources), their checksums and heart heads, the segmentation model
     (the panel's Segment button) and the model card; the ablation weights only the benchmark reads stay out."""
-    from FSDiffRegLib.model.weights import heart_path
+    from FSDiffRegLib.model.weights import heart_head_path
     from FSDiffRegLib.resources import NAMED_WEIGHTS, SEGMENTATION_WEIGHTS, WEIGHTS
 
     installed = {p for p in cmake_glob((MODULE / "CMakeLists.txt").read_text(), "_lib_data") if p.parent == WEIGHTS}
-    named = [*NAMED_WEIGHTS.values(), *(heart_path(w) for w in NAMED_WEIGHTS.values()), SEGMENTATION_WEIGHTS]
+    named = [*NAMED_WEIGHTS.values(), *(heart_head_path(w) for w in NAMED_WEIGHTS.values()), SEGMENTATION_WEIGHTS]
     expected = {WEIGHTS / "MODEL_CARD.md"} | {p for w in named for p in (w, w.with_name(w.name + ".sha256"))
                                                if p.is_file()}
     assert installed == expected, sorted(p.name for p in installed ^ expected)

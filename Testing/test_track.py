@@ -17,18 +17,19 @@ from FSDiffRegLib.defaults import TRACK_REFINE, RefineOptions
 from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.imaging.cine import Cine, read_cine
 from FSDiffRegLib.imaging.field import apply_field
-from FSDiffRegLib.imaging.metrics import heart_dice
+from FSDiffRegLib.imaging.metrics import heart_labels_dice
 from FSDiffRegLib.imaging.preprocess import canonical, network_grid, resample_to
+from FSDiffRegLib.model.predict import predict
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.outputs.folder import OUTPUT_NAME, foreign
 from FSDiffRegLib.pipeline.function import structure_volumes
 from FSDiffRegLib.pipeline.refine import refine_flow
 from FSDiffRegLib.pipeline.track import (
-    HEART_MARGIN_MM,
+    HEART_BOX_MARGIN_MM,
     TAPER_MM,
     frames_on_grid,
-    heart_centre,
-    heart_region,
+    heart_box,
+    labelled_heart_centre,
     predict_flows,
     taper,
     track_frames,
@@ -101,17 +102,18 @@ def test_every_file_of_the_set_is_one_a_new_run_replaces(tracked: Path):
 
 
 def test_the_region_holds_the_heart_with_its_margin(pair: acdc.AcdcPair):
-    """The registered box: every labelled voxel HEART_MARGIN_MM inside it (where the grid allows), sides that
+    """The registered box: every labelled voxel HEART_BOX_MARGIN_MM inside it (where the grid allows), sides that
     the network takes, far smaller than the whole grid; the field's weight is 1 on the heart, 0 at the box's
     sides inside the grid and unchanged at the grid's own sides."""
     labels = sitk.ReadImage(str(pair.fixed_labels))
-    whole = network_grid(canonical(sitk.ReadImage(str(pair.fixed))), heart_centre(labels), load_model(None)[0].cfg)
-    region = heart_region(labels, whole, 8)
+    whole = network_grid(canonical(sitk.ReadImage(str(pair.fixed))), labelled_heart_centre(labels),
+                         load_model(None)[0].cfg)
+    region = heart_box(labels, whole, 8)
     inside = np.argwhere(sitk.GetArrayFromImage(resample_to(labels, whole, 0, nearest=True)) > 0)
     size, spacing = whole.GetSize()[::-1], whole.GetSpacing()[::-1]
     for axis, r in enumerate(region):
         assert (r.stop - r.start) % 8 == 0
-        margin = HEART_MARGIN_MM / spacing[axis]
+        margin = HEART_BOX_MARGIN_MM / spacing[axis]
         assert r.start == 0 or inside[:, axis].min() - r.start >= margin
         assert r.stop == size[axis] or r.stop - inside[:, axis].max() - 1 >= margin
     assert np.prod([r.stop - r.start for r in region]) < 0.7 * np.prod(size)
@@ -155,8 +157,8 @@ def test_labels_land_on_the_es_frame(pair: acdc.AcdcPair, tracked: Path):
     """The propagated ED labels match the manual ES labels far better than the ED labels unmoved."""
     es = sitk.GetArrayFromImage(sitk.ReadImage(str(pair.moving_labels)))
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tracked / "labels.nii.gz")))  # (t, z, y, x)
-    before = heart_dice(labels[0], es)["mean"]
-    after = heart_dice(labels[1], es)["mean"]
+    before = heart_labels_dice(labels[0], es)["mean"]
+    after = heart_labels_dice(labels[1], es)["mean"]
     assert after > before + 0.05, (before, after)
 
 
@@ -180,7 +182,8 @@ def test_batched_frames_match_one_at_a_time(pair: acdc.AcdcPair, monkeypatch: py
 
     model, _ = load_model(None, CPU)
     ed, es = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
-    grid = track.network_grid(track.canonical(ed), heart_centre(sitk.ReadImage(str(pair.fixed_labels))), model.cfg)
+    grid = track.network_grid(track.canonical(ed), labelled_heart_centre(sitk.ReadImage(str(pair.fixed_labels))),
+                              model.cfg)
     moving = frames_on_grid([ed], grid)
     fixed = frames_on_grid([es, ed, es], grid)
     network = RefineOptions(steps=0)
@@ -189,8 +192,7 @@ def test_batched_frames_match_one_at_a_time(pair: acdc.AcdcPair, monkeypatch: py
     monkeypatch.setitem(track.NETWORK_BATCH, "cpu", 1)
     alone = torch.cat([predict_flows(model, moving, fixed[i:i + 1], network, lambda m: None) for i in range(3)])
     assert torch.allclose(together, alone, atol=2e-3)  # convolution algorithms differ with the batch size
-    with torch.no_grad():
-        score, flow = model(moving.expand(3, -1, -1, -1, -1), fixed, fixed, torch.zeros(3, dtype=torch.long))
+    score, flow = predict(model, moving.expand(3, -1, -1, -1, -1), fixed)
     refine = RefineOptions(steps=6)
     both = refine_flow(flow, moving.expand(3, -1, -1, -1, -1), fixed, score, model.cfg, refine)
     each = [refine_flow(flow[i:i + 1], moving, fixed[i:i + 1], score[i:i + 1], model.cfg, refine) for i in range(3)]

@@ -33,14 +33,14 @@ from ..errors import DeviceError, InputError, OutputError, WeightsError
 from ..events import Report, ignore, note, prefixed, progress, stage
 from ..files import replaced_whole
 from ..outputs.folder import METRICS, interrupts_held, marked
-from ..pipeline import register, track
+from . import register_files, track_files
 from .manifest import Case, Manifest
 from .shards import Shard, summary_name
 
 SUMMARY_COLUMNS = ("id", "status", "seconds", "folding_percent", "ncc_before", "ncc_after", "lv_ef_percent",
                    "rv_ef_percent", "error")
 EXPECTED_ERRORS = (InputError, OutputError, WeightsError, DeviceError, OSError)
-Request = Union[register.RegisterRequest, track.TrackRequest]
+Request = Union[register_files.RegisterRequest, track_files.TrackRequest]
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,14 @@ class BatchOptions:
 def request_for(kind: str, case: Case, out_root: Path, options: BatchOptions) -> Request:
     p = case.paths
     if kind == "register":
-        return register.RegisterRequest(p["fixed"], p["moving"], out_root / case.id, p.get("moving_labels"),
+        return register_files.RegisterRequest(p["fixed"], p["moving"], out_root / case.id, p.get("moving_labels"),
                                         options.weights, options.device, options.refine)
-    return track.TrackRequest(p["cine"], p["labels"], out_root / case.id, case.reference_frame, options.weights,
+    return track_files.TrackRequest(p["cine"], p["labels"], out_root / case.id, case.reference_frame, options.weights,
                               options.device, options.refine)
 
 
-def command(request: Request):  # the register or track module
-    return register if isinstance(request, register.RegisterRequest) else track
+def command(request: Request):  # the register_files or track_files module
+    return register_files if isinstance(request, register_files.RegisterRequest) else track_files
 
 
 def error_line(err: BaseException) -> str:
@@ -95,10 +95,10 @@ def up_to_date(request: Request, inputs: dict | None, weights_sha256: str) -> bo
 def run_case(request: Request, loaded: tuple, read: dict | None, log: Report) -> str | None:
     """Register or track one case into its out-dir; the error line, or None when its set is written."""
     try:
-        if isinstance(request, register.RegisterRequest):
-            register.register_files(request, log, loaded=loaded, read=read)
+        if isinstance(request, register_files.RegisterRequest):
+            register_files.register_files(request, log, loaded=loaded, read=read)
         else:
-            track.track_files(request, log, loaded=loaded, read=read)
+            track_files.track_files(request, log, loaded=loaded, read=read)
     except Exception as err:  # any case's failure is recorded and the batch goes on
         return error_line(err)
     return None

@@ -25,9 +25,11 @@ from ..defaults import (
     MAX_PASSES,
     MAX_STEPS,
     REFINE_OPTION,
+    SEGMENT_TRAINING,
     TRACK_REFINE,
-    HeartTraining,
+    HeartHeadTraining,
     RefineOptions,
+    SegmentTraining,
     checked_passes,
     checked_smoothness,
     checked_steps,
@@ -56,7 +58,7 @@ def refine_options(args: argparse.Namespace) -> RefineOptions:
 
 
 def _register(args: argparse.Namespace) -> None:
-    from ..pipeline.register import RegisterRequest, register_files
+    from .register_files import RegisterRequest, register_files
 
     request = RegisterRequest(args.fixed, args.moving, args.out_dir, args.moving_labels, args.weights, args.device,
                               refine_options(args))
@@ -68,7 +70,7 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _track(args: argparse.Namespace) -> None:
-    from ..pipeline.track import TrackRequest, track_files
+    from .track_files import TrackRequest, track_files
 
     request = TrackRequest(args.cine, args.labels, args.out_dir, args.reference_frame, args.weights, args.device,
                            refine_options(args), args.frame_times_ms)
@@ -81,7 +83,7 @@ def _track(args: argparse.Namespace) -> None:
 
 
 def _segment(args: argparse.Namespace) -> None:
-    from ..pipeline.segment import segment_file
+    from .segment_file import segment_file
 
     result = segment_file(args.image, args.out, args.weights, args.device, args.overwrite, log=events.to_stderr)
     volumes = ", ".join(f"{name} {ml:.1f} ml" for name, ml in result["volumes_ml"].items())
@@ -152,7 +154,7 @@ def _demo(args: argparse.Namespace) -> None:
     import SimpleITK as sitk
 
     from ..outputs.figure import save_figure
-    from ..pipeline.register import RegisterRequest, register_files
+    from .register_files import RegisterRequest, register_files
 
     sample = sample_pair()
     fixed, moving = sample["fixed"], sample["moving"]
@@ -189,14 +191,26 @@ def _train(args: argparse.Namespace) -> None:
     print(f"stopped at epoch {state.epoch}, step {state.step}; best validation mean Dice {state.best_dice:.4f}")
 
 
-def _train_heart(args: argparse.Namespace) -> None:
-    from ..training.heart_head import make_heart
+def _train_heart_head(args: argparse.Namespace) -> None:
+    from ..training.heart_head_train import make_heart_head
 
-    options = HeartTraining(steps=args.steps, pairs=args.pairs)
-    info = make_heart(Path(args.data), args.weights, Path(args.out) if args.out else None, options,
-                      log=events.to_stderr)
+    options = HeartHeadTraining(steps=args.steps, pairs=args.pairs)
+    info = make_heart_head(Path(args.data), args.weights, Path(args.out) if args.out else None, options,
+                           log=events.to_stderr)
     score = info["validation_heart_dice"]
     print(f"heart head for {info['weights']}: validation heart Dice {score['mean']:.3f} (lowest {score['min']:.3f})")
+
+
+def _train_segmenter(args: argparse.Namespace) -> None:
+    from ..training.segment_train import export, train_segmenter
+
+    if args.export:
+        print(export(args.out / "best.pt", args.export))
+        return
+    options = SegmentTraining(epochs=args.epochs, batch=args.batch, crop=args.crop, val_every=args.val_every,
+                              lr=args.lr, channels=args.channels, ema=args.ema, threads=args.threads, seed=args.seed)
+    best = train_segmenter(args.data, args.out, options, log=events.to_stderr)
+    print(f"best validation mean Dice {best:.4f}: {args.out / 'best.pt'}")
 
 
 def _benchmark(args: argparse.Namespace) -> None:
@@ -331,6 +345,12 @@ def passes(text: str) -> int:
     return checked_passes(whole_number(text))
 
 
+@option
+def channel_list(text: str) -> tuple[int, ...]:
+    """``--channels``: comma-separated whole numbers, each at least 1."""
+    return tuple(from_one(part, "channels must be at least 1") for part in text.split(","))
+
+
 def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOptions = DEFAULT_REFINE) -> None:
     """--refine, --smoothness, --[no-]diffeomorphic, --[no-]gaussian, --[no-]heart: the RefineOptions of a
     sub-command, ``defaults`` unless given."""
@@ -354,6 +374,26 @@ def add_refine_arguments(parser: argparse.ArgumentParser, defaults: RefineOption
     parser.add_argument("--passes", type=passes, default=defaults.passes, metavar="N",
                         help=f"network runs, each on the moving image warped by the runs before, 1 to {MAX_PASSES} "
                              f"(default {defaults.passes})")
+
+
+def add_segment_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """``train-segmenter``'s options: the SegmentTraining fields (its defaults), the data, the run folder, --export."""
+    p, d = parser, SEGMENT_TRAINING
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ACDC folder (holding training/patientNNN)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: cache.npz, last.pt, best.pt, log.csv")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--crop", type=int, default=d.crop, help="training patch side in pixels of the model grid")
+    p.add_argument("--val-every", type=int, default=d.val_every, metavar="N",
+                   help="validate every N epochs (and the last)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--channels", type=channel_list, default=d.channels,
+                   metavar="C1,C2,...", help="U-Net channels per level (default: segment.NETWORK's)")
+    p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights (0: the weights themselves)")
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--export", type=Path, metavar="WEIGHTS", help="write OUT's best.pt as bundled weights, and stop")
 
 
 def methods_from(names: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -456,10 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--out", help="the head's file (default: beside the weights, <name>_heart.pt, where "
                                  "register finds it); an existing file is refused")
-    p.add_argument("--steps", type=count, default=HeartTraining.steps, metavar="N", help="Adam steps")
-    p.add_argument("--pairs", type=count, default=HeartTraining.pairs, metavar="N",
+    p.add_argument("--steps", type=count, default=HeartHeadTraining.steps, metavar="N", help="Adam steps")
+    p.add_argument("--pairs", type=count, default=HeartHeadTraining.pairs, metavar="N",
                    help="the first N ACDC training pairs")
-    p.set_defaults(func=_train_heart)
+    p.set_defaults(func=_train_heart_head)
+
+    p = sub.add_parser("train-segmenter", help="train the segmentation U-Net of segment on ACDC 001-090 (ED and ES), "
+                                               "selected on 091-100; resumes from OUT's last.pt (needs MONAI)")
+    add_segment_training_arguments(p)
+    p.set_defaults(func=_train_segmenter)
 
     p = sub.add_parser("register", help="register MOVING to FIXED; outputs on the fixed grid")
     p.add_argument("fixed", help="fixed image (any 3D image SimpleITK reads)")

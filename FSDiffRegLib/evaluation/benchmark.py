@@ -42,7 +42,7 @@ from ..errors import InputError
 from ..events import Report, ignore, note, to_stderr
 from ..files import replaced_whole
 from ..imaging import acdc
-from ..imaging.preprocess import locate_heart, network_grid
+from ..imaging.preprocess import heart_grid_centre, network_grid
 from ..model.config import Config
 from ..model.weights import load_model
 from ..pipeline.register import register_images
@@ -169,7 +169,7 @@ def benchmark(pairs: list[acdc.AcdcPair], methods: list[Method], log: Report = i
         cases.append((pair.patient, acdc.DIRECTIONS[way]))
         fixed, moving = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
         moving_labels, fixed_labels = (sitk.ReadImage(str(p)) for p in (pair.moving_labels, pair.fixed_labels))
-        grid = network_grid(fixed, locate_heart(fixed, moving), Config())
+        grid = network_grid(fixed, heart_grid_centre(fixed, moving), Config())
         for method in methods:
             if index == 0:
                 method.register(fixed, moving, moving_labels)  # warm-up, untimed

@@ -11,7 +11,7 @@ import torch
 from ..defaults import DEFAULT_REFINE, RefineOptions
 from ..imaging import acdc
 from ..imaging.field import apply_field
-from ..imaging.metrics import field_metrics, heart_dice, jacobian_determinant, jacobian_stats
+from ..imaging.metrics import field_metrics, heart_labels_dice, jacobian_determinant, jacobian_stats
 from ..model.network import FSDiffRegNet
 from ..pipeline.function import structure_volumes
 from ..pipeline.register import register_images
@@ -31,7 +31,7 @@ def score_field(field: sitk.Image, grid: sitk.Image, moving_labels: sitk.Image, 
     With ``carried_ef`` (moving = ED, fixed = ES): ``LV_EF_error``, the LV ejection fraction of the carried
     labels (ED volume of the moving labels, ES volume of the warped ones) minus that of the manual labels, points."""
     warped = apply_field(moving_labels, field, nearest=True)
-    row = {**heart_dice(sitk.GetArrayFromImage(warped), sitk.GetArrayFromImage(fixed_labels)),
+    row = {**heart_labels_dice(sitk.GetArrayFromImage(warped), sitk.GetArrayFromImage(fixed_labels)),
            **field_metrics(field, grid)}
     row["folding_fixed_percent"] = jacobian_stats(sitk.GetArrayFromImage(jacobian_determinant(field)))[
         "folding_percent"]
@@ -67,7 +67,7 @@ def identity_row(pair: acdc.AcdcPair) -> dict[str, float]:
     fixed_labels = sitk.ReadImage(str(pair.fixed_labels))
     moving = sitk.Resample(sitk.ReadImage(str(pair.moving_labels)), fixed_labels, sitk.Transform(),
                            sitk.sitkNearestNeighbor, 0)
-    row = heart_dice(sitk.GetArrayFromImage(moving), sitk.GetArrayFromImage(fixed_labels))
+    row = heart_labels_dice(sitk.GetArrayFromImage(moving), sitk.GetArrayFromImage(fixed_labels))
     return {**row, "folding_percent": 0.0, "sd_jacobian": 0.0, "seconds": 0.0}
 
 

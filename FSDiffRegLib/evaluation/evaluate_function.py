@@ -28,14 +28,14 @@ from ..events import Report, note, to_stderr
 from ..imaging import acdc
 from ..imaging.cine import Cine, read_cine
 from ..imaging.field import apply_field
-from ..imaging.metrics import field_metrics, heart_dice
+from ..imaging.metrics import field_metrics, heart_labels_dice
 from ..imaging.preprocess import canonical, network_grid
 from ..model.config import Config
 from ..model.network import FSDiffRegNet
 from ..model.weights import load_model
 from ..pipeline.descent import corrected_volumes
 from ..pipeline.function import structure_volumes
-from ..pipeline.track import heart_centre, track_frames
+from ..pipeline.track import labelled_heart_centre, track_frames
 from .methods import Method, chosen_methods
 
 
@@ -75,8 +75,8 @@ def pair_row(method: Method, pair: acdc.AcdcPair) -> dict[str, float]:
     field = method.register(es, ed, ed_labels)  # ES fixed, ED moving: carries the ED labels onto ES
     seconds = time.perf_counter() - start
     propagated = apply_field(ed_labels, field, nearest=True)
-    row = heart_dice(sitk.GetArrayFromImage(propagated), sitk.GetArrayFromImage(es_labels))
-    row.update(field_metrics(field, network_grid(canonical(es), heart_centre(ed_labels), Config())))
+    row = heart_labels_dice(sitk.GetArrayFromImage(propagated), sitk.GetArrayFromImage(es_labels))
+    row.update(field_metrics(field, network_grid(canonical(es), labelled_heart_centre(ed_labels), Config())))
     es_ml = structure_volumes(es_labels)
     ed_ml, tracked_ml = corrected_volumes([structure_volumes(x) for x in (ed_labels, propagated)],
                                           [ed_labels, propagated], 0)[0]

@@ -15,7 +15,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
 
 
-def heart_dice(warped_labels: np.ndarray, fixed_labels: np.ndarray) -> dict[str, float]:
+def heart_labels_dice(warped_labels: np.ndarray, fixed_labels: np.ndarray) -> dict[str, float]:
     """Dice of LV, Myo, RV, their mean, and the whole heart (all labels > 0)."""
     scores = {name: dice(warped_labels == v, fixed_labels == v) for name, v in VALUES.items()}
     scores["mean"] = float(np.mean([scores["LV"], scores["Myo"], scores["RV"]]))

@@ -9,6 +9,7 @@ two frames differ: between end-diastole and end-systole the heart is what moves.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +18,8 @@ import SimpleITK as sitk
 from ..model.config import Config
 from . import imageio  # noqa: F401  (silences ITK warnings)
 
-HEART_SMOOTHING_MM = 8.0
-HEART_TOP_FRACTION = 0.05
+HEART_GRID_SMOOTHING_MM = 8.0
+HEART_GRID_TOP_FRACTION = 0.05
 CANONICAL = "LPS"  # ACDC's orientation (identity direction), the one the bundled model was trained in
 CANONICAL_LETTER = {"L": "L", "R": "L", "P": "P", "A": "P", "S": "S", "I": "S"}
 
@@ -57,7 +58,7 @@ def image_centre(image: sitk.Image) -> np.ndarray:
     return np.array(image.TransformContinuousIndexToPhysicalPoint(middle))
 
 
-def locate_heart(fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:
+def heart_grid_centre(fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:
     """Physical centre of the heart: the centroid of the strongest change between the frames.
 
     Both normalised images are compared on the fixed grid, the absolute difference is
@@ -66,9 +67,9 @@ def locate_heart(fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:
     """
     f = normalized(fixed)
     m = resample_to(normalized(moving), f, -1.0)
-    diff = sitk.SmoothingRecursiveGaussian(sitk.Abs(f - m), HEART_SMOOTHING_MM)
+    diff = sitk.SmoothingRecursiveGaussian(sitk.Abs(f - m), HEART_GRID_SMOOTHING_MM)
     array = sitk.GetArrayFromImage(diff)
-    threshold = np.quantile(array, 1.0 - HEART_TOP_FRACTION)
+    threshold = np.quantile(array, 1.0 - HEART_GRID_TOP_FRACTION)
     weights = np.where(array >= threshold, array, 0.0)
     if weights.sum() <= 0:
         return image_centre(fixed)
@@ -115,7 +116,7 @@ def network_grid(fixed: sitk.Image, centre: np.ndarray, cfg: Config) -> sitk.Ima
 def prepare_pair(fixed: sitk.Image, moving: sitk.Image, cfg: Config) -> PreparedPair:
     """Both images, normalised, on the heart-centred network grid."""
     fixed = canonical(fixed)  # the same arrays, so the same heart centre, however the images are stored
-    grid = network_grid(fixed, locate_heart(fixed, moving), cfg)
+    grid = network_grid(fixed, heart_grid_centre(fixed, moving), cfg)
     f = sitk.GetArrayFromImage(resample_to(normalized(fixed), grid, -1.0))
     m = sitk.GetArrayFromImage(resample_to(normalized(moving), grid, -1.0))
     return PreparedPair(grid, f, m)
@@ -124,3 +125,11 @@ def prepare_pair(fixed: sitk.Image, moving: sitk.Image, cfg: Config) -> Prepared
 def through_plane_axis(image: sitk.Image) -> int:
     """The array axis (D, H, W order) with the largest spacing: the slice axis of a short-axis stack."""
     return int(np.argmax(image.GetSpacing()[::-1]))
+
+
+def base_first(lv_sizes: Sequence[float] | np.ndarray) -> bool:
+    """Whether a short-axis stack stores its base first: the LV blood pool is larger towards the base, so the
+    first half of its per-slice sizes (``lv_sizes``, in stack order) sums at least as large as the last half."""
+    sizes = np.asarray(lv_sizes, float)
+    half = len(sizes) // 2
+    return bool(sizes[:half].sum() >= sizes[len(sizes) - half:].sum())

@@ -218,7 +218,7 @@ class FSDiffRegNet(nn.Module):
         else:
             self.flow_heads = nn.ModuleList()
             self.final_flow = FlowHead(w, 1, 1, False)
-        self.heart: nn.Module | None = None  # the heart head weights.load_model finds beside the weights
+        self.heart_head: nn.Module | None = None  # the heart head weights.load_model finds beside the weights
 
     def forward(
         self, moving: torch.Tensor, fixed: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor

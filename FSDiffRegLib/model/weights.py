@@ -16,7 +16,7 @@ from ..errors import WeightsError
 from ..files import replaced_whole
 from ..resources import weights_path
 from .config import Config
-from .heart import HeartHead
+from .heart_head import HeartHead
 from .network import FSDiffRegNet
 
 
@@ -138,7 +138,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
 
     Checks the ``.sha256`` file beside the weights when there is one, and loads with
     ``weights_only=True`` so a weights file can never run code. The heart head saved beside
-    the weights, when there is one, becomes ``model.heart`` (FSDiffRegLib.model.heart). Returns the
+    the weights, when there is one, becomes ``model.heart_head`` (FSDiffRegLib.model.heart_head). Returns the
     model and a description {name, sha256, info, heart}.
     """
     path = weights_path(path)
@@ -148,29 +148,29 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     except (TypeError, ValueError, RuntimeError) as err:
         raise WeightsError(f"cannot load weights {path}: invalid configuration: {first_line(err)}") from None
     load_state(model, payload["state_dict"], f"weights {path}")
-    model.heart = load_heart(path, digest)
+    model.heart_head = load_heart_head(path, digest)
     model.to(device, memory_format=torch.channels_last_3d).eval()  # type: ignore[call-overload]  # torch's stub omits it
     info = payload.get("info", {})
     return model, {"name": path.name, "sha256": digest, "info": info if isinstance(info, dict) else {},
-                   "heart": heart_path(path).name if model.heart is not None else None}
+                   "heart": heart_head_path(path).name if model.heart_head is not None else None}
 
 
-def heart_path(weights: Path) -> Path:
+def heart_head_path(weights: Path) -> Path:
     """Where the heart head of ``weights`` lies: beside them, ``<stem>_heart.pt``."""
     return weights.with_name(weights.stem + "_heart.pt")
 
 
-def save_heart(head: HeartHead, path: Path, info: dict) -> None:
+def save_heart_head(head: HeartHead, path: Path, info: dict) -> None:
     """Write {config: {channels}, state_dict, info} and its ``.sha256`` beside it."""
     payload = {"config": {"channels": head.channels},
                "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "info": info}
     write_with_checksum(payload, path)
 
 
-def load_heart(weights: Path, network_sha256: str) -> HeartHead | None:
+def load_heart_head(weights: Path, network_sha256: str) -> HeartHead | None:
     """The head saved beside ``weights`` (None when there is none), checked against its checksum and
     against the network it was trained on."""
-    path = heart_path(weights)
+    path = heart_head_path(weights)
     if not path.is_file():
         return None
     payload, _ = checked_payload(path)

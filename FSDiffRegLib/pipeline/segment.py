@@ -5,13 +5,12 @@ largest connected component.
 
 The slices are the image's third index axis (as ACDC, Sunnybrook and DICOM series store a stack).
 Each volume is normalised by its intensity percentiles. Weights: ``resources.SEGMENTATION_WEIGHTS``
-(docs/segmentation-model-card.md); ``segment_train`` trains them.
+(docs/segmentation-model-card.md); ``training.segment_train`` trains them, ``commands.segment_file`` writes
+a frame's labels.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +20,9 @@ import torch
 from ..device import pick_device
 from ..errors import InputError, WeightsError
 from ..events import Report, ignore, prefixed, progress, stage
-from ..imaging.imageio import read_image, write_image
 from ..labels import VALUES
 from ..model.segment_net import UNet
 from ..model.weights import checked_payload, load_safely, load_state
-from ..outputs.folder import OutputError, WriteError
 from ..resources import segmentation_weights_path
 
 SPACING_MM = 1.5  # in-plane spacing the network sees (ACDC's median in-plane spacing is about 1.5 mm)
@@ -172,58 +169,6 @@ def check_found(labels: sitk.Image, role: str = "image") -> None:
     if missing:
         raise InputError(f"the segmentation found no {', '.join(missing)} in the {role}: is it a short-axis cine "
                          "MRI frame of the whole heart?")
-
-
-def checked_output(image: Path, out: Path, overwrite: bool) -> None:
-    """OutputError unless ``out`` may be written: a NIfTI name, in a folder that exists, not the image itself,
-    and no file already there unless ``overwrite``."""
-    if not out.name.endswith((".nii", ".nii.gz")):
-        raise OutputError(f"the labels file {out} must be NIfTI: name it .nii.gz or .nii")
-    if not out.parent.is_dir():
-        raise OutputError(f"the folder of the labels file {out} does not exist")
-    if out.is_dir():
-        raise OutputError(f"the labels file {out} is a folder: name a file")
-    if out.exists() and image.exists() and os.path.samefile(image, out):
-        raise OutputError(f"the labels file {out} is the image itself: name another file")
-    if out.exists() and not overwrite:
-        raise OutputError(f"the labels file {out} exists: give --overwrite to replace it, or name a new file")
-
-
-def write_labels(labels: sitk.Image, out: Path) -> None:
-    """Write ``labels`` to ``out`` whole or not at all: into a hidden file beside it, read back, then renamed."""
-    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp{'.nii.gz' if out.name.endswith('.gz') else '.nii'}")
-    try:
-        write_image(labels, tmp, use_compression=True)
-        os.replace(tmp, out)
-    except WriteError as err:
-        raise OutputError(f"cannot write the labels file {out}: {err.cause}; nothing written") from None
-    except OSError as err:
-        raise OutputError(f"cannot write the labels file {out}: {(err.strerror or str(err)).lower()}; nothing "
-                          "written") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def segment_file(image: str | Path, out: str | Path, weights: str | Path | None = None, device: str = "auto",
-                 overwrite: bool = False, log: Report = ignore) -> dict:
-    """The ``fsdiffreg segment`` command: check the device, the output name and the image, segment, write the
-    labels whole; returns {labels, seconds, device, weights, weights_sha256, volumes_ml}."""
-    import time
-
-    torch_device = pick_device(device)
-    image, out = Path(image), Path(out)
-    checked_output(image, out, overwrite)
-    log(stage("reading", "reading image"))
-    frame = read_image(image, "image")
-    check_stack(frame)
-    log(stage("loading", f"loading segmentation weights on {torch_device}"))
-    model, about = load_segmenter(weights, torch_device)
-    start = time.time()
-    labels = segment_image(frame, model, torch_device, log)
-    check_found(labels)
-    write_labels(labels, out)
-    return {"labels": str(out.resolve()), "seconds": round(time.time() - start, 3), "device": str(torch_device),
-            "weights": about["name"], "weights_sha256": about["sha256"], "volumes_ml": volumes_ml(labels)}
 
 
 def is_auto(labels: str | Path | None) -> bool:

@@ -29,10 +29,10 @@ contour pieces between its rays). Distances are in 3D, so through-plane motion c
 AHA 16-segment model (Cerqueira et al., Circulation 2002;105:539-542): the slices with contours are
 split along the long axis into basal, mid and apical thirds (``numpy.array_split``, the basal third
 the largest when they cannot be equal), the base being the end of the stack with the larger blood
-pool. Angles run counter-clockwise as seen from the apex (the AHA's short-axis view). Basal and mid
-slices have six 60-degree segments starting at the anterior RV insertion point, which is the border
-of segments 1 (anterior) and 2 (anteroseptal), then 3 inferoseptal, 4 inferior, 5 inferolateral,
-6 anterolateral (7-12 on mid slices); apical slices four 90-degree segments, 14 (septal) centred
+pool (``imaging.preprocess.base_first``). Angles run counter-clockwise as seen from the apex (the AHA's
+short-axis view). Basal and mid slices have six 60-degree segments starting at the anterior RV insertion
+point, which is the border of segments 1 (anterior) and 2 (anteroseptal), then 3 inferoseptal, 4 inferior,
+5 inferolateral, 6 anterolateral (7-12 on mid slices); apical slices four 90-degree segments, 14 (septal) centred
 60 degrees from the insertion point (the middle of the septum), then 15 inferior, 16 lateral and
 13 anterior. The anterior RV insertion point of a slice is the first end, counter-clockwise, of
 the arc of myocardium touching the RV blood pool (label 1). Slices without RV use the mean
@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from ..imaging.preprocess import base_first
 from ..labels import LV, MYO, RV
 
 RAYS = 72  # 5 degrees apart: segment borders fall on rays
@@ -187,11 +188,9 @@ def ed_contours(ed_labels: sitk.Image) -> Contours | None:
     matrix, origin = _matrix(ed_labels), np.array(ed_labels.GetOrigin())
     direction = np.array(ed_labels.GetDirection()).reshape(3, 3)
     u1, normal = direction[:, 0], direction[:, 2]
-    area = [(values[k] == LV).sum() for k in slices]
-    half = len(slices) // 2
-    base_first = sum(area[:half]) >= sum(area[len(slices) - half:])
-    toward_apex = normal if base_first else -normal
-    order = slices if base_first else slices[::-1]
+    stored_base_first = base_first([int((values[k] == LV).sum()) for k in slices])
+    toward_apex = normal if stored_base_first else -normal
+    order = slices if stored_base_first else slices[::-1]
     jj, ii = np.mgrid[0:values.shape[1], 0:values.shape[2]]
     centres, insertions = {}, {}
     for k in slices:

@@ -4,7 +4,7 @@ base's descent along the long axis, which tracking within the slices misses: ``d
 
 Each frame is the fixed image and the reference frame the moving one, so every frame's field
 maps straight to the reference and no error accumulates along the cycle. All frames share one
-network grid: the box of the heart-centred grid that holds the labelled heart and HEART_MARGIN_MM
+network grid: the box of the heart-centred grid that holds the labelled heart and HEART_BOX_MARGIN_MM
 around it (about half the grid, so half the cost; validation Dice as on the whole grid), the field
 fading to zero over TAPER_MM at the box's sides and zero beyond. The network runs on batches of
 frames (on a GPU; one at a time is fastest on a CPU) and the refinement optimises every frame at
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -26,43 +25,21 @@ import torch
 from ..defaults import TRACK_REFINE, RefineOptions
 from ..errors import InputError
 from ..events import Report, ignore, progress
-from ..imaging.cine import Cine, check_cine_labels, join_frames, read_cine, reference_index, with_times
-from ..imaging.field import apply_field, flow_to_field, write_field
-from ..imaging.imageio import read_image, write_image
+from ..imaging.cine import Cine, check_cine_labels
+from ..imaging.field import apply_field, flow_to_field
 from ..imaging.metrics import field_metrics, jacobian_stats
 from ..imaging.preprocess import canonical, network_grid, normalized, resample_to
 from ..model.network import FSDiffRegNet
 from ..model.predict import predict
-from ..outputs.bullseye import save_bullseye
-from ..outputs.curves import save_curves
-from ..outputs.folder import output_folder, write_json, write_metrics, written
-from ..outputs.sets import describe, refuse_non_finite
-from . import segment
 from .descent import corrected_volumes
-from .function import cardiac_function, check_structures, quality_notes, strain_csv, structure_volumes, volumes_csv
+from .function import cardiac_function, check_structures, quality_notes, structure_volumes
 from .refine import refine_flow
-from .register import prepare
 from .strain import Strain, contour_strain
 from .unfold import unfold_onto
 
-HEART_MARGIN_MM = 18.0  # context registered around the labelled heart
+HEART_BOX_MARGIN_MM = 18.0  # context registered around the labelled heart
 TAPER_MM = 9.0  # band inside the box's sides over which the field fades to zero
 NETWORK_BATCH = {"cpu": 1, "cuda": 8}  # frames per network pass (2-core CPU: 1.12 s a frame alone, 1.44 in fours)
-
-
-@dataclass(frozen=True)
-class TrackRequest:
-    """What ``fsdiffreg track`` is asked: the cine, the labels of its reference frame (1-based), where to
-    write, and how to register."""
-
-    cine: str | Path
-    labels: str | Path
-    out_dir: str | Path
-    reference_frame: int = 1
-    weights: str | Path | None = None
-    device: str = "auto"
-    refine: RefineOptions = TRACK_REFINE
-    frame_times_ms: tuple[float, ...] | None = None  # instead of the file's
 
 
 @dataclass
@@ -78,22 +55,22 @@ class Tracking:
     strain: Strain | None = None
 
 
-def heart_centre(labels: sitk.Image) -> np.ndarray:
+def labelled_heart_centre(labels: sitk.Image) -> np.ndarray:
     """Physical centroid of the labelled heart (every label above 0)."""
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(sitk.Cast(labels > 0, sitk.sitkUInt8))
     return np.array(stats.GetCentroid(1))
 
 
-def heart_region(labels: sitk.Image, grid: sitk.Image, multiple: int) -> tuple[slice, ...]:
-    """(D, H, W) slices of ``grid`` around the labelled heart plus HEART_MARGIN_MM, each side a multiple of
+def heart_box(labels: sitk.Image, grid: sitk.Image, multiple: int) -> tuple[slice, ...]:
+    """(D, H, W) slices of ``grid`` around the labelled heart plus HEART_BOX_MARGIN_MM, each side a multiple of
     ``multiple`` voxels (or the grid's side), centred on the heart where the grid allows."""
     inside = np.argwhere(sitk.GetArrayFromImage(resample_to(labels, grid, 0, nearest=True)) > 0)
     if not len(inside):
         box = " x ".join(f"{n * mm:.0f}" for n, mm in zip(grid.GetSize(), grid.GetSpacing()))
         raise InputError(f"ED labels have no voxel within the {box} mm box around their centre: is it one heart?")
     size = np.array(grid.GetSize()[::-1])
-    margin = np.ceil(HEART_MARGIN_MM / np.array(grid.GetSpacing()[::-1])).astype(int)
+    margin = np.ceil(HEART_BOX_MARGIN_MM / np.array(grid.GetSpacing()[::-1])).astype(int)
     low, high = inside.min(axis=0) - margin, inside.max(axis=0) + 1 + margin
     side = np.minimum(-(-(high - low) // multiple) * multiple, size)
     start = np.clip((low + high - side) // 2, 0, size - side)
@@ -167,8 +144,8 @@ def track_frames(
     start = time.time()
     frames = cine.frames
     others = [i for i in range(len(frames)) if i != reference]
-    whole = network_grid(canonical(frames[reference]), heart_centre(labels), model.cfg)
-    region = heart_region(labels, whole, model.cfg.grid_multiple)
+    whole = network_grid(canonical(frames[reference]), labelled_heart_centre(labels), model.cfg)
+    region = heart_box(labels, whole, model.cfg.grid_multiple)
     check_structures(labels, "ED")
     grid = region_grid(whole, region)
     moving = frames_on_grid([frames[reference]], grid).to(device)
@@ -213,83 +190,3 @@ def zero_field(frame: sitk.Image) -> sitk.Image:
     zero = sitk.Image(frame.GetSize(), sitk.sitkVectorFloat64, 3)
     zero.CopyInformation(frame)
     return zero
-
-
-def frame_file(stem: str, frame: int, frames: int) -> str:
-    """``field_07.nii.gz``, ``labels_07.nii.gz``: 1-based, zero-padded to the frame count's width (at least 2
-    digits)."""
-    return f"{stem}_{frame:0{max(2, len(str(frames)))}d}.nii.gz"
-
-
-def write_tracking(tracking: Tracking, cine: Cine, folder: Path, log: Report) -> None:
-    """The output set into ``folder`` (field_NN.nii.gz and labels_NN.nii.gz per frame, labels.nii.gz, volumes.csv,
-    function.json, strain.csv; function.png and strain_bullseye.png where matplotlib is installed), each checked
-    as written, metrics.json last.
-
-    labels.nii.gz holds every frame's labels as one 4D image; the 3D labels_NN.nii.gz are the same frames for
-    readers of 3D images only (Slicer reads a volume sequence from NRRD only).
-    """
-    n = len(tracking.fields)
-    refuse_non_finite({frame_file("field", k, n): image for k, image in enumerate(tracking.fields, start=1)})
-    for k, (image, labels) in enumerate(zip(tracking.fields, tracking.labels), start=1):
-        write_field(image, folder / frame_file("field", k, n), compression=1)
-        write_image(labels, folder / frame_file("labels", k, n), use_compression=True)
-        log(progress("writing", k, n, f"writing: {k} of {n} frames written"))
-    write_image(join_frames(tracking.labels, cine.times_ms), folder / "labels.nii.gz", use_compression=True)
-    with written(folder / "volumes.csv"):
-        (folder / "volumes.csv").write_text(volumes_csv(tracking.volumes, cine.times_ms))
-    write_json(folder / "function.json", tracking.function)
-    with written(folder / "function.png"):
-        save_curves(tracking.volumes, tracking.function, cine.times_ms, folder / "function.png", log)
-    if tracking.strain is not None:
-        with written(folder / "strain.csv"):
-            (folder / "strain.csv").write_text(strain_csv(tracking.strain, cine.times_ms))
-        with written(folder / "strain_bullseye.png"):
-            save_bullseye(tracking.function["strain"]["segments"], folder / "strain_bullseye.png", log)
-    write_metrics(folder, tracking.metrics)
-
-
-def read_inputs(request: TrackRequest, inputs: dict | None = None) -> dict:
-    """The request's cine (with the frame times asked), reference frame index and labels read and checked, and the
-    inputs as metrics.json names them (``inputs`` where already described)."""
-    cine = read_cine(request.cine)
-    if request.frame_times_ms is not None:
-        cine = with_times(cine, request.frame_times_ms)
-    reference = reference_index(cine, request.reference_frame)
-    labels = None if segment.is_auto(request.labels) else read_image(request.labels, "labels")
-    return {"cine": cine, "reference": reference, "labels": labels, "inputs": inputs or input_records(request)}
-
-
-def input_records(request: TrackRequest) -> dict:
-    """The inputs as metrics.json names them (``outputs.sets.describe``)."""
-    return {"cine": describe(request.cine),
-            "labels": segment.AUTO if segment.is_auto(request.labels) else describe(request.labels)}
-
-
-def options_record(request: TrackRequest) -> dict:
-    """The options as asked that shape the outputs (metrics.json's ``options``: what ``batch`` resumes by)."""
-    times = None if request.frame_times_ms is None else list(request.frame_times_ms)
-    return {"refine": asdict(request.refine), "reference_frame": request.reference_frame, "frame_times_ms": times}
-
-
-def track_files(request: TrackRequest, log: Report = ignore,
-                loaded: tuple[FSDiffRegNet, dict] | None = None, read: dict | None = None) -> Tracking:
-    """The ``fsdiffreg track`` command: check everything, track, write the set whole or nothing. Labels ``auto``:
-    the reference frame segmented first (``segment.auto_labels``), its labels written as AUTO_LABELS.
-
-    ``loaded`` is a model already loaded (``load_model``), ``read`` the inputs already read (``read_inputs``)."""
-    auto = segment.is_auto(request.labels)
-    inputs = {"cine": request.cine, "labels": None if auto else request.labels, "weights": request.weights}
-    with output_folder(request.out_dir, inputs) as staging:
-        run = prepare(request, read_inputs, "reading cine", log, loaded, read)
-        labels = run.read["labels"]
-        if auto:
-            labels, record = segment.auto_labels(run.read["cine"].frames[run.read["reference"]], run.device, log)
-        tracking = track_frames(run.read["cine"], labels, run.read["reference"], run.model, run.device,
-                                request.refine, log)
-        tracking.metrics.update(run.record(options_record(request)))
-        if auto:
-            write_image(labels, staging / segment.AUTO_LABELS, use_compression=True)
-            tracking.metrics["labels"] = record
-        write_tracking(tracking, run.read["cine"], staging, log)
-    return tracking

@@ -4,14 +4,12 @@ Resumable: ``last.pt`` every epoch (model, optimiser, epoch, best score), ``best
 mean Dice (3D, per structure, on each frame's own grid, through ``segment.segment_image``), ``log.csv``
 one row an epoch. The slices are cached once, on the model grid, in ``cache.npz``.
 
-    python -m FSDiffRegLib.training.segment_train --data ../shared/data/ACDC --out /work/runs/seg_v1
-    python -m FSDiffRegLib.training.segment_train --data ../shared/data/ACDC --out /work/runs/seg_v1 \
-        --export FSDiffRegLib/assets/weights/fsdiffreg_acdc_segment_v1.pt
+    fsdiffreg train-segmenter --data ../shared/data/ACDC --out /work/runs/seg_v1
+    fsdiffreg train-segmenter --out /work/runs/seg_v1 --export FSDiffRegLib/assets/weights/fsdiffreg_acdc_segment_v1.pt
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -22,7 +20,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from .. import events
+from ..defaults import SEGMENT_TRAINING, SegmentTraining
+from ..events import Report
 from ..files import replaced_whole
 from ..imaging import acdc
 from ..labels import VALUES
@@ -30,7 +32,7 @@ from ..model.weights import write_with_checksum
 from ..pipeline import segment
 
 CACHE_SIZE = 224  # cached slices: model grid centre-cropped or padded to 224 x 224 (336 mm; every heart fits)
-CROP = 96  # training patch side (144 mm): a quarter of the cost of 128, the heart within it
+CROP = SEGMENT_TRAINING.crop  # training patch side in pixels of the model grid
 
 
 def frames(data: Path, which: str) -> list[tuple[str, str, Path, Path]]:
@@ -132,88 +134,93 @@ def export(checkpoint: Path, out: Path) -> str:
     return write_with_checksum({"network": state["network"], "state_dict": half, "info": info}, out)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--crop", type=int, default=CROP, help="training patch side in pixels of the model grid")
-    p.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs (and the last)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--export", type=Path, metavar="WEIGHTS", help="write OUT's best.pt as bundled weights, and stop")
-    return p.parse_args(argv)
+def training_slices(data: Path, cache: Path, log: Report) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cached training slices, labels and heart centres (``build_cache`` first where there is no cache)."""
+    if not cache.is_file():
+        log(events.stage("caching", "caching the training slices"))
+        build_cache(data, cache)
+    arrays = np.load(cache)
+    return (torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]),
+            torch.from_numpy(arrays["centres"]))
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.export:
-        print(export(args.out / "best.pt", args.export))
-        return
+def validation_frames(data: Path) -> list[tuple[str, str, sitk.Image, np.ndarray]]:
+    """(patient, ED or ES, image, labels array) of every validation frame."""
+    return [(p, f, sitk.ReadImage(str(i), sitk.sitkFloat32), sitk.GetArrayFromImage(sitk.ReadImage(str(t))))
+            for p, f, i, t in frames(data, "validation")]
+
+
+def resumed(last: Path, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
+            averaged: AveragedModel | None) -> tuple[int, float]:
+    """Load ``last.pt`` into the model, the optimiser and the average; the next epoch and the best score."""
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    optimiser.load_state_dict(state["optimiser"])
+    if averaged:
+        averaged.load_state_dict(state["averaged"])
+    return state["epoch"] + 1, state["best"]
+
+
+def train_segmenter(data: Path, out: Path, options: SegmentTraining = SEGMENT_TRAINING,
+                    log: Report = events.ignore) -> float:
+    """Train (or resume from ``out/last.pt``) the segmentation U-Net on ACDC at ``data``; the best validation
+    mean Dice. ``log`` gets one progress event an epoch."""
     from monai.losses import DiceCELoss  # training only: the library runs without MONAI
 
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    cache = args.out / "cache.npz"
-    if not cache.is_file():
-        build_cache(args.data, cache)
-    arrays = np.load(cache)
-    images, labels = torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"])
-    centres = torch.from_numpy(arrays["centres"])
-    val = [(p, f, sitk.ReadImage(str(i), sitk.sitkFloat32), sitk.GetArrayFromImage(sitk.ReadImage(str(t))))
-           for p, f, i, t in frames(args.data, "validation")]
+    torch.set_num_threads(options.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    images, labels, centres = training_slices(data, out / "cache.npz", log)
+    val = validation_frames(data)
 
-    torch.manual_seed(args.seed)
-    model = segment.build_network()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    schedule = lambda epoch: (1 - epoch / args.epochs) ** 0.9  # noqa: E731
+    torch.manual_seed(options.seed)
+    network = dict(segment.NETWORK, **({"channels": list(options.channels)} if options.channels else {}))
+    model = segment.build_network(network)
+    averaged = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(options.ema), use_buffers=True)
+                if options.ema else None)
+    kept = averaged.module if averaged else model
+    optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
+    schedule = lambda epoch: (1 - epoch / options.epochs) ** 0.9  # noqa: E731
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    start, best = 0, -1.0
-    last = args.out / "last.pt"
-    if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        optimiser.load_state_dict(state["optimiser"])
-        start, best = state["epoch"] + 1, state["best"]
-    generator = torch.Generator().manual_seed(args.seed * 1000 + start)
-    log = args.out / "log.csv"
+    last = out / "last.pt"
+    start, best = resumed(last, model, optimiser, averaged) if last.is_file() else (0, -1.0)
+    generator = torch.Generator().manual_seed(options.seed * 1000 + start)
+    log_csv = out / "log.csv"
     fields = ["epoch", "seconds", "lr", "train_loss"] + [f"dice_{n}" for n in VALUES] + ["dice_mean"]
-    if not log.is_file():
-        with open(log, "w", newline="") as handle:
+    if not log_csv.is_file():
+        with open(log_csv, "w", newline="") as handle:
             csv.writer(handle).writerow(fields)
-    for epoch in range(start, args.epochs):
+    for epoch in range(start, options.epochs):
         began = time.time()
-        lr = args.lr * schedule(epoch)
+        lr = options.lr * schedule(epoch)
         for group in optimiser.param_groups:
             group["lr"] = lr
         model.train()
         order = torch.randperm(images.shape[0], generator=generator)
         losses = []
-        for i in range(0, len(order) - args.batch + 1, args.batch):
-            idx = order[i:i + args.batch]
-            x, y = augment(images[idx], labels[idx], centres[idx], generator, args.crop)
+        for i in range(0, len(order) - options.batch + 1, options.batch):
+            idx = order[i:i + options.batch]
+            x, y = augment(images[idx], labels[idx], centres[idx], generator, options.crop)
             optimiser.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
             optimiser.step()
-            losses.append(float(loss))
-        validated = (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs
-        scores = validate(model, val) if validated else {n: float("nan") for n in VALUES}
+            if averaged:
+                averaged.update_parameters(model)
+            losses.append(loss.item())
+        validated = (epoch + 1) % options.val_every == 0 or epoch + 1 == options.epochs
+        scores = validate(kept, val) if validated else {n: float("nan") for n in VALUES}
         mean = float(np.mean(list(scores.values())))
         row = [epoch, round(time.time() - began, 1), f"{lr:.6f}", f"{np.mean(losses):.4f}"]
         row += [f"{scores[n]:.4f}" for n in VALUES] + [f"{mean:.4f}"]
-        with open(log, "a", newline="") as handle:
+        with open(log_csv, "a", newline="") as handle:
             csv.writer(handle).writerow(row)
-        network = dict(segment.NETWORK)
         if validated and mean > best:
             best = mean
-            save_atomic({"network": network, "state_dict": model.state_dict(), "epoch": epoch,
-                         "dice": scores, "dice_mean": mean}, args.out / "best.pt")
+            save_atomic({"network": network, "state_dict": kept.state_dict(), "epoch": epoch,
+                         "dice": scores, "dice_mean": mean}, out / "best.pt")
         save_atomic({"network": network, "state_dict": model.state_dict(), "optimiser": optimiser.state_dict(),
-                     "epoch": epoch, "best": best}, last)
-
-
-if __name__ == "__main__":
-    main()
+                     "epoch": epoch, "best": best, **({"averaged": averaged.state_dict()} if averaged else {})}, last)
+        log(events.progress("training", epoch + 1, options.epochs,
+                            f"epoch {epoch + 1} of {options.epochs}: loss {np.mean(losses):.4f}, "
+                            f"validation mean Dice {mean:.4f}"))
+    return best

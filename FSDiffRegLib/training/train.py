@@ -36,7 +36,7 @@ from .. import __version__
 from ..errors import InputError, OutputError, WeightsError
 from ..files import replaced_whole
 from ..imaging import acdc
-from ..imaging.metrics import heart_dice
+from ..imaging.metrics import heart_labels_dice
 from ..labels import STRUCTURES
 from ..model.config import Config
 from ..model.diffusion import NoiseSchedule
@@ -137,7 +137,7 @@ def validate(model: FSDiffRegNet, items: list[GridPair], device: torch.device) -
         _, flow = predict(model, moving, fixed)
         labels = torch.from_numpy(item.moving_labels.astype(np.float32))[None, None].to(device)
         warped = warp(labels, flow, mode="nearest")[0, 0].cpu().numpy().astype(np.uint8)
-        rows.append(heart_dice(warped, item.fixed_labels))
+        rows.append(heart_labels_dice(warped, item.fixed_labels))
     model.train()
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 

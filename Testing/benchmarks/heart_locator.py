@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from FSDiffRegLib.imaging import acdc
-from FSDiffRegLib.imaging.preprocess import image_centre, locate_heart, network_grid, resample_to
+from FSDiffRegLib.imaging.preprocess import heart_grid_centre, image_centre, network_grid, resample_to
 from FSDiffRegLib.model.config import Config
 
 
@@ -40,7 +40,7 @@ def main() -> None:
         f, m = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
         fl, ml = sitk.ReadImage(str(pair.fixed_labels)), sitk.ReadImage(str(pair.moving_labels))
         truth = centroid(fl)
-        for name, centre in (("image centre", image_centre(f)), ("frame difference", locate_heart(f, m))):
+        for name, centre in (("image centre", image_centre(f)), ("frame difference", heart_grid_centre(f, m))):
             grid = network_grid(f, centre, cfg)
             cov = min(coverage(fl, grid), coverage(ml, grid))
             rows[name].append((np.linalg.norm(centre - truth), cov))

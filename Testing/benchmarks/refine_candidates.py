@@ -40,11 +40,12 @@ from FSDiffRegLib.evaluation.benchmark import comparison, folding_per_pair
 from FSDiffRegLib.evaluation.evaluate import markdown_table, score_field, summarize
 from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.imaging.field import apply_field, flow_to_field, resample_field
-from FSDiffRegLib.imaging.metrics import heart_dice
-from FSDiffRegLib.imaging.preprocess import locate_heart, network_grid, prepare_pair
+from FSDiffRegLib.imaging.metrics import heart_labels_dice
+from FSDiffRegLib.imaging.preprocess import heart_grid_centre, network_grid, prepare_pair
 from FSDiffRegLib.model.config import Config
-from FSDiffRegLib.model.heart import blurred_outside, decoder_outputs
+from FSDiffRegLib.model.heart_head import blurred_outside, decoder_outputs
 from FSDiffRegLib.model.inverse import invert_flow
+from FSDiffRegLib.model.predict import predict
 from FSDiffRegLib.model.spatial import warp
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.pipeline import refine
@@ -87,16 +88,9 @@ def coarse_levels(only: bool):
         refine.LEVEL_FACTORS = factors
 
 
-def network(model, moving: torch.Tensor, fixed: torch.Tensor):
-    """The network's score and flow at t = 0."""
-    t = torch.zeros(1, dtype=torch.long)
-    with torch.no_grad():
-        return model(moving, fixed, fixed, t)
-
-
 def flip_averaged(model, moving: torch.Tensor, fixed: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """``flow`` averaged with the network's flow on both images mirrored along W, mirrored back."""
-    _, mirrored = network(model, moving.flip(-1), fixed.flip(-1))
+    _, mirrored = predict(model, moving.flip(-1), fixed.flip(-1))
     back = mirrored.flip(-1) * torch.tensor([1.0, 1.0, -1.0]).view(1, 3, 1, 1, 1)
     return (flow + back) / 2
 
@@ -104,7 +98,7 @@ def flip_averaged(model, moving: torch.Tensor, fixed: torch.Tensor, flow: torch.
 def swapped_inverse(model, moving: torch.Tensor, fixed: torch.Tensor, flip: bool = False) -> torch.Tensor:
     """The network's flow for the pair swapped (the fixed image as moving), flip-averaged where asked, inverted:
     a flow for the pair as given from the direction the network knows when it is given the other one."""
-    _, flow = network(model, fixed, moving)
+    _, flow = predict(model, fixed, moving)
     if flip:
         flow = flip_averaged(model, fixed, moving, flow)
     return invert_flow(flow)
@@ -114,7 +108,7 @@ def cascaded(model, moving: torch.Tensor, fixed: torch.Tensor, flows: list[torch
     """The network run again on the moving image warped by the flow so far, ``times`` runs in all, composed:
     u <- u2 + u(p + u2(p)) (a recursive cascade at test time); ``flows`` holds the runs so far (extended)."""
     while len(flows) < times:
-        _, step = network(model, warp(moving, flows[-1], padding="border"), fixed)
+        _, step = predict(model, warp(moving, flows[-1], padding="border"), fixed)
         flows.append(refine.compose(flows[-1], step))
     return flows[times - 1]
 
@@ -169,12 +163,12 @@ def main() -> None:
             cases.append((p.patient, acdc.DIRECTIONS[way]))
             fixed, moving = sitk.ReadImage(str(p.fixed)), sitk.ReadImage(str(p.moving))
             moving_labels, fixed_labels = sitk.ReadImage(str(p.moving_labels)), sitk.ReadImage(str(p.fixed_labels))
-            grid = network_grid(fixed, locate_heart(fixed, moving), Config())
+            grid = network_grid(fixed, heart_grid_centre(fixed, moving), Config())
             prepared = prepare_pair(fixed, moving, model.cfg)
             m, f = (torch.from_numpy(a)[None, None] for a in (prepared.moving, prepared.fixed))
             with torch.no_grad(), decoder_outputs(model) as features:
-                score, flow = network(model, m, f)
-            heart = model.heart.probability(features + [f, m])
+                score, flow = predict(model, m, f)
+            heart = model.heart_head.probability(features + [f, m])
             cache: dict = {}
             for name in names:
                 options, coarse = CANDIDATES.get(name, (NETWORK_ONLY, False))
@@ -193,7 +187,7 @@ def main() -> None:
                 delivered, stats = unfolded.field, unfolded.stats
                 row = score_field(delivered, grid, moving_labels, fixed_labels, carried_ef=way == "ed-es")
                 warped = sitk.GetArrayFromImage(apply_field(moving_labels, raw, nearest=True))
-                row["mean_raw"] = heart_dice(warped, sitk.GetArrayFromImage(fixed_labels))["mean"]
+                row["mean_raw"] = heart_labels_dice(warped, sitk.GetArrayFromImage(fixed_labels))["mean"]
                 row.update({f"unfold_{k}": float(v) for k, v in stats.items()})
                 rows[name].append(row)
                 print(f"{p.patient} {acdc.DIRECTIONS[way]} {name}: Dice {row['mean']:.4f} (raw {row['mean_raw']:.4f}), "

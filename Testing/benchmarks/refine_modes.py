@@ -33,14 +33,15 @@ from FSDiffRegLib.evaluation.evaluate import score_field
 from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.imaging.field import flow_to_field, resample_field
 from FSDiffRegLib.imaging.preprocess import prepare_pair
-from FSDiffRegLib.model.heart import blurred_outside
+from FSDiffRegLib.model.heart_head import blurred_outside
 from FSDiffRegLib.model.losses import score_weights, sdg_ncc_loss, smoothness_loss
 from FSDiffRegLib.model.network import FSDiffRegNet
+from FSDiffRegLib.model.predict import predict
 from FSDiffRegLib.model.spatial import integrate_velocity, warp
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.pipeline import refine
 from FSDiffRegLib.pipeline.refine import refine_flow
-from FSDiffRegLib.training.heart_head import heart_on_grid
+from FSDiffRegLib.training.heart_head_train import heart_labels_on_grid
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ACDC"
 DEFAULT_MODES = "net,old10,old50,c2f20,c2f40,c2f60,c2f80,c2f160,diffeo80,olddiffeo10,tune3,tune10"
@@ -83,13 +84,12 @@ def fine_tune(model: FSDiffRegNet, x: Inputs, steps: int) -> torch.Tensor:
     tuned = copy.deepcopy(model)
     t = torch.zeros(1, dtype=torch.long)
 
-    def loss() -> torch.Tensor:
+    def loss() -> torch.Tensor:  # predict's pass with gradients: the weights are what is optimised
         score, flow = tuned(moving, fixed, fixed, t)
         return registration_loss(model.cfg, moving, fixed, flow, score_weights(score.detach(), model.cfg.gamma))
 
     minimise(list(tuned.parameters()), loss, steps, TUNE_LR)
-    with torch.no_grad():
-        return tuned(moving, fixed, fixed, t)[1]
+    return predict(tuned, moving, fixed)[1]
 
 
 def refined(model: FSDiffRegNet, x: Inputs, options: RefineOptions, velocity_sigma: tuple = refine.VELOCITY_SIGMA,
@@ -157,19 +157,17 @@ def main() -> None:
         sys.exit(f"unknown modes {unknown}; choose from {', '.join(table)}")
     pairs = acdc.split(args.data, args.split)[: args.pairs]
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in chosen}
-    t0 = torch.zeros(1, dtype=torch.long)
     for pair in pairs:
         fixed, moving = sitk.ReadImage(str(pair.fixed)), sitk.ReadImage(str(pair.moving))
         labels, fixed_labels = sitk.ReadImage(str(pair.moving_labels)), sitk.ReadImage(str(pair.fixed_labels))
         prepared = prepare_pair(fixed, moving, model.cfg)
         m, f = (torch.from_numpy(a)[None, None].contiguous(memory_format=torch.channels_last_3d)
                 for a in (prepared.moving, prepared.fixed))
-        heart = heart_on_grid(fixed_labels, prepared.grid)
-        with torch.no_grad():
-            model(m, f, f, t0)  # warm-up
-            start = time.perf_counter()
-            score, flow = model(m, f, f, t0)
-            network_seconds = time.perf_counter() - start
+        heart = heart_labels_on_grid(fixed_labels, prepared.grid)
+        predict(model, m, f)  # warm-up
+        start = time.perf_counter()
+        score, flow = predict(model, m, f)
+        network_seconds = time.perf_counter() - start
         for name in chosen:
             start = time.perf_counter()
             result = table[name][2]((m, f, score, flow, heart))

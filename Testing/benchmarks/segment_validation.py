@@ -23,13 +23,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from FSDiffRegLib.commands.track_files import TrackRequest, track_files
 from FSDiffRegLib.defaults import TRACK_REFINE, RefineOptions
 from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.labels import VALUES
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.pipeline import segment
 from FSDiffRegLib.pipeline.function import MYOCARDIUM_DENSITY_G_PER_ML
-from FSDiffRegLib.pipeline.track import TrackRequest, track_files
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -23,7 +23,7 @@ from FSDiffRegLib.evaluation.evaluate_function import ejection_fraction
 from FSDiffRegLib.imaging import acdc
 from FSDiffRegLib.imaging.cine import Cine
 from FSDiffRegLib.imaging.field import apply_field, resample_field
-from FSDiffRegLib.imaging.metrics import heart_dice
+from FSDiffRegLib.imaging.metrics import heart_labels_dice
 from FSDiffRegLib.model.weights import load_model
 from FSDiffRegLib.pipeline import track
 from FSDiffRegLib.pipeline.function import structure_volumes
@@ -63,7 +63,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             carried = apply_field(ed_labels, field, nearest=True)
             error = ejection_fraction(edv, structure_volumes(carried).get("LV", 0.0)) - manual
-            dice = heart_dice(sitk.GetArrayFromImage(carried), sitk.GetArrayFromImage(es_labels))["mean"]
+            dice = heart_labels_dice(sitk.GetArrayFromImage(carried), sitk.GetArrayFromImage(es_labels))["mean"]
             rows[way].append((error, dice, seconds))
             print(f"{pair.patient} {way}: LV EF error {error:+.1f}, Dice {dice:.4f}, {seconds:.1f} s", flush=True)
     print("\n| fold removal | LV EF abs err (pp) | LV EF bias (pp) | Dice mean | s/pair (removal) |")

@@ -5,7 +5,7 @@ forward pass) and the two images, and gives the probability that a voxel of the 
 heart (ACDC labels > 0). Its first layer is linear, so it runs on each block at that block's
 resolution and only the sums are brought to one grid: the same result as on the features resized
 first, at a small part of the memory. The network stays frozen; the head is trained on training
-labels alone (``training.heart_head``) and saved beside the weights it reads (``weights.heart_path``).
+labels alone (``training.heart_head_train``) and saved beside the weights it reads (``weights.heart_head_path``).
 ``blurred_outside`` keeps the flow within reach of the heart and blurs it elsewhere, where it fits
 only noise: about half of the Jacobian's spread lies there (docs/method.md, "Instance refinement").
 """
@@ -94,8 +94,8 @@ class HeartHead(nn.Module):
                                            align_corners=True))
 
 
-def blurred_outside(flow: torch.Tensor, heart: torch.Tensor) -> torch.Tensor:
-    """``flow`` kept where ``heart`` (a probability, N x 1 x D x H x W) is, widened by MASK_SIGMA, and
-    blurred by OUTSIDE_SIGMA beyond it."""
-    near = (3 * gaussian_blur(heart, MASK_SIGMA)).clamp(max=1.0)
+def blurred_outside(flow: torch.Tensor, heart_probability: torch.Tensor) -> torch.Tensor:
+    """``flow`` kept where the heart head finds the heart (``heart_probability``, N x 1 x D x H x W), widened by
+    MASK_SIGMA, and blurred by OUTSIDE_SIGMA beyond it."""
+    near = (3 * gaussian_blur(heart_probability, MASK_SIGMA)).clamp(max=1.0)
     return near * flow + (1 - near) * gaussian_blur(flow, OUTSIDE_SIGMA)
