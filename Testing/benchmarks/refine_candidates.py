@@ -115,7 +115,7 @@ def cascaded(model, moving: torch.Tensor, fixed: torch.Tensor, flows: list[torch
 
 def other_weights(model, m: torch.Tensor, f: torch.Tensor, twice: bool) -> torch.Tensor:
     """Other weights' flow for the pair on the bundled network's grid: alone, or cascaded twice."""
-    _, flow = network(model, m, f)
+    _, flow = predict(model, m, f)
     return cascaded(model, m, f, [flow], 2) if twice else flow
 
 
