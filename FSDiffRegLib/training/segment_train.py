@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from ..files import replaced_whole
 from ..imaging import acdc
@@ -31,6 +31,7 @@ from ..model.weights import write_with_checksum
 from ..pipeline import segment
 
 CACHE_SIZE = 224  # cached slices: model grid centre-cropped or padded to 224 x 224 (336 mm; every heart fits)
+BN_BATCHES = 40  # training batches that give the averaged weights their batch-norm statistics (as SWA does)
 CROP = 96  # training patch side (144 mm): a quarter of the cost of 128, the heart within it
 
 
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     network = dict(segment.NETWORK, **({"channels": args.channels} if args.channels else {}))
     model = segment.build_network(network)
-    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema else None
     kept = averaged.module if averaged else model
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = lambda epoch: (1 - epoch / args.epochs) ** 0.9  # noqa: E731
@@ -212,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
                 averaged.update_parameters(model)
             losses.append(float(loss))
         validated = (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs
+        if validated and averaged:
+            update_bn([augment(images[idx], labels[idx], centres[idx], generator, args.crop)[0]
+                       for idx in order[:BN_BATCHES * args.batch].split(args.batch)], kept)
         scores = validate(kept, val) if validated else {n: float("nan") for n in VALUES}
         mean = float(np.mean(list(scores.values())))
         row = [epoch, round(time.time() - began, 1), f"{lr:.6f}", f"{np.mean(losses):.4f}"]
