@@ -56,6 +56,17 @@ def test_the_plain_unet_is_monai_unet():
         assert torch.allclose(ours.eval()(x), theirs.eval()(x), atol=1e-5)
 
 
+def test_probabilities_do_not_depend_on_quarter_turns_of_the_slice():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, segment.CLASSES, 5, padding=2).eval()  # not rotation-equivariant
+    slices = np.random.default_rng(0).random((2, 32, 32), dtype=np.float32)
+    direct = segment.predict_probabilities(model, slices, torch.device("cpu"))
+    turned = segment.predict_probabilities(model, np.ascontiguousarray(np.rot90(slices, 1, (1, 2))),
+                                           torch.device("cpu"))
+    assert np.allclose(np.rot90(direct, 1, (2, 3)), turned, atol=1e-6)
+    assert np.allclose(direct.sum(axis=1), 1.0, atol=1e-5)
+
+
 def test_segment_labels_the_sample_on_its_own_grid(tmp_path, capsys, segmenter):
     out = tmp_path / "labels.nii.gz"
     assert main(["segment", str(ED), "--out", str(out), "--device", "cpu"]) == 0

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from .. import events
 from ..defaults import SEGMENT_TRAINING, SegmentTraining
@@ -32,6 +32,7 @@ from ..model.weights import write_with_checksum
 from ..pipeline import segment
 
 CACHE_SIZE = 224  # cached slices: model grid centre-cropped or padded to 224 x 224 (336 mm; every heart fits)
+BN_BATCHES = 40  # training batches that give the averaged weights their batch-norm statistics (as SWA does)
 CROP = SEGMENT_TRAINING.crop  # training patch side in pixels of the model grid
 
 
@@ -175,8 +176,7 @@ def train_segmenter(data: Path, out: Path, options: SegmentTraining = SEGMENT_TR
     torch.manual_seed(options.seed)
     network = dict(segment.NETWORK, **({"channels": list(options.channels)} if options.channels else {}))
     model = segment.build_network(network)
-    averaged = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(options.ema), use_buffers=True)
-                if options.ema else None)
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(options.ema)) if options.ema else None
     kept = averaged.module if averaged else model
     optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
     schedule = lambda epoch: (1 - epoch / options.epochs) ** 0.9  # noqa: E731
@@ -208,6 +208,9 @@ def train_segmenter(data: Path, out: Path, options: SegmentTraining = SEGMENT_TR
                 averaged.update_parameters(model)
             losses.append(loss.item())
         validated = (epoch + 1) % options.val_every == 0 or epoch + 1 == options.epochs
+        if validated and averaged:
+            update_bn([augment(images[idx], labels[idx], centres[idx], generator, options.crop)[0]
+                       for idx in order[:BN_BATCHES * options.batch].split(options.batch)], kept)
         scores = validate(kept, val) if validated else {n: float("nan") for n in VALUES}
         mean = float(np.mean(list(scores.values())))
         row = [epoch, round(time.time() - began, 1), f"{lr:.6f}", f"{np.mean(losses):.4f}"]
