@@ -103,11 +103,12 @@ def test_bf16_convolutions_only_at_inference():
 def test_float32_variable_keeps_float32(monkeypatch, untrained_weights):
     monkeypatch.setenv(FLOAT32_VARIABLE, "1")
     assert not native_bf16()
-    model, _ = load_model(untrained_weights)
-    assert not any(getattr(module, "bf16", False) for module in model.modules())
+    model, about = load_model(untrained_weights)
+    assert not any(getattr(module, "bf16", False) for module in model.modules()) and about["precision"] == "float32"
     monkeypatch.delenv(FLOAT32_VARIABLE)
-    model, _ = load_model(untrained_weights)
+    model, about = load_model(untrained_weights)
     assert all(module.bf16 == native_bf16() for module in model.modules() if isinstance(module, Conv3d))
+    assert about["precision"] == ("bfloat16" if native_bf16() else "float32")
 
 
 @bf16_needed

@@ -140,7 +140,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     ``weights_only=True`` so a weights file can never run code. The heart head saved beside
     the weights, when there is one, becomes ``model.heart`` (FSDiffRegLib.model.heart). On a CPU with native
     bfloat16 its inference convolutions compute in bfloat16 (``network.Conv3d``; FSDIFFREG_FLOAT32 keeps float32).
-    Returns the model and a description {name, sha256, info, heart}.
+    Returns the model and a description {name, sha256, info, heart, precision}.
     """
     path = weights_path(path)
     payload, digest = checked_payload(path)
@@ -151,10 +151,12 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     load_state(model, payload["state_dict"], f"weights {path}")
     model.heart = load_heart(path, digest)
     model.to(device, memory_format=torch.channels_last_3d).eval()  # type: ignore[call-overload]  # torch's stub omits it
-    use_bf16(model, torch.device(device).type == "cpu" and native_bf16())
+    bf16 = torch.device(device).type == "cpu" and native_bf16()
+    use_bf16(model, bf16)
     info = payload.get("info", {})
     return model, {"name": path.name, "sha256": digest, "info": info if isinstance(info, dict) else {},
-                   "heart": heart_path(path).name if model.heart is not None else None}
+                   "heart": heart_path(path).name if model.heart is not None else None,
+                   "precision": "bfloat16" if bf16 else "float32"}
 
 
 def heart_path(weights: Path) -> Path:
