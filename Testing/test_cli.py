@@ -18,6 +18,7 @@ from FSDiffRegLib import __version__
 from FSDiffRegLib.commands.cli import main
 from FSDiffRegLib.defaults import DEFAULT_STEPS, NETWORK_PASSES, REFINE_SMOOTHNESS, REFINE_WINDOW
 from FSDiffRegLib.imaging.metrics import heart_labels_dice, jacobian_determinant
+from FSDiffRegLib.model.network import native_bf16
 
 FIXED, MOVING = SAMPLE / "acdc091_ED.nii.gz", SAMPLE / "acdc091_ES.nii.gz"
 
@@ -38,6 +39,7 @@ def test_outputs_are_written(registered):
     metrics = json.loads((registered / "metrics.json").read_text())
     assert metrics["device"] == "cpu" and metrics["weights"] == "fsdiffreg_acdc_weaksup_v2.pt"
     assert len(metrics["weights_sha256"]) == 64 and metrics["seconds"] > 0
+    assert metrics["precision"] == ("bfloat16" if native_bf16() else "float32")
     assert metrics["ncc_after"] > metrics["ncc_before"]
 
 

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import pytest
+import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from FSDiffRegLib.imaging import acdc
+from FSDiffRegLib.imaging.imageio import read_image
+from FSDiffRegLib.imaging.metrics import heart_labels_dice
 from FSDiffRegLib.model.config import Config
-from FSDiffRegLib.model.network import Conv3d, FSDiffRegNet, parameter_count
+from FSDiffRegLib.model.network import (
+    FLOAT32_VARIABLE,
+    Conv3d,
+    FSDiffRegNet,
+    native_bf16,
+    parameter_count,
+    use_bf16,
+)
 from FSDiffRegLib.model.predict import predict
+from FSDiffRegLib.model.weights import load_model
+from FSDiffRegLib.pipeline.register import register_images
 
 
 @pytest.mark.parametrize("fdg", [True, False])
@@ -67,3 +80,50 @@ def test_the_onednn_convolution_equals_torch_conv3d(kernel, stride, batch):
     grads = torch.autograd.grad(out.square().sum(), (x, conv.weight))
     for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), (x, conv.weight))):
         assert torch.allclose(got, want, atol=1e-4)
+
+
+bf16_needed = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                                 reason="this CPU has no oneDNN bfloat16 convolution")
+
+
+@bf16_needed
+def test_bf16_convolutions_only_at_inference():
+    torch.manual_seed(0)
+    conv = Conv3d(8, 8, 3, padding=1).to(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, 8, 6, 20, 20).to(memory_format=torch.channels_last_3d)
+    full = conv(x).detach()
+    use_bf16(conv, True)
+    assert torch.equal(conv(x).detach(), full)  # with gradients (training): float32
+    with torch.no_grad():
+        half = conv(x)
+    assert half.dtype == torch.float32 and not torch.equal(half, full)
+    assert torch.allclose(half, full, rtol=0.02, atol=0.05)
+
+
+def test_float32_variable_keeps_float32(monkeypatch, untrained_weights):
+    monkeypatch.setenv(FLOAT32_VARIABLE, "1")
+    assert not native_bf16()
+    model, about = load_model(untrained_weights)
+    assert not any(getattr(module, "bf16", False) for module in model.modules()) and about["precision"] == "float32"
+    monkeypatch.delenv(FLOAT32_VARIABLE)
+    model, about = load_model(untrained_weights)
+    assert all(module.bf16 == native_bf16() for module in model.modules() if isinstance(module, Conv3d))
+    assert about["precision"] == ("bfloat16" if native_bf16() else "float32")
+
+
+@bf16_needed
+@pytest.mark.parametrize("direction", ["es-ed", "ed-es"])
+def test_bf16_leaves_the_dice_of_092_within_1e_3(validation_pair, bundled_weights, direction):
+    pair = acdc.directed(validation_pair, direction)
+    fixed, moving = read_image(pair.fixed, "fixed"), read_image(pair.moving, "moving")
+    moving_labels = sitk.ReadImage(str(pair.moving_labels))
+    fixed_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(pair.fixed_labels)))
+    model, _ = load_model(bundled_weights)
+    dice = {}
+    for on in (False, True):
+        use_bf16(model, on)
+        result = register_images(fixed, moving, model, torch.device("cpu"), moving_labels)
+        dice[on] = heart_labels_dice(sitk.GetArrayFromImage(result.warped_labels), fixed_labels)
+    assert pair.patient == "patient092"
+    for name in ("LV", "Myo", "RV", "mean"):
+        assert abs(dice[True][name] - dice[False][name]) <= 1e-3, (name, dice)

@@ -184,3 +184,13 @@ def test_register_measures_the_field_it_delivers(bundled_weights):
         return ncc(*(sitk.GetArrayFromImage(resample_to(normalized(i), result.grid, -1.0)) for i in (fixed, image)))
     assert result.metrics["ncc_before"] == grid_ncc(moving)
     assert result.metrics["ncc_after"] == grid_ncc(result.warped)
+
+
+@pytest.mark.parametrize("radii", [(1, 0, 0), (1, 2, 2), (1, 19, 19), (3, 5, 0)])
+def test_the_widening_axis_by_axis_is_the_3d_max_pooling_bit_for_bit(radii):
+    """The folds' neighbourhood widened one axis after the other, as one 3D max-pooling would (its edges too)."""
+    x = torch.from_numpy((np.random.default_rng(1).random((12, 48, 40)) > 0.995).astype(np.float32))[None, None]
+    kernel = tuple(2 * r + 1 for r in radii)
+    expected = torch.nn.functional.max_pool3d(x, kernel, stride=1, padding=radii)
+    assert expected.sum() > x.sum()
+    assert unfold.widened(x, radii).numpy().tobytes() == expected.numpy().tobytes()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from FSDiffRegLib.model.config import Config
-from FSDiffRegLib.model.network import FSDiffRegNet
+from FSDiffRegLib.model.network import FSDiffRegNet, native_bf16
 from FSDiffRegLib.model.weights import WeightsError, load_model, save_weights, sha256
 
 
@@ -18,7 +18,8 @@ def test_round_trip_keeps_every_tensor(tmp_path):
     net = FSDiffRegNet(Config(base_width=4, norm_groups=2))
     digest = save_weights(net, tmp_path / "w.pt", {"epoch": 3})
     model, about = load_model(tmp_path / "w.pt")
-    assert about == {"name": "w.pt", "sha256": digest, "info": {"epoch": 3}, "heart": None}
+    assert about == {"name": "w.pt", "sha256": digest, "info": {"epoch": 3}, "heart": None,
+                     "precision": "bfloat16" if native_bf16() else "float32"}
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), model.state_dict().values()))
 
 

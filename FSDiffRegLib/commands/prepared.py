@@ -23,9 +23,10 @@ class Prepared:
     read: dict
 
     def record(self, options: dict) -> dict:
-        """What metrics.json says of the run's inputs, ``options`` and weights."""
+        """What metrics.json says of the run's inputs, ``options``, weights and the network's precision (bfloat16
+        convolutions or float32: ``load_model``)."""
         return {"inputs": self.read["inputs"], "options": options, "weights": self.about["name"],
-                "weights_sha256": self.about["sha256"]}
+                "weights_sha256": self.about["sha256"], "precision": self.about["precision"]}
 
 
 def prepare(request, reader: Callable, reading: str, log: Report,

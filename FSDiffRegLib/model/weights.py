@@ -17,7 +17,7 @@ from ..files import replaced_whole
 from ..resources import weights_path
 from .config import Config
 from .heart_head import HeartHead
-from .network import FSDiffRegNet
+from .network import FSDiffRegNet, native_bf16, use_bf16
 
 
 def sha256(path: Path) -> str:
@@ -138,8 +138,9 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
 
     Checks the ``.sha256`` file beside the weights when there is one, and loads with
     ``weights_only=True`` so a weights file can never run code. The heart head saved beside
-    the weights, when there is one, becomes ``model.heart_head`` (FSDiffRegLib.model.heart_head). Returns the
-    model and a description {name, sha256, info, heart}.
+    the weights, when there is one, becomes ``model.heart_head`` (FSDiffRegLib.model.heart_head). On a CPU with
+    native bfloat16 its inference convolutions compute in bfloat16 (``network.Conv3d``; FSDIFFREG_FLOAT32 keeps
+    float32). Returns the model and a description {name, sha256, info, heart, precision}.
     """
     path = weights_path(path)
     payload, digest = checked_payload(path)
@@ -150,9 +151,12 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     load_state(model, payload["state_dict"], f"weights {path}")
     model.heart_head = load_heart_head(path, digest)
     model.to(device, memory_format=torch.channels_last_3d).eval()  # type: ignore[call-overload]  # torch's stub omits it
+    bf16 = torch.device(device).type == "cpu" and native_bf16()
+    use_bf16(model, bf16)
     info = payload.get("info", {})
     return model, {"name": path.name, "sha256": digest, "info": info if isinstance(info, dict) else {},
-                   "heart": heart_head_path(path).name if model.heart_head is not None else None}
+                   "heart": heart_head_path(path).name if model.heart_head is not None else None,
+                   "precision": "bfloat16" if bf16 else "float32"}
 
 
 def heart_head_path(weights: Path) -> Path:

@@ -96,12 +96,23 @@ def neighbourhood(mask: np.ndarray, radius: int, field: sitk.Image) -> np.ndarra
     """A weight in [0, 1]: 1 on ``mask`` widened by ``radius`` voxels (one through-plane), fading to 0 over
     about two voxels beyond, exactly 0 further away."""
     x = torch.from_numpy(mask.astype(np.float32))[None, None]
-    padding = per_axis(field, 1, radius)
-    kernel = tuple(2 * p + 1 for p in padding)
-    wide = torch.nn.functional.max_pool3d(x, kernel, stride=1, padding=padding)
+    wide = widened(x, per_axis(field, 1, radius))
     soft = (2 * gaussian_blur(wide, per_axis(field, 0.5, 1.0))).clamp(max=1.0)
     soft[soft < 0.01] = 0.0
     return soft[0, 0].numpy().astype(np.float64)
+
+
+def widened(x: torch.Tensor, radii: tuple[int, ...]) -> torch.Tensor:
+    """The maximum of ``x`` (N, C, D, H, W) over the box of ``radii`` voxels around each voxel (D, H, W), one axis
+    after the other: the same values as one 3D max-pooling, in a few percent of its time at the wide radii of the
+    last rounds."""
+    for axis, radius in enumerate(radii):
+        kernel = [1, 1, 1]
+        kernel[axis] = 2 * radius + 1
+        padding = [0, 0, 0]
+        padding[axis] = radius
+        x = torch.nn.functional.max_pool3d(x, tuple(kernel), stride=1, padding=tuple(padding))
+    return x
 
 
 def as_field(u: np.ndarray, like: sitk.Image) -> sitk.Image:
