@@ -104,13 +104,13 @@ class SegmentTraining:
     after the last); ``channels`` per U-Net level (None: ``segment.NETWORK``'s); ``ema``, the decay of an exponential
     moving average of the weights that is validated and kept (0: the weights themselves); ``threads`` for torch."""
 
-    epochs: int = 40
+    epochs: int = 60
     batch: int = 16
     crop: int = 96  # 144 mm: a quarter of the cost of 128, the heart within it
-    val_every: int = 1
+    val_every: int = 4
     lr: float = 1e-3
     channels: tuple[int, ...] | None = None
-    ema: float = 0.0
+    ema: float = 0.999
     threads: int = 2
     seed: int = 0
 

@@ -18,7 +18,7 @@ NAMED_WEIGHTS = {
     "paper": WEIGHTS / "fsdiffreg_acdc_cpu.pt",  # the paper's unsupervised losses only
 }
 BUNDLED_WEIGHTS = NAMED_WEIGHTS["weaksup"]  # the default (model card: validation decides)
-SEGMENTATION_WEIGHTS = WEIGHTS / "fsdiffreg_acdc_segment_v1.pt"  # RV, Myo, LV labels (docs/segmentation-model-card.md)
+SEGMENTATION_WEIGHTS = WEIGHTS / "fsdiffreg_acdc_segment_v2.pt"  # RV, Myo, LV labels (docs/segmentation-model-card.md)
 
 
 def weights_path(name_or_path: str | Path | None) -> Path:

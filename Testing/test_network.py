@@ -12,7 +12,7 @@ from FSDiffRegLib.imaging.imageio import read_image
 from FSDiffRegLib.imaging.metrics import heart_labels_dice
 from FSDiffRegLib.model.config import Config
 from FSDiffRegLib.model.network import (
-    FLOAT32_VARIABLE,
+    BF16_VARIABLE,
     Conv3d,
     FSDiffRegNet,
     native_bf16,
@@ -100,12 +100,12 @@ def test_bf16_convolutions_only_at_inference():
     assert torch.allclose(half, full, rtol=0.02, atol=0.05)
 
 
-def test_float32_variable_keeps_float32(monkeypatch, untrained_weights):
-    monkeypatch.setenv(FLOAT32_VARIABLE, "1")
+def test_float32_unless_bf16_is_asked_for(monkeypatch, untrained_weights):
+    monkeypatch.delenv(BF16_VARIABLE, raising=False)
     assert not native_bf16()
     model, about = load_model(untrained_weights)
     assert not any(getattr(module, "bf16", False) for module in model.modules()) and about["precision"] == "float32"
-    monkeypatch.delenv(FLOAT32_VARIABLE)
+    monkeypatch.setenv(BF16_VARIABLE, "1")
     model, about = load_model(untrained_weights)
     assert all(module.bf16 == native_bf16() for module in model.modules() if isinstance(module, Conv3d))
     assert about["precision"] == ("bfloat16" if native_bf16() else "float32")

@@ -17,12 +17,13 @@ from torch import nn
 from .config import Config
 from .spatial import upsample_flow
 
-FLOAT32_VARIABLE = "FSDIFFREG_FLOAT32"  # set (to anything but empty): inference's convolutions stay in float32
+BF16_VARIABLE = "FSDIFFREG_BF16"  # set (to anything but empty): inference's convolutions in bfloat16 where native
 
 
 def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) and FLOAT32_VARIABLE is not set."""
-    if os.environ.get(FLOAT32_VARIABLE):
+    """Whether BF16_VARIABLE asks for bfloat16 and this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX).
+    Off by default: the fields then differ from float32's by hundredths of a voxel, and from CPU to CPU."""
+    if not os.environ.get(BF16_VARIABLE):
         return False
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check is not None and check() for check in checks)

@@ -138,9 +138,9 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
 
     Checks the ``.sha256`` file beside the weights when there is one, and loads with
     ``weights_only=True`` so a weights file can never run code. The heart head saved beside
-    the weights, when there is one, becomes ``model.heart_head`` (FSDiffRegLib.model.heart_head). On a CPU with
-    native bfloat16 its inference convolutions compute in bfloat16 (``network.Conv3d``; FSDIFFREG_FLOAT32 keeps
-    float32). Returns the model and a description {name, sha256, info, heart, precision}.
+    the weights, when there is one, becomes ``model.heart_head`` (FSDiffRegLib.model.heart_head). With
+    FSDIFFREG_BF16 set, on a CPU with native bfloat16, its inference convolutions compute in bfloat16
+    (``network.Conv3d``). Returns the model and a description {name, sha256, info, heart, precision}.
     """
     path = weights_path(path)
     payload, digest = checked_payload(path)

@@ -5,7 +5,7 @@ mean Dice (3D, per structure, on each frame's own grid, through ``segment.segmen
 one row an epoch. The slices are cached once, on the model grid, in ``cache.npz``.
 
     fsdiffreg train-segmenter --data ../shared/data/ACDC --out /work/runs/seg_v1
-    fsdiffreg train-segmenter --out /work/runs/seg_v1 --export FSDiffRegLib/assets/weights/fsdiffreg_acdc_segment_v1.pt
+    fsdiffreg train-segmenter --out /work/runs/seg_v1 --export FSDiffRegLib/assets/weights/fsdiffreg_acdc_segment_v2.pt
 """
 
 from __future__ import annotations
