@@ -91,7 +91,8 @@ def predict_probabilities(model: torch.nn.Module, slices: np.ndarray, device: to
     out = np.empty((slices.shape[0], CLASSES) + slices.shape[1:], np.float32)
     for k in range(slices.shape[0]):
         batch = torch.from_numpy(slices[k][None, None]).to(device)
-        out[k] = sum(rotated_softmax(model, batch, turns) for turns in range(ROTATIONS))[0].cpu().numpy() / ROTATIONS
+        turned = torch.stack([rotated_softmax(model, batch, turns) for turns in range(ROTATIONS)])
+        out[k] = turned.mean(dim=0)[0].cpu().numpy()
         log(progress("segmenting", k + 1, slices.shape[0], f"segmenting: {k + 1} of {slices.shape[0]} slices done"))
     return out
 
